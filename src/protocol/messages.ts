@@ -1,0 +1,196 @@
+/**
+ * The Shoal message model (contract). Five kinds of message travel inside one versioned
+ * envelope. Event payloads stay opaque msgpackr bytes so the envelope layer never builds an
+ * object per event.
+ */
+import type { SerializedError } from '../errors.ts'
+
+/** The protocol versions this build speaks, newest first. */
+export const PROTOCOL_VERSION = 1
+export const SUPPORTED_VERSIONS: readonly number[] = [1]
+
+export type Role = 'coordinator' | 'worker' | 'client'
+export const ROLES: readonly Role[] = ['coordinator', 'worker', 'client']
+
+// ---------------------------------------------------------------------------------------------
+// Event: batches of events of one partition, and their acknowledgements.
+
+export interface EventBatchBody {
+  op: 'batch'
+  /** Key group (partition) all events in the batch hash to. */
+  partition: number
+  /** Assignment epoch the sender routed by; 0 when it routed without a table. */
+  epoch: number
+  /** Producer identity and per-(producer, partition) batch sequence: duplicates are dropped by these. */
+  producerId: string
+  sequence: number
+  /** Number of events encoded in `payload`. */
+  count: number
+  /** msgpackr bytes (records on) of an array of events. */
+  payload: Uint8Array
+}
+
+export interface EventAckBody {
+  op: 'ack'
+  partition: number
+  producerId: string
+  sequence: number
+  /** false when the batch was refused; `error` says why (e.g. not the owner: re-route). */
+  ok: boolean
+  error?: SerializedError | undefined
+}
+
+export type EventBody = EventBatchBody | EventAckBody
+
+// ---------------------------------------------------------------------------------------------
+// State: queries, and state transfer / restore.
+
+export interface StateBody {
+  op: 'get' | 'dump' | 'result' | 'chunk' | 'end' | 'error'
+  key?: string | undefined
+  partition?: number | undefined
+  /** msgpackr bytes of a value or of an array of [key, value] entries. */
+  data?: Uint8Array | undefined
+  found?: boolean | undefined
+  error?: SerializedError | undefined
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control: handshake, membership, assignment, lifecycle and errors.
+
+export interface HelloBody {
+  op: 'hello'
+  /** Versions the dialer speaks; the listener picks the highest it also speaks. */
+  versions: number[]
+  nodeId: string
+  role: Role
+  token?: string | undefined
+}
+
+export interface WelcomeBody {
+  op: 'welcome'
+  version: number
+  nodeId: string
+  role: Role
+}
+
+export interface ControlErrorBody {
+  op: 'error'
+  code: string
+  message: string
+  /** When true the sender closes the connection after this message. */
+  fatal: boolean
+}
+
+export interface ControlCommandBody {
+  op:
+    | 'join'
+    | 'joined'
+    | 'leave'
+    | 'assign'
+    | 'revoke'
+    | 'revoked'
+    | 'pause'
+    | 'resume'
+    | 'drain'
+    | 'drained'
+    | 'shutdown'
+    | 'routing'
+    | 'fenced'
+  /** Op-specific fields; each op's owner validates them. */
+  [field: string]: unknown
+}
+
+export type ControlBody = HelloBody | WelcomeBody | ControlErrorBody | ControlCommandBody
+
+// ---------------------------------------------------------------------------------------------
+// Heartbeat: liveness plus load.
+
+export interface HeartbeatBody {
+  /** Monotonic per-sender heartbeat counter. */
+  n: number
+  /** Latest assignment epoch the sender knows. */
+  epoch: number
+  load?: HeartbeatLoad | undefined
+}
+
+export interface HeartbeatLoad {
+  queueDepth: number
+  inFlight: number
+  eventsPerSec: number
+  rssBytes: number
+  lag: number
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint: trigger, ack, complete, abort.
+
+export interface CheckpointBody {
+  op: 'trigger' | 'ack' | 'complete' | 'abort'
+  checkpointId: number
+  partitions?: number[] | undefined
+  error?: SerializedError | undefined
+  [field: string]: unknown
+}
+
+// ---------------------------------------------------------------------------------------------
+// The envelope.
+
+export interface Header {
+  /** Protocol version of this envelope. */
+  v: number
+  /** Sender node id. */
+  from: string
+  /** Per-connection send sequence, assigned by the transport. */
+  seq: number
+  /** Sender's wall clock in ms; informational only (never compared across hosts). */
+  ts: number
+  /** Correlates a reply with its request. */
+  corr?: number | undefined
+}
+
+export type Message =
+  | { kind: 'event'; body: EventBody }
+  | { kind: 'state'; body: StateBody }
+  | { kind: 'control'; body: ControlBody }
+  | { kind: 'heartbeat'; body: HeartbeatBody }
+  | { kind: 'checkpoint'; body: CheckpointBody }
+
+export type MessageKind = Message['kind']
+export type Envelope = Header & Message
+
+/** Wire codes of the kinds. Never renumber: they are part of the protocol. */
+export const KIND_CODES: Readonly<Record<MessageKind, number>> = {
+  event: 1,
+  state: 2,
+  control: 3,
+  heartbeat: 4,
+  checkpoint: 5,
+}
+export const KINDS_BY_CODE: readonly (MessageKind | undefined)[] = [
+  undefined,
+  'event',
+  'state',
+  'control',
+  'heartbeat',
+  'checkpoint',
+]
+export const MESSAGE_KINDS: readonly MessageKind[] = ['event', 'state', 'control', 'heartbeat', 'checkpoint']
+
+export const CONTROL_COMMAND_OPS: ReadonlySet<string> = new Set([
+  'join',
+  'joined',
+  'leave',
+  'assign',
+  'revoke',
+  'revoked',
+  'pause',
+  'resume',
+  'drain',
+  'drained',
+  'shutdown',
+  'routing',
+  'fenced',
+])
+export const STATE_OPS: ReadonlySet<string> = new Set(['get', 'dump', 'result', 'chunk', 'end', 'error'])
+export const CHECKPOINT_OPS: ReadonlySet<string> = new Set(['trigger', 'ack', 'complete', 'abort'])
