@@ -25,6 +25,10 @@ export const ErrorCodes = {
   HANDSHAKE_TIMEOUT: 'SHOAL_ERR_HANDSHAKE_TIMEOUT',
   /** A connection attempt did not complete in time. */
   CONNECT_TIMEOUT: 'SHOAL_ERR_CONNECT_TIMEOUT',
+  /** A connection could not be established (refused, unreachable, DNS). */
+  CONNECT_FAILED: 'SHOAL_ERR_CONNECT_FAILED',
+  /** TLS negotiation or certificate verification failed. */
+  TLS_FAILED: 'SHOAL_ERR_TLS_FAILED',
   /** The connection failed or was reset by the peer. */
   CONNECTION_LOST: 'SHOAL_ERR_CONNECTION_LOST',
   /** Nothing was received for longer than idleTimeoutMs. */
@@ -39,6 +43,44 @@ export const ErrorCodes = {
   PEER_ERROR: 'SHOAL_ERR_PEER_ERROR',
   /** The transport's underlying library reported an error not covered by another code. */
   TRANSPORT: 'SHOAL_ERR_TRANSPORT',
+  /** A remote call (e.g. a gRPC health Check) did not complete before its deadline. */
+  DEADLINE_EXCEEDED: 'SHOAL_ERR_DEADLINE_EXCEEDED',
+  /** A well-formed message whose fields are invalid for its op (bad control command, bad request). */
+  BAD_MESSAGE: 'SHOAL_ERR_BAD_MESSAGE',
+  /** The sender's assignment epoch is stale: it no longer owns what it acted on. */
+  FENCED: 'SHOAL_ERR_FENCED',
+  /** The receiving worker does not own the partition (re-route with a fresh routing table). */
+  NOT_OWNER: 'SHOAL_ERR_NOT_OWNER',
+  /** The node is not registered with, or not known to, the coordinator. */
+  NOT_REGISTERED: 'SHOAL_ERR_NOT_REGISTERED',
+  /** A request did not get its reply in time. */
+  TIMEOUT: 'SHOAL_ERR_TIMEOUT',
+  /** The job module failed to load, or a processing task failed outside the job's own code. */
+  JOB_FAILED: 'SHOAL_ERR_JOB_FAILED',
+  /** The partition is paused by the coordinator; retry later. */
+  PAUSED: 'SHOAL_ERR_PAUSED',
+  /** The state backend is unreachable or not ready (connection lost, server loading, disk error); retryable. */
+  STATE_UNAVAILABLE: 'SHOAL_ERR_STATE_UNAVAILABLE',
+  /** A state operation met a key holding another kind of value (e.g. incrBy on non-integer bytes). */
+  STATE_WRONG_TYPE: 'SHOAL_ERR_STATE_WRONG_TYPE',
+  /** A state key is malformed, or a batch names a key outside its partition or a key twice. */
+  STATE_BAD_KEY: 'SHOAL_ERR_STATE_BAD_KEY',
+  /** The state backend refused a command (permissions, out of memory, corrupt data); not retryable. */
+  STATE_BACKEND: 'SHOAL_ERR_STATE_BACKEND',
+  /** A replay-log append or checkpoint was applied on the primary but not confirmed by the requested replicas/AOF fsyncs in time (WAIT/WAITAOF); retryable. */
+  DURABILITY_TIMEOUT: 'SHOAL_ERR_DURABILITY_TIMEOUT',
+  /** A checkpoint was not committed (its staged data was incomplete or the partition's checkpoint changed under it); nothing was committed; retryable. */
+  CHECKPOINT_ABORTED: 'SHOAL_ERR_CHECKPOINT_ABORTED',
+  /** The node's configuration (flags, SHOAL_* environment, config file) is invalid; `data.problems` lists every problem. */
+  CONFIG_INVALID: 'SHOAL_ERR_CONFIG_INVALID',
+  /** A listener could not bind its address (in use, permission denied, unknown host). */
+  LISTEN_FAILED: 'SHOAL_ERR_LISTEN_FAILED',
+  /** An unexpected failure inside Shoal, e.g. an HTTP route handler threw. */
+  INTERNAL: 'SHOAL_ERR_INTERNAL',
+  /** HTTP: no route for the requested path. */
+  HTTP_NOT_FOUND: 'SHOAL_ERR_HTTP_NOT_FOUND',
+  /** HTTP: the route exists but does not accept the request method (only GET and HEAD are served). */
+  HTTP_METHOD_NOT_ALLOWED: 'SHOAL_ERR_HTTP_METHOD_NOT_ALLOWED',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -248,7 +248,8 @@ function describe(v: unknown): string {
   if (Array.isArray(v)) return `array(${v.length})`
   if (typeof v === 'string') return JSON.stringify(v.length > 40 ? v.slice(0, 40) + '…' : v)
   if (typeof v === 'object') return 'map'
-  return String(v)
+  if (typeof v === 'number' || typeof v === 'boolean' || typeof v === 'bigint') return String(v)
+  return typeof v
 }
 
 /** Build a ShoalError code for a Control error received from a peer; unknown codes map to PEER_ERROR. */

@@ -9,7 +9,7 @@
  * corrupt payload still fails envelope validation. A CRC would cost a full pass over every
  * batch on both sides for no guarantee those do not already give (docs/decisions.md).
  */
-import { ErrorCodes, FrameTooLargeError, ProtocolError } from '../errors.ts'
+import { ErrorCodes, FrameTooLargeError, InvalidOptionError, ProtocolError } from '../errors.ts'
 import { FRAME_HEADER_BYTES } from './codec.ts'
 
 export type FrameHandler = (payload: Buffer) => void
@@ -27,7 +27,7 @@ export class FrameParser {
 
   constructor(maxFrameBytes: number, onFrame: FrameHandler) {
     if (!Number.isSafeInteger(maxFrameBytes) || maxFrameBytes < 1 || maxFrameBytes > 0xffffffff) {
-      throw new RangeError(`maxFrameBytes must be an integer in [1, 2^32-1] (got ${maxFrameBytes})`)
+      throw new InvalidOptionError(`maxFrameBytes must be an integer in [1, 2^32-1] (got ${maxFrameBytes})`)
     }
     this.#maxFrameBytes = maxFrameBytes
     this.#onFrame = onFrame

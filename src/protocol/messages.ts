@@ -97,6 +97,10 @@ export interface ControlCommandBody {
     | 'shutdown'
     | 'routing'
     | 'fenced'
+    | 'goaway'
+    | 'assigned'
+    | 'status'
+    | 'subscribe'
   /** Op-specific fields; each op's owner validates them. */
   [field: string]: unknown
 }
@@ -191,6 +195,10 @@ export const CONTROL_COMMAND_OPS: ReadonlySet<string> = new Set([
   'shutdown',
   'routing',
   'fenced',
+  'goaway',
+  'assigned',
+  'status',
+  'subscribe',
 ])
 export const STATE_OPS: ReadonlySet<string> = new Set(['get', 'dump', 'result', 'chunk', 'end', 'error'])
 export const CHECKPOINT_OPS: ReadonlySet<string> = new Set(['trigger', 'ack', 'complete', 'abort'])

@@ -1,0 +1,525 @@
+#!/usr/bin/env node
+/**
+ * The `shoal` command line (contract: ../../README.md and docs/operations.md).
+ *
+ *   shoal up          [--workers N] [--transport tcp|grpc] [--state URL] [--job PATH] [--demo]
+ *   shoal coordinator [--listen HOST:PORT] [--http HOST:PORT] [--transport ..] [--partitions N]
+ *   shoal worker      --coordinator HOST:PORT [--listen ..] [--http ..] [--job PATH] [--threads N]
+ *   shoal send        --coordinator HOST:PORT [FILE|-]
+ *   shoal status      --coordinator HOST:PORT [--json]
+ *   shoal state get KEY | shoal state dump   --coordinator HOST:PORT [--json]
+ *   shoal probe grpc HOST:PORT | shoal probe http URL
+ *
+ * Nodes print one JSON line on stdout once they listen ({"shoal":"listening",...}) so scripts
+ * and `shoal up` can find ephemeral ports; logs are JSON on stderr.
+ */
+import { readFileSync, realpathSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Worker as Thread } from 'node:worker_threads'
+import type { Logger } from 'pino'
+import { AdminClient } from '../client/admin.ts'
+import { ShoalClient } from '../client/client.ts'
+import {
+  advertiseAddress,
+  ConfigError,
+  describeConfig,
+  formatFlagHelp,
+  loadConfig,
+  type ClientConfig,
+  type CoordinatorConfig,
+  type UpConfig,
+  type WorkerConfig,
+} from '../config/config.ts'
+import { Coordinator } from '../coordinator/coordinator.ts'
+import { ShoalError } from '../errors.ts'
+import { createLivenessMonitor } from '../observability/liveness.ts'
+import { createLogger } from '../observability/logger.ts'
+import { createMetrics } from '../observability/metrics.ts'
+import { startHttpServer } from '../observability/http.ts'
+import { formatHostPort } from '../transport/address.ts'
+import type { GrpcListener } from '../transport/grpc/grpc-transport.ts'
+import { createTransport } from '../transport/index.ts'
+import type { Role } from '../protocol/messages.ts'
+import type { Transport, TlsOptions } from '../transport/transport.ts'
+import { createWorkerNode } from '../worker/node.ts'
+import { formatStatus } from './format.ts'
+import { workerObserver } from './node-metrics.ts'
+import { runProbe } from './probe.ts'
+import { openInput, sendNdjson } from './send.ts'
+import { startLocalCluster } from './up.ts'
+
+const VERSION = '0.1.0'
+
+const USAGE = `usage: shoal <command> [flags]
+
+commands:
+  up            a local cluster: coordinator + N workers on loopback (--demo feeds it events)
+  coordinator   run the coordinator
+  worker        run a worker (--coordinator HOST:PORT)
+  send          send NDJSON events from FILE or stdin (exit 0 only when all are acked)
+  status        show the cluster (--json for JSON)
+  state get KEY | state dump    read keyed state
+  probe grpc HOST:PORT | probe http URL    health probe (grpc_health_probe exit codes)
+
+Run \`shoal <command> --help\` for its flags. Every flag has a SHOAL_* environment variable.`
+
+function out(line: string): void {
+  process.stdout.write(line + '\n')
+}
+function err(line: string): void {
+  process.stderr.write(line + '\n')
+}
+
+function readTls(
+  tls:
+    | {
+        cert?: string | undefined
+        key?: string | undefined
+        ca?: string | undefined
+        requireClientCert: boolean
+      }
+    | undefined,
+): TlsOptions | undefined {
+  if (tls === undefined) return undefined
+  return {
+    cert: tls.cert === undefined ? undefined : readFileSync(tls.cert),
+    key: tls.key === undefined ? undefined : readFileSync(tls.key),
+    ca: tls.ca === undefined ? undefined : readFileSync(tls.ca),
+    requestCert: tls.requireClientCert,
+  }
+}
+
+function transportFor(
+  cfg: { transport: 'tcp' | 'grpc'; token: string | undefined; tls: Parameters<typeof readTls>[0] },
+  nodeId: string,
+  role: Role,
+): Transport {
+  return createTransport(cfg.transport, { nodeId, role, token: cfg.token, tls: readTls(cfg.tls) })
+}
+
+/** SIGTERM/SIGINT run `graceful` once; a second signal exits at once. */
+function onShutdownSignal(log: Logger, graceful: () => Promise<void>): void {
+  let stopping = false
+  const handler = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting now')
+      process.exit(1)
+    }
+    stopping = true
+    log.info({ signal }, 'shutting down gracefully')
+    graceful().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        log.error({ err: e }, 'graceful shutdown failed')
+        process.exit(1)
+      },
+    )
+  }
+  process.on('SIGTERM', handler)
+  process.on('SIGINT', handler)
+}
+
+/** Test hook: threads that spin at 100% CPU, to show heartbeats do not depend on them. */
+function burnThreads(log: Logger): void {
+  const n = Number(process.env.SHOAL_TEST_BURN_THREADS ?? 0)
+  if (!(n > 0)) return
+  log.warn({ threads: n }, 'SHOAL_TEST_BURN_THREADS: burning CPU in extra threads')
+  for (let i = 0; i < n; i++) {
+    new Thread('for (;;) {}', { eval: true }).unref()
+  }
+}
+
+async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
+  const log = createLogger({ level: cfg.logLevel, name: 'coordinator', nodeId: cfg.nodeId })
+  log.info({ config: describeConfig(cfg) }, 'starting coordinator')
+  const metrics = createMetrics('coordinator', { labels: { node_id: cfg.nodeId } })
+  const heartbeatStaleMs = cfg.heartbeatIntervalMs * (cfg.heartbeatMisses + 2)
+  const liveness = createLivenessMonitor({ intervalMs: cfg.heartbeatIntervalMs, heartbeatStaleMs })
+  const transport = transportFor(cfg, cfg.nodeId, 'coordinator')
+  const coordinator = new Coordinator({
+    transport,
+    listen: cfg.listen,
+    partitions: cfg.partitions,
+    heartbeatIntervalMs: cfg.heartbeatIntervalMs,
+    heartbeatMisses: cfg.heartbeatMisses,
+    logger: log,
+    hooks: { ...metrics.coordinatorHooks, tick: () => liveness.markHeartbeatTick() },
+  })
+  await coordinator.start()
+  let stateClient: Promise<ShoalClient> | null = null
+  const http = await startHttpServer({
+    host: cfg.http.host,
+    port: cfg.http.port,
+    registry: {
+      contentType: metrics.registry.contentType,
+      metrics: () => {
+        metrics.observeCluster(coordinator.status())
+        return metrics.registry.metrics()
+      },
+    },
+    logger: log,
+    liveness: () => liveness.check(),
+    readiness: () => coordinator.readiness(),
+    status: () => {
+      const s = coordinator.status()
+      metrics.observeCluster(s)
+      return s
+    },
+    routes: new Map([
+      [
+        '/state/',
+        async (req) => {
+          const key = decodeURIComponent(req.url.pathname.slice('/state/'.length))
+          stateClient ??= ShoalClient.connect({
+            coordinator: coordinator.address,
+            transport: transportFor(cfg, `${cfg.nodeId}-state-gateway`, 'client'),
+          })
+          const client = await stateClient
+          const value = await client.getState(key)
+          return value === undefined
+            ? { status: 404, body: { key, found: false } }
+            : { status: 200, body: { key, found: true, state: value } }
+        },
+      ],
+    ]),
+  })
+  const setServing = (ok: boolean): void =>
+    (coordinator.listener as Partial<GrpcListener> | null)?.setServing?.(ok)
+  const readyTimer = setInterval(() => setServing(coordinator.readiness().ok), 200)
+  readyTimer.unref()
+  out(
+    JSON.stringify({
+      shoal: 'listening',
+      role: 'coordinator',
+      nodeId: cfg.nodeId,
+      address: coordinator.address,
+      http: http.address,
+      transport: cfg.transport,
+    }),
+  )
+  onShutdownSignal(log, async () => {
+    clearInterval(readyTimer)
+    setServing(false)
+    await (await stateClient?.catch(() => null))?.close()
+    await coordinator.stop({ timeoutMs: Math.min(cfg.drainTimeoutMs, 5000) })
+    await http.close()
+    liveness.close()
+  })
+}
+
+async function runWorker(cfg: WorkerConfig): Promise<void> {
+  const log = createLogger({ level: cfg.logLevel, name: 'worker', nodeId: cfg.nodeId })
+  log.info({ config: describeConfig(cfg) }, 'starting worker')
+  const metrics = createMetrics('worker', { labels: { node_id: cfg.nodeId } })
+  const observe = workerObserver(metrics)
+  const transport = transportFor(cfg, cfg.nodeId, 'worker')
+  // The HTTP server first: the worker announces its address when it joins.
+  let node: ReturnType<typeof createWorkerNode> | null = null
+  const heartbeatStaleMs = cfg.heartbeatIntervalMs * (cfg.heartbeatMisses + 2)
+  const liveness = createLivenessMonitor({ intervalMs: cfg.heartbeatIntervalMs, heartbeatStaleMs })
+  const http = await startHttpServer({
+    host: cfg.http.host,
+    port: cfg.http.port,
+    registry: {
+      contentType: metrics.registry.contentType,
+      metrics: () => {
+        if (node !== null) observe(node)
+        return metrics.registry.metrics()
+      },
+    },
+    logger: log,
+    liveness: () => liveness.check(),
+    readiness: () => node?.worker.readiness() ?? { ok: false, detail: { starting: true } },
+    status: () => {
+      if (node === null) return { starting: true }
+      observe(node)
+      return { ...node.worker.status(), deadLettered: node.dataPlane.deadLettered, job: node.engine.job }
+    },
+  })
+  burnThreads(log)
+  node = createWorkerNode({
+    transport,
+    coordinator: formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
+    listen: cfg.listen,
+    httpAddress: http.address,
+    memberId: cfg.nodeId,
+    version: VERSION,
+    job: cfg.job,
+    threads: cfg.threads,
+    heartbeatIntervalMs: cfg.heartbeatIntervalMs,
+    heartbeatMisses: cfg.heartbeatMisses,
+    logger: log,
+    hooks: { ...metrics.workerHooks, tick: () => liveness.markHeartbeatTick() },
+  })
+  // Advertise the configured host with the port actually bound.
+  const started = node
+  await started.worker.startListening()
+  started.worker.setAdvertise(advertiseAddress(cfg, started.worker.listener!.port))
+  await started.start()
+  const setServing = (ok: boolean): void =>
+    (started.worker.listener as Partial<GrpcListener> | null)?.setServing?.(ok)
+  const readyTimer = setInterval(() => setServing(started.worker.readiness().ok), 200)
+  readyTimer.unref()
+  started.worker.on('shutdown', () => process.kill(process.pid, 'SIGTERM'))
+  out(
+    JSON.stringify({
+      shoal: 'listening',
+      role: 'worker',
+      nodeId: cfg.nodeId,
+      address: started.worker.dataAddress,
+      http: http.address,
+      transport: cfg.transport,
+    }),
+  )
+  onShutdownSignal(log, async () => {
+    clearInterval(readyTimer)
+    setServing(false)
+    await started.drain(cfg.drainTimeoutMs)
+    await http.close()
+    liveness.close()
+  })
+}
+
+async function withAdmin<T>(cfg: ClientConfig, f: (a: AdminClient) => Promise<T>): Promise<T> {
+  const transport = transportFor(cfg, `cli-${process.pid}`, 'client')
+  const admin = await AdminClient.connect(
+    transport,
+    formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
+  )
+  try {
+    return await f(admin)
+  } finally {
+    await admin.close()
+  }
+}
+
+async function withClient<T>(cfg: ClientConfig, f: (c: ShoalClient) => Promise<T>): Promise<T> {
+  const client = await ShoalClient.connect({
+    coordinator: formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
+    transport: transportFor(cfg, `cli-${process.pid}`, 'client'),
+  })
+  try {
+    return await f(client)
+  } finally {
+    await client.close().catch(() => {})
+  }
+}
+
+async function runStatus(cfg: ClientConfig): Promise<number> {
+  const status = await withAdmin(cfg, (a) => a.status())
+  process.stdout.write(cfg.json ? JSON.stringify(status, null, 2) + '\n' : formatStatus(status))
+  return 0
+}
+
+async function runSend(cfg: ClientConfig): Promise<number> {
+  const file = cfg.positionals[0]
+  const summary = await withClient(cfg, (client) =>
+    sendNdjson(client, {
+      input: openInput(file),
+      keyField: cfg.keyField,
+      strict: cfg.strict,
+      progress: process.stderr.isTTY ? process.stderr : null,
+      err: process.stderr,
+      out: process.stdout,
+    }),
+  )
+  const rate = summary.seconds > 0 ? Math.round(summary.acked / summary.seconds) : 0
+  const line = `${summary.acked} of ${summary.sent} events acknowledged in ${summary.seconds.toFixed(2)} s (${rate}/s); ${summary.malformed} malformed lines; ${summary.failed} failed`
+  if (cfg.json) out(JSON.stringify(summary))
+  else err(line)
+  return summary.malformed === 0 && summary.failed === 0 && summary.acked === summary.sent ? 0 : 1
+}
+
+async function runState(cfg: ClientConfig): Promise<number> {
+  const [sub, key] = cfg.positionals
+  if (sub === 'get' && key !== undefined) {
+    const value = await withClient(cfg, (c) => c.getState(key))
+    if (value === undefined) {
+      err(`no state for key ${JSON.stringify(key)}`)
+      return 1
+    }
+    out(cfg.json ? JSON.stringify({ key, state: value }) : JSON.stringify(value))
+    return 0
+  }
+  if (sub === 'dump') {
+    await withClient(cfg, async (c) => {
+      for await (const [k, v] of c.dumpState()) out(JSON.stringify({ key: k, state: v }))
+    })
+    return 0
+  }
+  err('usage: shoal state get KEY | shoal state dump   --coordinator HOST:PORT')
+  return 1
+}
+
+async function runUp(cfg: UpConfig): Promise<void> {
+  const nodeArgs = [
+    '--state',
+    cfg.state.url,
+    '--heartbeat-interval',
+    String(cfg.heartbeatIntervalMs),
+    '--heartbeat-misses',
+    String(cfg.heartbeatMisses),
+    '--log-level',
+    cfg.logLevel === 'info' ? 'warn' : cfg.logLevel,
+  ]
+  const cluster = await startLocalCluster({
+    workers: cfg.workers,
+    transport: cfg.transport,
+    nodeArgs: [...nodeArgs, ...(cfg.token !== undefined ? ['--token', cfg.token] : [])],
+    coordinatorListen: formatHostPort(cfg.listen.host, cfg.listen.port),
+    coordinatorHttp: formatHostPort(cfg.http.host, cfg.http.port),
+    job: cfg.job,
+    threads: cfg.threads,
+    log: err,
+  })
+  err(
+    `shoal: coordinator ${cluster.coordinator.address} (${cfg.transport}), http http://${cluster.coordinator.http}`,
+  )
+  for (const w of cluster.workers) err(`shoal: worker ${w.nodeId} ${w.address}, http http://${w.http}`)
+  err(
+    `shoal: try  shoal status --coordinator ${cluster.coordinator.address}${cfg.transport === 'grpc' ? ' --transport grpc' : ''}`,
+  )
+  out(JSON.stringify({ shoal: 'up', coordinator: cluster.coordinator, workers: cluster.workers }))
+  let stopping = false
+  const stop = async (code: number): Promise<never> => {
+    if (!stopping) {
+      stopping = true
+      err('shoal: stopping the cluster')
+      await cluster.stop()
+    }
+    process.exit(code)
+  }
+  process.on('SIGINT', () => void stop(0))
+  process.on('SIGTERM', () => void stop(0))
+  void cluster.crashed.then((what) => {
+    err(`shoal: a node stopped unexpectedly: ${what}`)
+    return stop(1)
+  })
+  if (cfg.demo) {
+    await runDemo(cfg, cluster.coordinator.address)
+    await stop(0)
+  }
+}
+
+async function runDemo(cfg: UpConfig, coordinator: string): Promise<void> {
+  const N = Number(process.env.SHOAL_DEMO_EVENTS ?? 1_000_000)
+  const keys = 10_000
+  const transport = transportFor(cfg, `demo-${process.pid}`, 'client')
+  // Wait until every partition has an owner that is ready.
+  const admin = await AdminClient.connect(transport, coordinator)
+  for (;;) {
+    const s = await admin.status()
+    if (
+      s.coordinator.ready &&
+      s.assignment.owners.every((o) => o !== null) &&
+      s.members.every((m) => m.readyPartitions === m.partitions)
+    )
+      break
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  await admin.close()
+  const client = await ShoalClient.connect({ coordinator, transport })
+  err(`demo: sending ${N.toLocaleString('en')} events over ${keys.toLocaleString('en')} keys`)
+  const t0 = performance.now()
+  for (let i = 0; i < N; i++) {
+    if (!client.send(`user-${i % keys}`, { value: i % 10, ts: i })) await client.drain()
+  }
+  await client.flush()
+  const secs = (performance.now() - t0) / 1000
+  err(
+    `demo: ${N.toLocaleString('en')} events acknowledged in ${secs.toFixed(2)} s: ${Math.round(N / secs).toLocaleString('en')} events/s end to end`,
+  )
+  for (const k of ['user-0', 'user-1', 'user-4242'])
+    err(`demo: state of ${k}: ${JSON.stringify(await client.getState(k))}`)
+  await client.close()
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv
+  const load = <R extends 'coordinator' | 'worker' | 'up' | 'client'>(role: R) =>
+    loadConfig(role, { argv: rest, env: process.env, cwd: process.cwd() })
+  try {
+    switch (command) {
+      case 'coordinator': {
+        const cfg = load('coordinator')
+        if (cfg.help) return help('coordinator')
+        await runCoordinator(cfg)
+        return -1
+      }
+      case 'worker': {
+        const cfg = load('worker')
+        if (cfg.help) return help('worker')
+        await runWorker(cfg)
+        return -1
+      }
+      case 'up': {
+        const cfg = load('up')
+        if (cfg.help) return help('up')
+        await runUp(cfg)
+        return -1
+      }
+      case 'status':
+      case 'send':
+      case 'state': {
+        const cfg = load('client')
+        if (cfg.help) return help('client')
+        if (command === 'status') return await runStatus(cfg)
+        if (command === 'send') return await runSend(cfg)
+        return await runState(cfg)
+      }
+      case 'probe':
+        return await runProbe(rest)
+      case 'version':
+      case '--version':
+        out(VERSION)
+        return 0
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        out(USAGE)
+        return command === undefined ? 1 : 0
+      default:
+        err(`shoal: unknown command ${JSON.stringify(command)}\n\n${USAGE}`)
+        return 1
+    }
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      err(`shoal ${command}: ${e.code}: ${e.message}`)
+      return 2
+    }
+    if (e instanceof ShoalError) {
+      err(`shoal ${command}: ${e.code}: ${e.message}`)
+      return 1
+    }
+    throw e
+  }
+}
+
+function help(role: 'coordinator' | 'worker' | 'up' | 'client'): number {
+  out(`flags (each also as its SHOAL_* environment variable):\n${formatFlagHelp(role).join('\n')}`)
+  return 0
+}
+
+function isMain(): boolean {
+  const entry = process.argv[1]
+  if (entry === undefined) return false
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url))
+  } catch {
+    return false
+  }
+}
+
+if (isMain()) {
+  main(process.argv.slice(2)).then(
+    (code) => {
+      // -1: a long-running node; it exits from its signal handlers.
+      if (code >= 0) process.exitCode = code
+    },
+    (e: unknown) => {
+      err(`shoal: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`)
+      process.exitCode = 1
+    },
+  )
+}

@@ -1,0 +1,124 @@
+/**
+ * `shoal up`: a local cluster on loopback: one coordinator and N workers as child processes
+ * (the same CLI, so what runs here is what runs in a container). Prints the endpoints, and on
+ * Ctrl-C or SIGTERM drains the workers, stops the coordinator and exits.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+
+export interface UpOptions {
+  workers: number
+  transport: string
+  /** Extra flags passed to every node (e.g. --token, --state). */
+  nodeArgs: string[]
+  coordinatorListen: string
+  coordinatorHttp: string
+  job: string | undefined
+  threads: number | undefined
+  log: (line: string) => void
+}
+
+export interface NodeListening {
+  shoal: 'listening'
+  role: string
+  nodeId: string
+  address: string
+  http: string
+}
+
+export interface RunningCluster {
+  coordinator: NodeListening
+  workers: NodeListening[]
+  /** Drain workers, then stop the coordinator. */
+  stop(): Promise<void>
+  /** Resolves when any node exits on its own (a crash), with its description. */
+  crashed: Promise<string>
+}
+
+function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<NodeListening> } {
+  // Re-run this CLI with the same Node flags (tsx in development, plain node when built).
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: process.env,
+  })
+  const listening = new Promise<NodeListening>((resolve, reject) => {
+    let buf = ''
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      buf += d
+      let i: number
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i)
+        buf = buf.slice(i + 1)
+        try {
+          const j = JSON.parse(line) as NodeListening
+          if (j.shoal === 'listening') resolve(j)
+        } catch {
+          // other output
+        }
+      }
+    })
+    child.once('exit', (code, signal) =>
+      reject(new Error(`shoal ${args[0]} exited (${code ?? signal}) before it listened`)),
+    )
+  })
+  return { child, listening }
+}
+
+export async function startLocalCluster(o: UpOptions): Promise<RunningCluster> {
+  const children: ChildProcess[] = []
+  let stopping = false
+  const common = ['--transport', o.transport, ...o.nodeArgs]
+  const coord = spawnNode([
+    'coordinator',
+    '--listen',
+    o.coordinatorListen,
+    '--http',
+    o.coordinatorHttp,
+    ...common,
+  ])
+  children.push(coord.child)
+  const coordinator = await coord.listening
+  const workerArgs = [
+    'worker',
+    '--coordinator',
+    coordinator.address,
+    '--listen',
+    '127.0.0.1:0',
+    '--http',
+    '127.0.0.1:0',
+    ...(o.job !== undefined ? ['--job', o.job] : []),
+    ...(o.threads !== undefined ? ['--threads', String(o.threads)] : []),
+    ...common,
+  ]
+  const ws = Array.from({ length: o.workers }, () => spawnNode(workerArgs))
+  children.push(...ws.map((w) => w.child))
+  const workers = await Promise.all(ws.map((w) => w.listening))
+  const crashed = new Promise<string>((resolve) => {
+    for (const c of children) {
+      c.once('exit', (code, signal) => {
+        if (!stopping) resolve(`pid ${c.pid} exited (${code ?? signal})`)
+      })
+    }
+  })
+  return {
+    coordinator,
+    workers,
+    crashed,
+    async stop() {
+      stopping = true
+      const workerChildren = children.slice(1)
+      await Promise.all(
+        workerChildren.map(async (c) => {
+          if (c.exitCode !== null || c.signalCode !== null) return
+          c.kill('SIGTERM')
+          await once(c, 'exit')
+        }),
+      )
+      const cc = children[0]!
+      if (cc.exitCode === null && cc.signalCode === null) {
+        cc.kill('SIGTERM')
+        await once(cc, 'exit')
+      }
+    },
+  }
+}

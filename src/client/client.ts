@@ -1,0 +1,850 @@
+/**
+ * ShoalClient: the producer and query SDK. It batches events per partition, routes each batch
+ * straight to the owning worker using the coordinator's routing table (pushed to it on every
+ * change), and retries a batch until it is acked, re-routing when ownership moved.
+ *
+ * Exactly-once delivery into state: every batch carries (producerId, sequence), with sequences
+ * strictly increasing per (producer, partition) and at most one batch of a partition in flight,
+ * so a worker can drop a retried batch it has already applied. Per-key order is preserved:
+ * batches of one partition leave in order and the next leaves only after the previous is acked.
+ *
+ * Backpressure: send() returns false once `maxBufferedEvents` are waiting (write() awaits room);
+ * nothing is dropped silently: flush() rejects if any batch failed permanently.
+ */
+import { randomUUID } from 'node:crypto'
+import { Packr } from 'msgpackr'
+import { ErrorCodes, ShoalError, reviveError } from '../errors.ts'
+import type { RoutingFields } from '../protocol/control.ts'
+import type { Envelope, EventAckBody } from '../protocol/messages.ts'
+import { createPartitioner, partitionForKey, type Partitioner } from '../protocol/partition.ts'
+import { Requests } from '../transport/requests.ts'
+import type { Connection, Transport } from '../transport/transport.ts'
+import { AdminClient } from './admin.ts'
+
+export interface ShoalClientOptions {
+  /** The coordinator's transport address. */
+  coordinator: string
+  /** A transport created with role 'client'. */
+  transport: Transport
+  /** Stable identity for dedup across reconnects. @default a random UUID */
+  producerId?: string
+  /** Events per batch. @default 1000 */
+  batchSize?: number
+  /**
+   * A partial batch of an idle partition leaves after this long. A partition with a batch in
+   * flight keeps filling the next one and sends it as soon as that batch is acked. @default 5
+   */
+  lingerMs?: number
+  /** send() returns false above this many unacknowledged events. @default 200000 */
+  maxBufferedEvents?: number
+  /** Resend a batch not acked within this time. @default 10000 */
+  ackTimeoutMs?: number
+  /** Delay before retrying a refused batch. @default 50 */
+  retryDelayMs?: number
+  /** Give up on a batch after this long without success: flush() then rejects. @default 60000 */
+  deliveryTimeoutMs?: number
+  /**
+   * Called when a batch of `events` events of `partition` is acknowledged (applied on its
+   * worker). Batches of a partition are acknowledged in the order their events were sent.
+   */
+  onAck?: (partition: number, events: number) => void
+}
+
+interface Sealed {
+  partition: number
+  sequence: number
+  count: number
+  payload: Uint8Array
+  firstTriedAt: number
+  attempts: number
+  conn: Connection | null
+  timer: NodeJS.Timeout | null
+}
+
+interface PartitionQueue {
+  /** The open batch: `count` events, already encoded (see BatchBuffer). */
+  open: BatchBuffer | null
+  count: number
+  /** Bytes of this partition's last batch: the next one's initial buffer size. */
+  sizeHint: number
+  sealed: Sealed[]
+  inFlight: Sealed | null
+  seq: number
+  retryTimer: NodeJS.Timeout | null
+  /** Listed in #lingering: its partial batch leaves when the linger timer fires. */
+  lingering: boolean
+}
+
+export interface ClientStats {
+  sent: number
+  acked: number
+  batches: number
+  retries: number
+  failed: number
+}
+
+const packr = new Packr({ useRecords: true, moreTypes: true })
+const unpackr = new Packr({ useRecords: true, moreTypes: true })
+
+// --- batch encoding ------------------------------------------------------------------------------
+//
+// An event is encoded when it is sent, straight into its partition's open batch: a buffer that
+// becomes the batch's payload, one msgpack array of [key, event] exactly as msgpackr would pack
+// it (records on). Encoding at send() time touches the event while it is still in the CPU
+// cache and lets it die young; packing a whole batch only when its partition's previous batch
+// is acked (events wait up to maxBufferedEvents deep) cost several times as much in cache
+// misses and promotions by the GC.
+//
+// Most events are plain objects and arrays of strings, numbers, booleans, null and undefined.
+// Those are written here directly, in msgpackr's format: its record extension for objects (a
+// definition `d4 72 id [keys]` the first time a key list appears, then just the id byte), the
+// same number, string and header encodings. This is several times faster than msgpackr's
+// generic path (type dispatch, a transition walk with two for-in loops per object), and a
+// worker decodes the batch with msgpackr as before. Anything else in an event (a Date, Map,
+// Set, typed array, bigint, class instance, null-prototype object, nesting deeper than 8) makes
+// that one event go through msgpackr.pack; its bytes are appended as they are, and since
+// msgpackr numbers its own record definitions from 0x40 again, the key lists defined so far are
+// forgotten and redefined on their next use. A value msgpackr cannot pack throws from send(),
+// and the event is not queued.
+
+/** Room at the start of a batch buffer for its array header (1, 3 or 5 bytes). */
+const HEAD_ROOM = 5
+/** msgpackr's one-byte record ids: 0x40-0x7f. An event needing more goes through msgpackr. */
+const MAX_SHAPES = 64
+const MAX_DEPTH = 8
+
+interface BatchBuffer {
+  buf: Buffer
+  view: DataView
+  pos: number
+  /** Key lists with a record id at this point of the batch (id = 0x40 + index). */
+  shapes: string[][]
+  /** Index of the last key list matched, tried first. */
+  last: number
+}
+
+function newBatchBuffer(size: number): BatchBuffer {
+  const buf = Buffer.allocUnsafe(size)
+  return {
+    buf,
+    view: new DataView(buf.buffer, buf.byteOffset, buf.length),
+    pos: HEAD_ROOM,
+    shapes: [],
+    last: 0,
+  }
+}
+
+function grow(f: BatchBuffer, need: number): void {
+  const buf = Buffer.allocUnsafe(Math.max(f.buf.length * 2, f.pos + need + 1024))
+  f.buf.copy(buf, 0, 0, f.pos)
+  f.buf = buf
+  f.view = new DataView(buf.buffer, buf.byteOffset, buf.length)
+}
+
+/** Append [key, event]. Throws what msgpackr throws for a value it cannot pack (nothing appended). */
+function appendEvent(f: BatchBuffer, key: string, event: unknown): void {
+  const start = f.pos
+  const shapes = f.shapes.length
+  if (f.pos + 1 > f.buf.length) grow(f, 1)
+  f.buf[f.pos++] = 0x92
+  encodeString(f, key)
+  if (encodeValue(f, event, 0)) return
+  // Undo the attempt (bytes and the key lists it defined), then let msgpackr pack the event.
+  f.pos = start
+  f.shapes.length = shapes
+  f.last = 0
+  const packed = packr.pack([key, event])
+  if (f.pos + packed.length > f.buf.length) grow(f, packed.length)
+  f.buf.set(packed, f.pos)
+  f.pos += packed.length
+  // msgpackr's own record definitions reused ids from 0x40: ours must be written again.
+  f.shapes = []
+}
+
+function encodeValue(f: BatchBuffer, v: unknown, depth: number): boolean {
+  switch (typeof v) {
+    case 'string':
+      encodeString(f, v)
+      return true
+    case 'number':
+      encodeNumber(f, v)
+      return true
+    case 'boolean':
+      if (f.pos + 1 > f.buf.length) grow(f, 1)
+      f.buf[f.pos++] = v ? 0xc3 : 0xc2
+      return true
+    case 'undefined':
+      if (f.pos + 3 > f.buf.length) grow(f, 3)
+      f.buf[f.pos++] = 0xd4
+      f.buf[f.pos++] = 0
+      f.buf[f.pos++] = 0
+      return true
+    case 'object': {
+      if (v === null) {
+        if (f.pos + 1 > f.buf.length) grow(f, 1)
+        f.buf[f.pos++] = 0xc0
+        return true
+      }
+      if (depth >= MAX_DEPTH) return false
+      const ctor = (v as { constructor?: unknown }).constructor
+      if (ctor === Object) return encodeRecord(f, v as Record<string, unknown>, depth + 1)
+      if (ctor === Array) return encodeArray(f, v as unknown[], depth + 1)
+      return false
+    }
+    default:
+      return false
+  }
+}
+
+/** A msgpack str header for `bytes` bytes at `p`. */
+function strHeader(f: BatchBuffer, p: number, bytes: number): void {
+  const b = f.buf
+  if (bytes < 0x20) b[p] = 0xa0 | bytes
+  else if (bytes < 0x100) {
+    b[p] = 0xd9
+    b[p + 1] = bytes
+  } else if (bytes < 0x10000) {
+    b[p] = 0xda
+    b[p + 1] = bytes >> 8
+    b[p + 2] = bytes & 0xff
+  } else {
+    b[p] = 0xdb
+    f.view.setUint32(p + 1, bytes)
+  }
+}
+
+function strHeaderSize(bytes: number): number {
+  return bytes < 0x20 ? 1 : bytes < 0x100 ? 2 : bytes < 0x10000 ? 3 : 5
+}
+
+/**
+ * A string as msgpackr writes it: UTF-8, with a lone surrogate written as its own 3-byte
+ * sequence when the string is shorter than 64 code units (msgpackr's own loop) and as U+FFFD
+ * otherwise (Buffer's encoder, which msgpackr uses for longer strings).
+ */
+function encodeString(f: BatchBuffer, s: string): void {
+  const n = s.length
+  if (f.pos + 5 + n * 3 > f.buf.length) grow(f, 5 + n * 3)
+  const b = f.buf
+  // ASCII, the usual case: the byte length is the length, the header goes first.
+  const head = strHeaderSize(n)
+  let p = f.pos + head
+  let i = 0
+  for (; i < n; i++) {
+    const c = s.charCodeAt(i)
+    if (c >= 0x80) break
+    b[p++] = c
+  }
+  if (i === n) {
+    strHeader(f, f.pos, n)
+    f.pos = p
+    return
+  }
+  // Otherwise encode after the largest header, then move the bytes behind the right one.
+  const start = f.pos + 5
+  let bytes: number
+  if (n < 0x40) {
+    p = start
+    for (i = 0; i < n; i++) {
+      let c1 = s.charCodeAt(i)
+      let c2: number
+      if (c1 < 0x80) b[p++] = c1
+      else if (c1 < 0x800) {
+        b[p++] = (c1 >> 6) | 0xc0
+        b[p++] = (c1 & 0x3f) | 0x80
+      } else if ((c1 & 0xfc00) === 0xd800 && ((c2 = s.charCodeAt(i + 1)) & 0xfc00) === 0xdc00) {
+        c1 = 0x10000 + ((c1 & 0x03ff) << 10) + (c2 & 0x03ff)
+        i++
+        b[p++] = (c1 >> 18) | 0xf0
+        b[p++] = ((c1 >> 12) & 0x3f) | 0x80
+        b[p++] = ((c1 >> 6) & 0x3f) | 0x80
+        b[p++] = (c1 & 0x3f) | 0x80
+      } else {
+        b[p++] = (c1 >> 12) | 0xe0
+        b[p++] = ((c1 >> 6) & 0x3f) | 0x80
+        b[p++] = (c1 & 0x3f) | 0x80
+      }
+    }
+    bytes = p - start
+  } else {
+    bytes = b.write(s, start, 'utf8')
+  }
+  const h = strHeaderSize(bytes)
+  if (h < 5) b.copyWithin(f.pos + h, start, start + bytes)
+  strHeader(f, f.pos, bytes)
+  f.pos += h + bytes
+}
+
+/** A number exactly as msgpackr encodes it with records on (so no fixints 0x40-0x7f). */
+function encodeNumber(f: BatchBuffer, v: number): void {
+  if (f.pos + 9 > f.buf.length) grow(f, 9)
+  const b = f.buf
+  if (v >>> 0 === v) {
+    if (v < 0x40) b[f.pos++] = v
+    else if (v < 0x100) {
+      b[f.pos++] = 0xcc
+      b[f.pos++] = v
+    } else if (v < 0x10000) {
+      b[f.pos++] = 0xcd
+      b[f.pos++] = v >> 8
+      b[f.pos++] = v & 0xff
+    } else {
+      b[f.pos++] = 0xce
+      f.view.setUint32(f.pos, v)
+      f.pos += 4
+    }
+  } else if (v >> 0 === v) {
+    if (v >= -0x20) b[f.pos++] = 0x100 + v
+    else if (v >= -0x80) {
+      b[f.pos++] = 0xd0
+      b[f.pos++] = v + 0x100
+    } else if (v >= -0x8000) {
+      b[f.pos++] = 0xd1
+      f.view.setInt16(f.pos, v)
+      f.pos += 2
+    } else {
+      b[f.pos++] = 0xd2
+      f.view.setInt32(f.pos, v)
+      f.pos += 4
+    }
+  } else {
+    b[f.pos++] = 0xcb
+    f.view.setFloat64(f.pos, v)
+    f.pos += 8
+  }
+}
+
+function arrayHeader(f: BatchBuffer, n: number): void {
+  if (f.pos + 5 > f.buf.length) grow(f, 5)
+  const b = f.buf
+  if (n < 0x10) b[f.pos++] = 0x90 | n
+  else if (n < 0x10000) {
+    b[f.pos++] = 0xdc
+    b[f.pos++] = n >> 8
+    b[f.pos++] = n & 0xff
+  } else {
+    b[f.pos++] = 0xdd
+    f.view.setUint32(f.pos, n)
+    f.pos += 4
+  }
+}
+
+function encodeArray(f: BatchBuffer, a: unknown[], depth: number): boolean {
+  const n = a.length
+  arrayHeader(f, n)
+  for (let i = 0; i < n; i++) if (!encodeValue(f, a[i], depth)) return false
+  return true
+}
+
+/** A plain object as a msgpackr record: its own enumerable keys, in order (as msgpackr). */
+function encodeRecord(f: BatchBuffer, o: Record<string, unknown>, depth: number): boolean {
+  const keys = Object.keys(o)
+  const n = keys.length
+  const shapes = f.shapes
+  let id = -1
+  const last = shapes[f.last]
+  if (last !== undefined && sameKeys(last, keys)) id = f.last
+  else {
+    for (let s = 0; s < shapes.length; s++) {
+      if (sameKeys(shapes[s]!, keys)) {
+        id = s
+        break
+      }
+    }
+  }
+  if (id >= 0) {
+    if (f.pos + 1 > f.buf.length) grow(f, 1)
+    f.buf[f.pos++] = 0x40 + id
+  } else {
+    if (shapes.length >= MAX_SHAPES) return false
+    id = shapes.length
+    shapes.push(keys)
+    if (f.pos + 3 > f.buf.length) grow(f, 3)
+    f.buf[f.pos++] = 0xd4
+    f.buf[f.pos++] = 0x72
+    f.buf[f.pos++] = 0x40 + id
+    arrayHeader(f, n)
+    for (let i = 0; i < n; i++) {
+      const k = keys[i]!
+      // msgpackr special-cases these two; leave such objects to it.
+      if (k === '__proto__' || k === 'hasOwnProperty') return false
+      encodeString(f, k)
+    }
+  }
+  f.last = id
+  for (let i = 0; i < n; i++) if (!encodeValue(f, o[keys[i]!], depth)) return false
+  return true
+}
+
+function sameKeys(a: string[], b: string[]): boolean {
+  const n = a.length
+  if (n !== b.length) return false
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return false
+  return true
+}
+
+/** The batch payload: the array header written in front of the events, no copy. */
+function sealBatch(f: BatchBuffer, count: number): Uint8Array {
+  const b = f.buf
+  if (count < 0x10) {
+    b[HEAD_ROOM - 1] = 0x90 | count
+    return b.subarray(HEAD_ROOM - 1, f.pos)
+  }
+  if (count < 0x10000) {
+    b[HEAD_ROOM - 3] = 0xdc
+    b[HEAD_ROOM - 2] = count >> 8
+    b[HEAD_ROOM - 1] = count & 0xff
+    return b.subarray(HEAD_ROOM - 3, f.pos)
+  }
+  b[0] = 0xdd
+  f.view.setUint32(1, count)
+  return b.subarray(0, f.pos)
+}
+
+export class ShoalClient {
+  readonly producerId: string
+  readonly #opts: Required<Omit<ShoalClientOptions, 'producerId' | 'onAck'>>
+  readonly #onAckHook: ((partition: number, events: number) => void) | undefined
+  readonly #admin: AdminClient
+  #routing: RoutingFields
+  readonly #queues: PartitionQueue[]
+  readonly #conns = new Map<string, Promise<Connection>>()
+  readonly #requests = new Requests()
+  #unacked = 0
+  #lingerTimer: NodeJS.Timeout | null = null
+  /** Idle partitions with a partial batch waiting for the linger timer. */
+  #lingering: number[] = []
+  readonly #partitionOf: Partitioner
+  #roomWaiters: (() => void)[] = []
+  #flushWaiters: { resolve: () => void; reject: (e: ShoalError) => void }[] = []
+  #failure: ShoalError | null = null
+  #closed = false
+  #refreshing: Promise<void> | null = null
+  readonly stats: ClientStats = { sent: 0, acked: 0, batches: 0, retries: 0, failed: 0 }
+
+  private constructor(opts: ShoalClientOptions, admin: AdminClient, routing: RoutingFields) {
+    this.producerId = opts.producerId ?? randomUUID()
+    this.#opts = {
+      coordinator: opts.coordinator,
+      transport: opts.transport,
+      batchSize: opts.batchSize ?? 1000,
+      lingerMs: opts.lingerMs ?? 5,
+      maxBufferedEvents: opts.maxBufferedEvents ?? 200_000,
+      ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
+      retryDelayMs: opts.retryDelayMs ?? 50,
+      deliveryTimeoutMs: opts.deliveryTimeoutMs ?? 60_000,
+    }
+    this.#onAckHook = opts.onAck
+    this.#admin = admin
+    this.#routing = routing
+    this.#queues = Array.from({ length: routing.partitions }, () => ({
+      open: null,
+      count: 0,
+      sizeHint: 4096,
+      sealed: [],
+      inFlight: null,
+      seq: 0,
+      retryTimer: null,
+      lingering: false,
+    }))
+    this.#partitionOf = createPartitioner(routing.partitions)
+  }
+
+  static async connect(options: ShoalClientOptions): Promise<ShoalClient> {
+    let client: ShoalClient | null = null
+    const admin = await AdminClient.connect(options.transport, options.coordinator, {
+      onRouting: (r) => {
+        if (client !== null) client.#onRouting(r)
+      },
+    })
+    try {
+      const routing = await admin.routing()
+      client = new ShoalClient(options, admin, routing)
+      return client
+    } catch (err) {
+      await admin.close()
+      throw err
+    }
+  }
+
+  get partitions(): number {
+    return this.#routing.partitions
+  }
+  /** Events accepted by send() and not yet acknowledged. */
+  get unacked(): number {
+    return this.#unacked
+  }
+
+  /** Queue one event. Returns false when the buffer is full: await drain() before sending more. */
+  send(key: string, event: unknown): boolean {
+    if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'client is closed')
+    if (typeof key !== 'string') throw new ShoalError(ErrorCodes.BAD_MESSAGE, 'event key must be a string')
+    const p = this.#partitionOf(key)
+    const q = this.#queues[p]!
+    appendEvent((q.open ??= newBatchBuffer(q.sizeHint)), key, event)
+    const n = ++q.count
+    this.#unacked++
+    this.stats.sent++
+    if (n >= this.#opts.batchSize) this.#seal(p)
+    else if (n === 1 && q.inFlight === null && !q.lingering) {
+      // An idle partition: its batch leaves when full or after lingerMs. A busy one (a batch in
+      // flight) keeps filling its next batch until the ack, which sends it at once.
+      q.lingering = true
+      this.#lingering.push(p)
+      this.#lingerTimer ??= setTimeout(this.#onLinger, this.#opts.lingerMs)
+    }
+    return this.#unacked < this.#opts.maxBufferedEvents
+  }
+
+  drain(): Promise<void> {
+    if (this.#unacked < this.#opts.maxBufferedEvents) return Promise.resolve()
+    return new Promise((resolve) => this.#roomWaiters.push(resolve))
+  }
+
+  async write(key: string, event: unknown): Promise<void> {
+    if (!this.send(key, event)) await this.drain()
+  }
+
+  /** Resolves when every event sent so far is acknowledged; rejects if any could not be delivered. */
+  flush(): Promise<void> {
+    this.#onLinger()
+    if (this.#failure !== null) return Promise.reject(this.#failure)
+    if (this.#unacked === 0) return Promise.resolve()
+    return new Promise((resolve, reject) => this.#flushWaiters.push({ resolve, reject }))
+  }
+
+  /** The current state of `key`, from its owner; undefined when the key has none. */
+  async getState(key: string): Promise<unknown> {
+    for (let attempt = 1; ; attempt++) {
+      const p = partitionForKey(key, this.#routing.partitions)
+      try {
+        const conn = await this.#connFor(p)
+        const env = await this.#requests.request(
+          conn,
+          { kind: 'state', body: { op: 'get', key, partition: p } },
+          this.#opts.ackTimeoutMs,
+        )
+        const body = env.body as { found?: boolean; data?: Uint8Array }
+        return body.found === true && body.data !== undefined ? unpackr.unpack(body.data) : undefined
+      } catch (err) {
+        if (attempt >= 20 || !(err instanceof ShoalError) || !err.retryable) throw err
+        await this.#refreshRouting()
+        await sleep(this.#opts.retryDelayMs * attempt)
+      }
+    }
+  }
+
+  /** Every key's state across the cluster, partition by partition. */
+  async *dumpState(): AsyncGenerator<[string, unknown]> {
+    const routing = this.#routing
+    const workers = [...new Set(routing.routes.filter((r) => r !== null).map((r) => r.workerId))].sort()
+    const seen = new Set<number>()
+    for (const w of workers) {
+      const conn = await this.#connTo(w, routing.addresses[w]!)
+      const chunks: { partition: number; data: Uint8Array }[] = []
+      await this.#requests.requestStream(
+        conn,
+        { kind: 'state', body: { op: 'dump' } },
+        this.#opts.ackTimeoutMs,
+        (env) => {
+          const b = env.body as { op: string; partition?: number; data?: Uint8Array }
+          if (b.op === 'chunk' && b.partition !== undefined && b.data !== undefined) {
+            chunks.push({ partition: b.partition, data: b.data })
+            return false
+          }
+          return b.op === 'end'
+        },
+      )
+      for (const c of chunks) {
+        if (seen.has(c.partition)) continue
+        seen.add(c.partition)
+        yield* unpackr.unpack(c.data) as [string, unknown][]
+      }
+    }
+    const owned = routing.routes.filter((r) => r !== null).length
+    if (seen.size < owned) {
+      throw new ShoalError(
+        ErrorCodes.NOT_OWNER,
+        `state dump is incomplete: ${owned - seen.size} partitions were moving; retry`,
+        { retryable: true },
+      )
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    if (this.#lingerTimer !== null) clearTimeout(this.#lingerTimer)
+    for (const q of this.#queues) {
+      if (q.retryTimer !== null) clearTimeout(q.retryTimer)
+      if (q.inFlight?.timer != null) clearTimeout(q.inFlight.timer)
+    }
+    const conns = await Promise.allSettled([...this.#conns.values()])
+    await Promise.all(
+      conns.map((c) => (c.status === 'fulfilled' ? c.value.close({ timeoutMs: 1000 }) : Promise.resolve())),
+    )
+    await this.#admin.close()
+    this.#fail(new ShoalError(ErrorCodes.CLOSED, 'client closed before every event was acknowledged'))
+  }
+
+  // --- batching and delivery ---------------------------------------------------------------------
+
+  /**
+   * Send the partial batches of idle partitions. Partitions with a batch in flight are not
+   * touched: their next batch leaves when that one is acked (see #pump), so under load batches
+   * grow to what accumulates during one round trip instead of being cut every lingerMs.
+   */
+  readonly #onLinger = (): void => {
+    if (this.#lingerTimer !== null) {
+      clearTimeout(this.#lingerTimer)
+      this.#lingerTimer = null
+    }
+    const parts = this.#lingering
+    this.#lingering = []
+    for (const p of parts) {
+      const q = this.#queues[p]!
+      q.lingering = false
+      if (q.count > 0 && q.inFlight === null) this.#seal(p)
+    }
+  }
+
+  #seal(p: number): void {
+    this.#sealBuffered(this.#queues[p]!, p)
+    this.#pump(p)
+  }
+
+  #sealBuffered(q: PartitionQueue, p: number): void {
+    const count = q.count
+    const payload = sealBatch(q.open!, count)
+    q.sizeHint = Math.max(1024, payload.length + 256)
+    q.open = null
+    q.count = 0
+    q.sealed.push({
+      partition: p,
+      sequence: ++q.seq,
+      count,
+      payload,
+      firstTriedAt: 0,
+      attempts: 0,
+      conn: null,
+      timer: null,
+    })
+    this.stats.batches++
+  }
+
+  /** Put the partition's next batch in flight if none is: a sealed one, else what is buffered. */
+  #pump(p: number): void {
+    const q = this.#queues[p]!
+    if (q.inFlight !== null || q.retryTimer !== null || this.#closed) return
+    if (q.sealed.length === 0) {
+      if (q.count === 0) return
+      this.#sealBuffered(q, p)
+    }
+    const batch = q.sealed.shift()!
+    q.inFlight = batch
+    void this.#deliver(q, batch)
+  }
+
+  async #deliver(q: PartitionQueue, batch: Sealed): Promise<void> {
+    if (batch.firstTriedAt === 0) batch.firstTriedAt = performance.now()
+    batch.attempts++
+    const route = this.#routing.routes[batch.partition]
+    if (route == null) {
+      this.#retry(
+        q,
+        batch,
+        new ShoalError(ErrorCodes.NOT_OWNER, `partition ${batch.partition} has no owner yet`, {
+          retryable: true,
+        }),
+      )
+      return
+    }
+    let conn: Connection
+    try {
+      conn = await this.#connTo(route.workerId, this.#routing.addresses[route.workerId]!)
+      batch.conn = conn
+      conn.send({
+        kind: 'event',
+        body: {
+          op: 'batch',
+          partition: batch.partition,
+          epoch: route.epoch,
+          producerId: this.producerId,
+          sequence: batch.sequence,
+          count: batch.count,
+          payload: batch.payload,
+        },
+      })
+    } catch (err) {
+      this.#retry(
+        q,
+        batch,
+        err instanceof ShoalError ? err : new ShoalError(ErrorCodes.TRANSPORT, String(err)),
+      )
+      return
+    }
+    batch.timer = setTimeout(() => {
+      batch.timer = null
+      if (q.inFlight === batch) {
+        this.#retry(
+          q,
+          batch,
+          new ShoalError(ErrorCodes.TIMEOUT, `batch not acked in ${this.#opts.ackTimeoutMs} ms`, {
+            retryable: true,
+          }),
+        )
+      }
+    }, this.#opts.ackTimeoutMs)
+  }
+
+  #onAck(ack: EventAckBody): void {
+    if (ack.producerId !== this.producerId) return
+    const q = this.#queues[ack.partition]
+    const batch = q?.inFlight
+    if (q === undefined || batch == null || batch.sequence !== ack.sequence) return
+    if (batch.timer !== null) clearTimeout(batch.timer)
+    batch.timer = null
+    if (ack.ok) {
+      q.inFlight = null
+      this.#onAckHook?.(ack.partition, batch.count)
+      this.#acked(batch.count)
+      this.#pump(ack.partition)
+      return
+    }
+    const err =
+      ack.error === undefined
+        ? new ShoalError(ErrorCodes.PEER_ERROR, 'batch refused')
+        : reviveError(ack.error)
+    if (err.retryable) this.#retry(q, batch, err)
+    else this.#giveUp(q, batch, err)
+  }
+
+  #retry(q: PartitionQueue, batch: Sealed, err: ShoalError): void {
+    if (performance.now() - batch.firstTriedAt > this.#opts.deliveryTimeoutMs) {
+      this.#giveUp(q, batch, err)
+      return
+    }
+    this.stats.retries++
+    if (batch.timer !== null) clearTimeout(batch.timer)
+    batch.timer = null
+    if (
+      err.code === ErrorCodes.NOT_OWNER ||
+      err.code === ErrorCodes.CONNECTION_LOST ||
+      err.code === ErrorCodes.CONNECT_FAILED
+    ) {
+      void this.#refreshRouting()
+    }
+    const delay = Math.min(1000, this.#opts.retryDelayMs * Math.min(batch.attempts, 10))
+    q.retryTimer = setTimeout(() => {
+      q.retryTimer = null
+      if (q.inFlight === batch && !this.#closed) void this.#deliver(q, batch)
+    }, delay)
+  }
+
+  #giveUp(q: PartitionQueue, batch: Sealed, err: ShoalError): void {
+    q.inFlight = null
+    this.stats.failed += batch.count
+    this.#fail(
+      new ShoalError(
+        err.code,
+        `batch ${batch.sequence} of partition ${batch.partition} (${batch.count} events) not delivered: ${err.message}`,
+        {
+          cause: err,
+        },
+      ),
+    )
+    this.#acked(batch.count, false)
+    this.#pump(batch.partition)
+  }
+
+  #acked(count: number, ok = true): void {
+    this.#unacked -= count
+    if (ok) this.stats.acked += count
+    if (this.#unacked < this.#opts.maxBufferedEvents && this.#roomWaiters.length > 0) {
+      const w = this.#roomWaiters
+      this.#roomWaiters = []
+      for (const r of w) r()
+    }
+    if (this.#unacked === 0 && this.#flushWaiters.length > 0) {
+      const w = this.#flushWaiters
+      this.#flushWaiters = []
+      for (const f of w) {
+        if (this.#failure !== null) f.reject(this.#failure)
+        else f.resolve()
+      }
+    }
+  }
+
+  #fail(err: ShoalError): void {
+    this.#failure ??= err
+    const w = this.#flushWaiters
+    this.#flushWaiters = []
+    for (const f of w) f.reject(this.#failure)
+  }
+
+  // --- routing and connections -------------------------------------------------------------------
+
+  #onRouting(r: RoutingFields): void {
+    if (r.epoch >= this.#routing.epoch && r.partitions === this.#routing.partitions) this.#routing = r
+  }
+
+  #refreshRouting(): Promise<void> {
+    this.#refreshing ??= this.#admin
+      .routing()
+      .then((r) => this.#onRouting(r))
+      .catch(() => {})
+      .finally(() => {
+        this.#refreshing = null
+      })
+    return this.#refreshing
+  }
+
+  async #connFor(partition: number): Promise<Connection> {
+    const route = this.#routing.routes[partition]
+    if (route == null)
+      throw new ShoalError(ErrorCodes.NOT_OWNER, `partition ${partition} has no owner yet`, {
+        retryable: true,
+      })
+    return this.#connTo(route.workerId, this.#routing.addresses[route.workerId]!)
+  }
+
+  #connTo(workerId: string, address: string): Promise<Connection> {
+    const key = `${workerId}@${address}`
+    let c = this.#conns.get(key)
+    if (c === undefined) {
+      c = this.#opts.transport.connect(address).then((conn) => {
+        void this.#readAcks(key, conn)
+        return conn
+      })
+      // A failed dial is forgotten so the next attempt dials again.
+      c.catch(() => this.#conns.delete(key))
+      this.#conns.set(key, c)
+    }
+    return c
+  }
+
+  async #readAcks(key: string, conn: Connection): Promise<void> {
+    try {
+      for await (const env of conn) this.#onData(env)
+    } catch {
+      // handled below
+    }
+    this.#conns.delete(key)
+    const lost = new ShoalError(ErrorCodes.CONNECTION_LOST, `connection to ${key} lost`, { retryable: true })
+    for (const q of this.#queues) {
+      if (q.inFlight?.conn === conn && q.retryTimer === null) this.#retry(q, q.inFlight, lost)
+    }
+  }
+
+  #onData(env: Envelope): void {
+    if (env.kind === 'event' && env.body.op === 'ack') {
+      this.#onAck(env.body)
+      return
+    }
+    this.#requests.settle(env)
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
+}

@@ -1,0 +1,734 @@
+/**
+ * The coordinator: membership, failure detection, sticky partition assignment with fencing
+ * epochs, the routing table, and cluster status. It runs only control-plane code on its main
+ * thread; nothing here waits on user code.
+ *
+ * Failure detection counts missed heartbeats on this node's own clock (never compares clocks
+ * across hosts): every interval it checks whether each member was heard from since the last
+ * tick; `heartbeatMisses` silent ticks in a row make the member dead. A closed connection makes
+ * a member suspect at once; it stays an owner until declared dead, so a quick reconnect (a
+ * network blip, a coordinator-side goaway) moves nothing.
+ *
+ * Reassignment is revoke-before-assign: live previous owners must acknowledge a revoke before
+ * the new assignment is committed and the new owners are told, so no partition is served by
+ * two live workers. A dead owner cannot acknowledge; it is fenced by the epoch instead (every
+ * move carries a fresh, higher epoch that all later state writes must carry).
+ *
+ * After a coordinator restart, workers rejoin and report what they own; during a recovery
+ * window (one failure-detection period) the coordinator collects those reports and rebuilds
+ * the assignment from them, so workers keep their partitions and epochs stay monotonic.
+ */
+import { EventEmitter } from 'node:events'
+import type { Logger } from 'pino'
+import { ErrorCodes, ShoalError } from '../errors.ts'
+import {
+  parseJoin,
+  parsePartitionList,
+  type JoinFields,
+  type OwnedPartition,
+  type RoutingFields,
+} from '../protocol/control.ts'
+import type { ControlBody, Envelope, HeartbeatLoad } from '../protocol/messages.ts'
+import { validatePartitions } from '../protocol/partition.ts'
+import { Requests, isReplyOrError, reply, replyError } from '../transport/requests.ts'
+import { Gateway } from './gateway.ts'
+import type { Connection, Listener, ListenAddress, Transport } from '../transport/transport.ts'
+import {
+  computeAssignment,
+  diffAssignments,
+  emptyAssignment,
+  validateAssignment,
+  type Assignment,
+} from './assignment.ts'
+
+export type MemberState = 'alive' | 'suspect' | 'dead' | 'left'
+
+export interface CoordinatorOptions {
+  transport: Transport
+  listen: ListenAddress
+  /** Key groups; fixed for the life of the cluster. @default 256 */
+  partitions?: number
+  /** @default 500 */
+  heartbeatIntervalMs?: number
+  /** Silent intervals before a member is dead. @default 3 */
+  heartbeatMisses?: number
+  /** How long a live owner has to acknowledge a revoke before it is fenced. @default 5000 */
+  revokeTimeoutMs?: number
+  /** Time after start to collect rejoining workers' ownership. @default interval * misses */
+  recoveryWindowMs?: number
+  logger: Logger
+  /** Observers (metrics) of membership and assignment changes. */
+  hooks?: CoordinatorHooks
+}
+
+export interface CoordinatorHooks {
+  /** Every heartbeat-loop iteration (liveness: the loop is ticking). */
+  tick?(): void
+  heartbeatSent?(): void
+  heartbeatReceived?(memberId: string): void
+  heartbeatMissed?(memberId: string): void
+  assignmentChanged?(assignment: Assignment): void
+}
+
+export interface MemberStatus {
+  id: string
+  state: MemberState
+  dataAddress: string
+  httpAddress: string | null
+  capacity: number
+  version: string
+  /** Partitions owned, and how many of them the worker reported ready. */
+  partitions: number
+  readyPartitions: number
+  missedHeartbeats: number
+  /** Milliseconds since this coordinator last heard from the member (its own clock). */
+  heartbeatAgeMs: number
+  load: HeartbeatLoad | null
+  joinedAt: string
+}
+
+export interface ClusterStatus {
+  coordinator: {
+    nodeId: string
+    address: string
+    transport: string
+    ready: boolean
+    recovering: boolean
+    partitions: number
+    epoch: number
+    heartbeatIntervalMs: number
+    heartbeatMisses: number
+    uptimeMs: number
+  }
+  members: MemberStatus[]
+  assignment: { epoch: number; owners: (string | null)[]; epochs: number[] }
+}
+
+interface Member {
+  id: string
+  conn: Connection | null
+  state: MemberState
+  dataAddress: string
+  httpAddress: string | null
+  capacity: number
+  version: string
+  missed: number
+  heardSinceTick: boolean
+  lastHeardAt: number
+  load: HeartbeatLoad | null
+  ready: Set<number>
+  joinedAt: number
+  /** What the member reported owning when it joined during recovery. */
+  reported: OwnedPartition[]
+  epochSeen: number
+}
+
+const LIVE: ReadonlySet<MemberState> = new Set(['alive', 'suspect'])
+/** Dead and departed members stay listed this long, for status and post-mortems. */
+const FORGET_AFTER_MS = 10 * 60_000
+
+export class Coordinator extends EventEmitter<{
+  'member-joined': [id: string]
+  'member-suspect': [id: string, reason: string]
+  'member-dead': [id: string, reason: string]
+  'member-left': [id: string]
+  assignment: [assignment: Assignment]
+}> {
+  readonly #opts: Required<Omit<CoordinatorOptions, 'hooks'>> & { hooks: CoordinatorHooks }
+  readonly #log: Logger
+  readonly #members = new Map<string, Member>()
+  readonly #requests = new Requests()
+  readonly #routingSubscribers = new Set<Connection>()
+  #assignment: Assignment
+  #listener: Listener | null = null
+  #ticker: NodeJS.Timeout | null = null
+  #tickN = 0
+  #lastTickAt = performance.now()
+  #recovering = true
+  #started = 0
+  #stopping = false
+  readonly #gateway: Gateway
+  #rebalancing: Promise<void> | null = null
+  #rebalanceAgain = false
+
+  constructor(options: CoordinatorOptions) {
+    super()
+    const partitions = validatePartitions(options.partitions ?? 256)
+    const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 500
+    const heartbeatMisses = options.heartbeatMisses ?? 3
+    this.#opts = {
+      transport: options.transport,
+      listen: options.listen,
+      partitions,
+      heartbeatIntervalMs,
+      heartbeatMisses,
+      revokeTimeoutMs: options.revokeTimeoutMs ?? 5000,
+      recoveryWindowMs: options.recoveryWindowMs ?? heartbeatIntervalMs * heartbeatMisses,
+      logger: options.logger,
+      hooks: options.hooks ?? {},
+    }
+    this.#log = options.logger
+    this.#assignment = emptyAssignment(partitions)
+    this.#gateway = new Gateway(options.transport, () => this.routing(), options.logger)
+  }
+
+  get address(): string {
+    if (this.#listener === null) throw new ShoalError(ErrorCodes.CLOSED, 'coordinator is not listening')
+    return this.#listener.address
+  }
+
+  get assignment(): Assignment {
+    return this.#assignment
+  }
+
+  get listener(): Listener | null {
+    return this.#listener
+  }
+
+  async start(): Promise<void> {
+    this.#started = performance.now()
+    this.#listener = await this.#opts.transport.listen(this.#opts.listen, (conn) => this.#onConnection(conn))
+    this.#log.info(
+      {
+        address: this.#listener.address,
+        transport: this.#opts.transport.name,
+        partitions: this.#opts.partitions,
+      },
+      'coordinator listening',
+    )
+    this.#ticker = setInterval(() => this.#tick(), this.#opts.heartbeatIntervalMs)
+    this.#ticker.unref()
+    const recovery = setTimeout(() => this.#endRecovery(), this.#opts.recoveryWindowMs)
+    recovery.unref()
+  }
+
+  /** Ready: listening and past the recovery window (the assignment is authoritative). */
+  readiness(): { ok: boolean; detail: Record<string, unknown> } {
+    const ok = this.#listener !== null && !this.#recovering && !this.#stopping
+    return {
+      ok,
+      detail: { listening: this.#listener !== null, recovering: this.#recovering, stopping: this.#stopping },
+    }
+  }
+
+  /** Time since the heartbeat loop last ran, for liveness. */
+  heartbeatLoopAgeMs(): number {
+    return performance.now() - this.#lastTickAt
+  }
+
+  /** Graceful stop: refuse new work, say goodbye to every connection (workers reconnect elsewhere or later). */
+  async stop(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.#stopping) return
+    this.#stopping = true
+    if (this.#ticker !== null) clearInterval(this.#ticker)
+    this.#requests.rejectAll(new ShoalError(ErrorCodes.CLOSED, 'coordinator is stopping'))
+    await this.#gateway.close()
+    await this.#listener?.close({ timeoutMs: options.timeoutMs ?? 2000 })
+    this.#log.info('coordinator stopped')
+  }
+
+  status(): ClusterStatus {
+    const now = performance.now()
+    const a = this.#assignment
+    const owned = new Map<string, number>()
+    for (const o of a.owners) if (o !== null) owned.set(o, (owned.get(o) ?? 0) + 1)
+    return {
+      coordinator: {
+        nodeId: 'coordinator',
+        address: this.#listener?.address ?? '',
+        transport: this.#opts.transport.name,
+        ready: this.readiness().ok,
+        recovering: this.#recovering,
+        partitions: a.partitions,
+        epoch: a.epoch,
+        heartbeatIntervalMs: this.#opts.heartbeatIntervalMs,
+        heartbeatMisses: this.#opts.heartbeatMisses,
+        uptimeMs: Math.round(now - this.#started),
+      },
+      members: [...this.#members.values()]
+        .sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0))
+        .map((m) => ({
+          id: m.id,
+          state: m.state,
+          dataAddress: m.dataAddress,
+          httpAddress: m.httpAddress,
+          capacity: m.capacity,
+          version: m.version,
+          partitions: owned.get(m.id) ?? 0,
+          readyPartitions: [...m.ready].filter((p) => a.owners[p] === m.id).length,
+          missedHeartbeats: m.missed,
+          heartbeatAgeMs: Math.round(now - m.lastHeardAt),
+          load: m.load,
+          joinedAt: new Date(Date.now() - (now - m.joinedAt)).toISOString(),
+        })),
+      assignment: { epoch: a.epoch, owners: [...a.owners], epochs: [...a.epochs] },
+    }
+  }
+
+  routing(): RoutingFields {
+    const a = this.#assignment
+    const addresses: Record<string, string> = {}
+    const routes = a.owners.map((owner, p) => {
+      if (owner === null) return null
+      const m = this.#members.get(owner)
+      if (m === undefined) return null
+      addresses[owner] = m.dataAddress
+      return { workerId: owner, epoch: a.epochs[p] ?? 0 }
+    })
+    return { epoch: a.epoch, partitions: a.partitions, routes, addresses }
+  }
+
+  /** Ask workers (all, or one) to pause or resume processing of some or all partitions. */
+  pause(memberId?: string, partitions?: number[]): void {
+    this.#broadcast(memberId, { op: 'pause', partitions: partitions ?? null })
+  }
+  resume(memberId?: string, partitions?: number[]): void {
+    this.#broadcast(memberId, { op: 'resume', partitions: partitions ?? null })
+  }
+  /** Ask a worker to drain (finish in flight, hand its partitions back) and, with shutdown, exit. */
+  drain(memberId: string, options: { shutdown?: boolean } = {}): void {
+    this.#broadcast(memberId, { op: options.shutdown === true ? 'shutdown' : 'drain' })
+  }
+
+  #broadcast(memberId: string | undefined, body: ControlBody): void {
+    for (const m of this.#members.values()) {
+      if ((memberId === undefined || m.id === memberId) && m.conn !== null && LIVE.has(m.state)) {
+        trySend(m.conn, { kind: 'control', body })
+      }
+    }
+  }
+
+  // --- connections -------------------------------------------------------------------------------
+
+  #onConnection(conn: Connection): void {
+    if (conn.peer.role === 'worker') void this.#serveWorker(conn)
+    else void this.#serveClient(conn)
+  }
+
+  async #serveWorker(conn: Connection): Promise<void> {
+    let member: Member | null = null
+    try {
+      for await (const env of conn) {
+        if (this.#requests.settle(env)) continue
+        try {
+          member = this.#onWorkerMessage(conn, member, env) ?? member
+        } catch (err) {
+          if (!(err instanceof ShoalError)) throw err
+          if (isReplyOrError(env)) {
+            // A late reply (its request timed out) or the peer's own error report: log, never
+            // answer, so two peers cannot bounce errors back and forth.
+            this.#log.debug({ err, kind: env.kind, corr: env.corr }, 'ignored an unmatched reply')
+            continue
+          }
+          this.#log.warn({ err, from: env.from, kind: env.kind }, 'rejected a message from a worker')
+          trySend(conn, {
+            kind: 'control',
+            body: { op: 'error', code: err.code, message: err.message, fatal: false },
+            corr: env.corr ?? undefined,
+          })
+        }
+      }
+    } catch (err) {
+      this.#log.debug({ err, peer: conn.peer.nodeId }, 'worker connection ended with an error')
+    }
+    this.#routingSubscribers.delete(conn)
+    if (member !== null && member.conn === conn) {
+      member.conn = null
+      if (member.state === 'alive') this.#suspect(member, 'connection closed')
+    }
+  }
+
+  #onWorkerMessage(conn: Connection, member: Member | null, env: Envelope): Member | undefined {
+    if (env.kind === 'control') {
+      const body = env.body
+      if (body.op === 'join') return this.#onJoin(conn, parseJoin(body), env)
+      if (member === null || member.conn !== conn) {
+        throw new ShoalError(ErrorCodes.NOT_REGISTERED, `${body.op} before join: send a join first`)
+      }
+      switch (body.op) {
+        case 'assigned': {
+          for (const { partition, epoch } of parsePartitionList(body).partitions) {
+            if (
+              this.#assignment.owners[partition] === member.id &&
+              this.#assignment.epochs[partition] === epoch
+            ) {
+              member.ready.add(partition)
+            }
+          }
+          return
+        }
+        case 'leave': {
+          const { partitions } = parsePartitionList(body)
+          this.#log.info({ member: member.id, partitions: partitions.length }, 'worker leaving')
+          member.state = 'left'
+          member.ready.clear()
+          reply(conn, env, { kind: 'control', body: { op: 'drained' } })
+          this.emit('member-left', member.id)
+          this.#rebalance('worker left')
+          return
+        }
+        case 'routing':
+          this.#routingSubscribers.add(conn)
+          reply(conn, env, { kind: 'control', body: { op: 'routing', ...this.routing() } })
+          return
+        default:
+          throw new ShoalError(ErrorCodes.BAD_MESSAGE, `a worker may not send control ${body.op}`)
+      }
+    }
+    if (env.kind === 'heartbeat') {
+      if (member === null || member.conn !== conn) {
+        throw new ShoalError(ErrorCodes.NOT_REGISTERED, 'heartbeat before join: send a join first')
+      }
+      member.heardSinceTick = true
+      member.lastHeardAt = performance.now()
+      member.load = env.body.load ?? member.load
+      member.epochSeen = Math.max(member.epochSeen, env.body.epoch)
+      this.#opts.hooks.heartbeatReceived?.(member.id)
+      if (member.state === 'suspect') {
+        member.state = 'alive'
+        this.#log.info({ member: member.id }, 'member alive again')
+      }
+      return
+    }
+    throw new ShoalError(
+      ErrorCodes.BAD_MESSAGE,
+      `the coordinator does not handle ${env.kind} messages from workers yet`,
+    )
+  }
+
+  #onJoin(conn: Connection, join: JoinFields, env: Envelope): Member {
+    const a = this.#assignment
+    const previous = this.#members.get(join.memberId)
+    const now = performance.now()
+    if (previous?.conn != null && previous.conn !== conn) {
+      // The worker reconnected before we noticed its old link died: the new link wins.
+      this.#routingSubscribers.delete(previous.conn)
+      previous.conn.destroy()
+    }
+    const wasDead = previous !== undefined && !LIVE.has(previous.state)
+    const member: Member = previous ?? {
+      id: join.memberId,
+      conn,
+      state: 'alive',
+      dataAddress: join.dataAddress,
+      httpAddress: join.httpAddress,
+      capacity: join.capacity,
+      version: join.version,
+      missed: 0,
+      heardSinceTick: true,
+      lastHeardAt: now,
+      load: null,
+      ready: new Set(),
+      joinedAt: now,
+      reported: [],
+      epochSeen: 0,
+    }
+    Object.assign(member, {
+      conn,
+      state: 'alive',
+      dataAddress: join.dataAddress,
+      httpAddress: join.httpAddress,
+      capacity: join.capacity,
+      version: join.version,
+      missed: 0,
+      heardSinceTick: true,
+      lastHeardAt: now,
+      epochSeen: Math.max(member.epochSeen, join.epoch),
+    })
+    if (wasDead) member.joinedAt = now
+    this.#members.set(member.id, member)
+
+    let kept: OwnedPartition[]
+    if (this.#recovering) {
+      // Provisional: the rebuilt assignment decides, and fences any conflicting claim.
+      member.reported = join.owned.filter((o) => o.partition < a.partitions)
+      kept = member.reported
+    } else {
+      kept = join.owned.filter(
+        (o) => a.owners[o.partition] === member.id && a.epochs[o.partition] === o.epoch,
+      )
+    }
+    const dropped = join.owned.filter((o) => !kept.includes(o)).map((o) => o.partition)
+    member.ready = new Set(kept.map((o) => o.partition))
+    if (dropped.length > 0) {
+      this.#log.warn({ member: member.id, partitions: dropped.length }, 'rejoining worker was fenced')
+      trySend(conn, {
+        kind: 'control',
+        body: {
+          op: 'fenced',
+          epoch: a.epoch,
+          partitions: dropped,
+          reason: wasDead
+            ? 'the worker was declared dead and its partitions moved'
+            : 'these partitions are no longer assigned to the worker',
+        },
+      })
+    }
+    reply(conn, env, {
+      kind: 'control',
+      body: {
+        op: 'joined',
+        memberId: member.id,
+        partitions: a.partitions,
+        heartbeatIntervalMs: this.#opts.heartbeatIntervalMs,
+        heartbeatMisses: this.#opts.heartbeatMisses,
+        epoch: a.epoch,
+        kept,
+      },
+    })
+    this.#log.info(
+      {
+        member: member.id,
+        address: join.dataAddress,
+        capacity: join.capacity,
+        kept: kept.length,
+        rejoin: previous !== undefined,
+      },
+      'worker joined',
+    )
+    this.emit('member-joined', member.id)
+    // Partitions the assignment gives this worker but it did not report (it restarted, or an
+    // assign was lost with the link) are sent again.
+    if (!this.#recovering) this.#resendAssignments(member)
+    this.#rebalance('worker joined')
+    return member
+  }
+
+  #resendAssignments(member: Member): void {
+    const a = this.#assignment
+    const missing: OwnedPartition[] = []
+    a.owners.forEach((owner, p) => {
+      if (owner === member.id && !member.ready.has(p)) missing.push({ partition: p, epoch: a.epochs[p] ?? 0 })
+    })
+    if (missing.length > 0 && member.conn !== null) {
+      trySend(member.conn, { kind: 'control', body: { op: 'assign', epoch: a.epoch, partitions: missing } })
+    }
+  }
+
+  async #serveClient(conn: Connection): Promise<void> {
+    try {
+      for await (const env of conn) {
+        try {
+          if (env.kind === 'event' && env.body.op === 'batch') {
+            await this.#gateway.forwardBatch(conn, env.body)
+            continue
+          }
+          if (env.kind === 'state') {
+            await this.#gateway.forwardState(conn, env, env.body)
+            continue
+          }
+          if (env.kind !== 'control')
+            throw new ShoalError(ErrorCodes.BAD_MESSAGE, `unexpected ${env.kind} from a client`)
+          switch (env.body.op) {
+            case 'routing':
+              this.#routingSubscribers.add(conn)
+              reply(conn, env, { kind: 'control', body: { op: 'routing', ...this.routing() } })
+              break
+            case 'status':
+              reply(conn, env, { kind: 'control', body: { op: 'status', status: this.status() } })
+              break
+            default:
+              throw new ShoalError(ErrorCodes.BAD_MESSAGE, `a client may not send control ${env.body.op}`)
+          }
+        } catch (err) {
+          if (!(err instanceof ShoalError)) throw err
+          replyError(conn, env, err)
+        }
+      }
+    } catch (err) {
+      this.#log.debug({ err }, 'client connection ended with an error')
+    }
+    this.#routingSubscribers.delete(conn)
+  }
+
+  // --- failure detection -------------------------------------------------------------------------
+
+  #tick(): void {
+    this.#lastTickAt = performance.now()
+    this.#opts.hooks.tick?.()
+    this.#tickN++
+    const now = performance.now()
+    for (const m of this.#members.values()) {
+      if (!LIVE.has(m.state)) {
+        if (now - m.lastHeardAt > FORGET_AFTER_MS) this.#members.delete(m.id)
+        continue
+      }
+      if (m.heardSinceTick) {
+        m.missed = 0
+      } else {
+        m.missed++
+        this.#opts.hooks.heartbeatMissed?.(m.id)
+      }
+      m.heardSinceTick = false
+      if (m.missed >= this.#opts.heartbeatMisses) {
+        this.#declareDead(m, `missed ${m.missed} heartbeats (${this.#opts.heartbeatIntervalMs} ms apart)`)
+        continue
+      }
+      if (
+        m.conn !== null &&
+        trySend(m.conn, { kind: 'heartbeat', body: { n: this.#tickN, epoch: this.#assignment.epoch } })
+      ) {
+        this.#opts.hooks.heartbeatSent?.()
+      }
+    }
+  }
+
+  #suspect(m: Member, reason: string): void {
+    m.state = 'suspect'
+    this.#log.warn({ member: m.id, reason }, 'member suspect')
+    this.emit('member-suspect', m.id, reason)
+  }
+
+  #declareDead(m: Member, reason: string): void {
+    if (!LIVE.has(m.state)) return
+    m.state = 'dead'
+    m.ready.clear()
+    this.#log.warn({ member: m.id, reason }, 'member dead; its partitions move')
+    if (m.conn !== null) {
+      // If it is only hung, it finds out when it wakes: the link is gone and its rejoin is fenced.
+      this.#routingSubscribers.delete(m.conn)
+      m.conn.destroy(new ShoalError(ErrorCodes.FENCED, `declared dead: ${reason}`))
+      m.conn = null
+    }
+    this.emit('member-dead', m.id, reason)
+    this.#rebalance('member dead')
+  }
+
+  // --- assignment --------------------------------------------------------------------------------
+
+  #endRecovery(): void {
+    if (!this.#recovering) return
+    const P = this.#opts.partitions
+    const owners: (string | null)[] = new Array<string | null>(P).fill(null)
+    const epochs: number[] = new Array<number>(P).fill(0)
+    let epoch = 0
+    const live = [...this.#members.values()].filter((m) => LIVE.has(m.state))
+    for (const m of live) {
+      epoch = Math.max(epoch, m.epochSeen)
+      for (const { partition, epoch: e } of m.reported) {
+        epoch = Math.max(epoch, e)
+        // Two claims: the higher epoch is the newer owner; the other is fenced below.
+        if (owners[partition] === null || e > (epochs[partition] ?? 0)) {
+          owners[partition] = m.id
+          epochs[partition] = e
+        }
+      }
+    }
+    this.#assignment = validateAssignment({ partitions: P, epoch, owners, epochs })
+    for (const m of live) {
+      const lost = m.reported.filter((o) => owners[o.partition] !== m.id).map((o) => o.partition)
+      m.reported = []
+      if (lost.length > 0 && m.conn !== null) {
+        for (const p of lost) m.ready.delete(p)
+        trySend(m.conn, {
+          kind: 'control',
+          body: {
+            op: 'fenced',
+            epoch,
+            partitions: lost,
+            reason: 'another worker holds these at a newer epoch',
+          },
+        })
+      }
+    }
+    this.#recovering = false
+    const kept = owners.filter((o) => o !== null).length
+    this.#log.info(
+      { epoch, members: live.length, keptPartitions: kept },
+      'recovery window over; assignment rebuilt',
+    )
+    this.#opts.hooks.assignmentChanged?.(this.#assignment)
+    for (const m of live) this.#resendAssignments(m)
+    this.#rebalance('recovery finished')
+  }
+
+  /** Recompute the assignment; rebalances never overlap, and one more runs if asked meanwhile. */
+  #rebalance(reason: string): void {
+    if (this.#recovering || this.#stopping) return
+    if (this.#rebalancing !== null) {
+      this.#rebalanceAgain = true
+      return
+    }
+    this.#rebalancing = (async () => {
+      do {
+        this.#rebalanceAgain = false
+        await this.#rebalanceOnce(reason)
+      } while (this.#rebalanceAgain && !this.#stopping)
+    })()
+      .catch((err: unknown) => this.#log.error({ err }, 'rebalance failed'))
+      .finally(() => {
+        this.#rebalancing = null
+      })
+  }
+
+  async #rebalanceOnce(reason: string): Promise<void> {
+    const live = [...this.#members.values()].filter((m) => LIVE.has(m.state))
+    const current = this.#assignment
+    const next = computeAssignment(
+      current,
+      live.map((m) => ({ id: m.id, capacity: m.capacity })),
+    )
+    if (next === current) return
+    const diff = diffAssignments(current, next)
+    this.#log.info(
+      { reason, fromEpoch: diff.fromEpoch, toEpoch: diff.toEpoch, moves: diff.moves.length },
+      'rebalancing',
+    )
+
+    // 1. Revoke from live owners and wait for them to let go.
+    await Promise.all(
+      diff.workers
+        .filter((w) => w.revoke.length > 0)
+        .map(async (w) => {
+          const m = this.#members.get(w.workerId)
+          if (m === undefined || !LIVE.has(m.state) || m.conn === null) return
+          for (const r of w.revoke) m.ready.delete(r.partition)
+          try {
+            await this.#requests.request(
+              m.conn,
+              {
+                kind: 'control',
+                body: { op: 'revoke', epoch: next.epoch, partitions: w.revoke.map((r) => ({ ...r })) },
+              },
+              this.#opts.revokeTimeoutMs,
+            )
+          } catch (err) {
+            this.#log.warn({ err, member: m.id }, 'revoke not acknowledged; fencing the member')
+            this.#declareDead(m, 'did not acknowledge a revoke')
+          }
+        }),
+    )
+    if (this.#stopping) return
+
+    // 2. Commit, then 3. tell the new owners.
+    this.#assignment = next
+    this.#opts.hooks.assignmentChanged?.(next)
+    this.emit('assignment', next)
+    for (const w of diff.workers) {
+      if (w.assign.length === 0) continue
+      const m = this.#members.get(w.workerId)
+      if (m === undefined || !LIVE.has(m.state) || m.conn === null) continue
+      trySend(m.conn, {
+        kind: 'control',
+        body: {
+          op: 'assign',
+          epoch: next.epoch,
+          partitions: w.assign.map((e) => ({ partition: e.partition, epoch: e.epoch })),
+        },
+      })
+    }
+    const routing = this.routing()
+    for (const c of this.#routingSubscribers)
+      trySend(c, { kind: 'control', body: { op: 'routing', ...routing } })
+  }
+}
+
+/** Send, tolerating a connection that closed meanwhile (its loop notices and cleans up). */
+function trySend(conn: Connection, message: Parameters<Connection['send']>[0]): boolean {
+  try {
+    conn.send(message)
+    return true
+  } catch {
+    return false
+  }
+}

@@ -1,0 +1,253 @@
+/**
+ * The processing engine on a worker's main thread: it never runs job code itself. It owns one
+ * single-thread piscina pool per processing thread and routes every task of a partition to the
+ * same pool (partition % threads), so a partition's tasks run in submission order against
+ * state that lives in that thread. Different partitions run in parallel on different threads.
+ *
+ * Batches travel as transferable buffers: the payload is copied once out of the socket's
+ * chunk (which may be shared with other frames) into its own ArrayBuffer, and that buffer is
+ * moved to the thread, not cloned.
+ *
+ * Batches are merged per thread: while a thread has a task running, the batches submitted for
+ * it wait here and then leave together as one task (one message each way and one wake-up of
+ * the thread for all of them) instead of one piscina round trip per batch. Every task still
+ * enters its pool in submission order (a query, snapshot or drop first sends the batches
+ * submitted before it), so a partition's tasks keep their order and snapshots their cut.
+ */
+import { availableParallelism } from 'node:os'
+import { Piscina } from 'piscina'
+import { ErrorCodes, ShoalError } from '../errors.ts'
+import type { BatchFailure, BatchItem, BatchResult, TaskRequest, TaskResult } from './task-types.ts'
+
+export interface EngineOptions {
+  /** Built-in job name ('count') or a path/file URL to a job module. @default 'count' */
+  job?: string
+  /** Processing threads. @default os.availableParallelism() */
+  threads?: number
+  /** Tasks queued per thread before submit() rejects with QUEUE_FULL. @default 1024 */
+  maxQueuePerThread?: number
+}
+
+type ResultOf<Op extends TaskRequest['op']> = Extract<TaskResult, { op: Op }>
+
+const TASK_FILE = new URL(
+  import.meta.url.endsWith('.ts') ? './task-loader.mjs' : './task.js',
+  import.meta.url,
+).href
+
+/** Tasks of a thread in its pool (running or queued there) before batches wait to be merged. */
+const MAX_TASKS_IN_POOL = 1
+/** Upper bound of one merged task. */
+const MAX_BATCHES_PER_TASK = 256
+const MAX_BYTES_PER_TASK = 8 * 1024 * 1024
+
+interface WaitingBatch {
+  item: BatchItem
+  resolve: (r: BatchResult) => void
+  reject: (e: unknown) => void
+}
+
+/** One processing thread: its pool, its tasks in the pool, the batches waiting to be merged. */
+interface Lane {
+  pool: Piscina
+  inPool: number
+  waiting: WaitingBatch[]
+  /** A dispatch is scheduled (setImmediate) for the batches waiting. */
+  scheduled: boolean
+}
+
+export class Engine {
+  readonly threads: number
+  readonly job: string
+  readonly #lanes: Lane[]
+  readonly #maxQueue: number
+  /** Partitions with tasks submitted since their last drop (the others hold no state anywhere). */
+  readonly #touched = new Set<number>()
+  #inFlight = 0
+  #busySince = 0
+  #busyMs = 0
+  #events = 0
+  #closed = false
+
+  constructor(options: EngineOptions = {}) {
+    this.job = options.job ?? 'count'
+    this.threads = Math.max(1, options.threads ?? availableParallelism())
+    this.#maxQueue = options.maxQueuePerThread ?? 1024
+    this.#lanes = Array.from({ length: this.threads }, () => ({
+      pool: new Piscina({
+        filename: TASK_FILE,
+        minThreads: 1,
+        maxThreads: 1,
+        concurrentTasksPerWorker: 1,
+        maxQueue: this.#maxQueue,
+        idleTimeout: Infinity,
+        workerData: { job: this.job },
+      }),
+      inPool: 0,
+      waiting: [],
+      scheduled: false,
+    }))
+  }
+
+  /** Tasks submitted and not yet finished, across threads (a batch counts as one). */
+  get inFlight(): number {
+    return this.#inFlight
+  }
+  /** Tasks waiting in the queues (not yet running). */
+  get queueDepth(): number {
+    let n = 0
+    for (const l of this.#lanes) n += l.pool.queueSize + l.waiting.length
+    return n
+  }
+  get eventsProcessed(): number {
+    return this.#events
+  }
+  /** Milliseconds with at least one task in flight, since start. */
+  get busyMs(): number {
+    return this.#busyMs + (this.#inFlight > 0 ? performance.now() - this.#busySince : 0)
+  }
+
+  /** Process one batch of partition's events (msgpack [key, event][]). */
+  async batch(partition: number, payload: Uint8Array): Promise<BatchResult> {
+    if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'the processing engine is closed')
+    const lane = this.#lanes[partition % this.threads]!
+    if (lane.waiting.length + lane.pool.queueSize >= this.#maxQueue) {
+      throw new ShoalError(ErrorCodes.QUEUE_FULL, `processing queue of partition ${partition} is full`, {
+        retryable: true,
+      })
+    }
+    const own = new Uint8Array(payload.byteLength)
+    own.set(payload)
+    this.#touched.add(partition)
+    this.#begin()
+    try {
+      const res = await new Promise<BatchResult>((resolve, reject) => {
+        lane.waiting.push({ item: { partition, payload: own }, resolve, reject })
+        // An idle thread gets the batches of this turn of the event loop (e.g. every frame
+        // of one socket read) together, just after it: one task, one wake-up.
+        if (lane.inPool < MAX_TASKS_IN_POOL && !lane.scheduled) {
+          lane.scheduled = true
+          setImmediate(() => {
+            lane.scheduled = false
+            if (lane.waiting.length > 0 && lane.inPool < MAX_TASKS_IN_POOL && !this.#closed)
+              this.#dispatch(lane)
+          })
+        }
+      })
+      this.#events += res.count
+      return res
+    } finally {
+      this.#end()
+    }
+  }
+  get(partition: number, key: string): Promise<ResultOf<'get'>> {
+    return this.#run<ResultOf<'get'>>({ op: 'get', partition, key })
+  }
+  dump(partition: number): Promise<ResultOf<'dump'>> {
+    return this.#run<ResultOf<'dump'>>({ op: 'dump', partition })
+  }
+  snapshot(partition: number, full: boolean): Promise<ResultOf<'snapshot'>> {
+    return this.#run<ResultOf<'snapshot'>>({ op: 'snapshot', partition, full })
+  }
+  load(partition: number, data: Uint8Array, replace: boolean): Promise<ResultOf<'load'>> {
+    return this.#run<ResultOf<'load'>>({ op: 'load', partition, data, replace })
+  }
+  /**
+   * Forget a partition's state in its thread. A partition that never had a task (since its last
+   * drop) has no state and nothing queued to wait for, so this resolves at once without a round
+   * trip: revoking a worker's fresh partitions does not wait for its threads to start.
+   */
+  drop(partition: number): Promise<ResultOf<'drop'>> {
+    if (!this.#touched.delete(partition)) {
+      if (this.#closed)
+        return Promise.reject(new ShoalError(ErrorCodes.CLOSED, 'the processing engine is closed'))
+      return Promise.resolve({ op: 'drop' })
+    }
+    return this.#run<ResultOf<'drop'>>({ op: 'drop', partition })
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    const closed = new ShoalError(ErrorCodes.CLOSED, 'the processing engine is closed')
+    for (const l of this.#lanes) for (const w of l.waiting.splice(0)) w.reject(closed)
+    await Promise.all(this.#lanes.map((l) => l.pool.close()))
+  }
+
+  #begin(): void {
+    if (this.#inFlight++ === 0) this.#busySince = performance.now()
+  }
+  #end(): void {
+    if (--this.#inFlight === 0) this.#busyMs += performance.now() - this.#busySince
+  }
+
+  /** Send the lane's waiting batches (up to the task bounds) as one task. */
+  #dispatch(lane: Lane): void {
+    const w = lane.waiting
+    let n = 0
+    let bytes = 0
+    while (n < w.length && n < MAX_BATCHES_PER_TASK && (n === 0 || bytes < MAX_BYTES_PER_TASK)) {
+      bytes += w[n]!.item.payload.byteLength
+      n++
+    }
+    const taken = n === w.length ? w.splice(0) : w.splice(0, n)
+    const batches = taken.map((t) => t.item)
+    const req: TaskRequest = { op: 'batches', partition: batches[0]!.partition, batches }
+    lane.inPool++
+    const transferList = batches.map((b) => b.payload.buffer as ArrayBuffer)
+    lane.pool.run(req, { transferList }).then(
+      (res: ResultOf<'batches'>) => {
+        this.#taskDone(lane)
+        res.results.forEach((r: BatchResult | BatchFailure, i) => {
+          if (r.op === 'batch') taken[i]!.resolve(r)
+          else
+            taken[i]!.reject(
+              new ShoalError(
+                ErrorCodes.JOB_FAILED,
+                `batch of partition ${batches[i]!.partition} failed: ${r.error}`,
+              ),
+            )
+        })
+      },
+      (err: unknown) => {
+        this.#taskDone(lane)
+        const e = this.#taskError(err, req)
+        for (const t of taken) t.reject(e)
+      },
+    )
+  }
+
+  #taskDone(lane: Lane): void {
+    lane.inPool--
+    if (lane.waiting.length > 0 && lane.inPool < MAX_TASKS_IN_POOL && !this.#closed) this.#dispatch(lane)
+  }
+
+  async #run<R extends TaskResult>(req: TaskRequest): Promise<R> {
+    if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'the processing engine is closed')
+    const lane = this.#lanes[req.partition % this.threads]!
+    // Order: the batches submitted before this task enter the pool before it.
+    while (lane.waiting.length > 0) this.#dispatch(lane)
+    if (req.op !== 'drop') this.#touched.add(req.partition)
+    this.#begin()
+    lane.inPool++
+    try {
+      return (await lane.pool.run(req)) as R
+    } catch (err) {
+      throw this.#taskError(err, req)
+    } finally {
+      this.#taskDone(lane)
+      this.#end()
+    }
+  }
+
+  #taskError(err: unknown, req: TaskRequest): ShoalError {
+    if (err instanceof ShoalError) return err
+    const msg = err instanceof Error ? err.message : String(err)
+    if (/queue is at limit/i.test(msg)) {
+      return new ShoalError(ErrorCodes.QUEUE_FULL, `processing queue of partition ${req.partition} is full`, {
+        retryable: true,
+      })
+    }
+    return new ShoalError(ErrorCodes.JOB_FAILED, `job task ${req.op} failed: ${msg}`, { cause: err })
+  }
+}

@@ -1,0 +1,50 @@
+/** Messages between a worker's main thread and its processing threads. */
+
+/** One event batch of one partition: msgpack [key, event][]. */
+export interface BatchItem {
+  partition: number
+  payload: Uint8Array
+}
+
+export type TaskRequest =
+  /**
+   * Event batches, applied in order (each to its partition's state). The engine merges the
+   * batches waiting for the same thread into one task: one round trip for all of them.
+   */
+  | { op: 'batches'; partition: number; batches: BatchItem[] }
+  | { op: 'get'; partition: number; key: string }
+  | { op: 'dump'; partition: number }
+  /** Changed keys since the last snapshot (or all with full), as msgpack [key, state][]. */
+  | { op: 'snapshot'; partition: number; full: boolean }
+  /** Restore: msgpack [key, state][]; replace clears the partition first. */
+  | { op: 'load'; partition: number; data: Uint8Array; replace: boolean }
+  | { op: 'drop'; partition: number }
+
+export interface DeadLetter {
+  /** Position of the event in its batch. */
+  index: number
+  key: string
+  error: string
+}
+
+/** The outcome of one batch. */
+export interface BatchResult {
+  op: 'batch'
+  count: number
+  emitted: Uint8Array | null
+  deadLetters: DeadLetter[] | null
+}
+
+/** A batch that could not be applied at all (e.g. its payload is not msgpack). */
+export interface BatchFailure {
+  op: 'failed'
+  error: string
+}
+
+export type TaskResult =
+  | { op: 'batches'; results: (BatchResult | BatchFailure)[] }
+  | { op: 'get'; found: boolean; data: Uint8Array | null }
+  | { op: 'dump'; keys: number; data: Uint8Array }
+  | { op: 'snapshot'; keys: number; data: Uint8Array }
+  | { op: 'load'; keys: number }
+  | { op: 'drop' }

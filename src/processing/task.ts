@@ -1,0 +1,176 @@
+/**
+ * The piscina task module: runs in a worker thread, never on a worker's main thread. Each
+ * thread owns the keyed state of the partitions routed to it (partition % threads), so a
+ * partition's batches, queries and snapshots run one after another in the order they were
+ * submitted: a snapshot taken after batch N sees exactly batches 1..N (a consistent cut).
+ */
+import { Packr } from 'msgpackr'
+import { pathToFileURL } from 'node:url'
+import { workerData } from 'piscina'
+import type { JobDefinition } from './job.ts'
+import type {
+  BatchFailure,
+  BatchItem,
+  BatchResult,
+  DeadLetter,
+  TaskRequest,
+  TaskResult,
+} from './task-types.ts'
+
+const packr = new Packr({ useRecords: true, moreTypes: true })
+const { job: jobRef } = workerData as { job: string }
+
+async function loadJob(ref: string): Promise<JobDefinition> {
+  const url =
+    ref === 'count'
+      ? new URL(`./jobs/count${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url).href
+      : ref.startsWith('file:')
+        ? ref
+        : pathToFileURL(ref).href
+  const mod = (await import(url)) as { default?: JobDefinition }
+  const job = mod.default
+  if (job === undefined || typeof job.process !== 'function' || typeof job.init !== 'function') {
+    throw new TypeError(`job module ${ref} must export default defineJob({ name, init, process })`)
+  }
+  return job
+}
+
+const job = await loadJob(jobRef)
+
+/** A key's state. `dirty`: changed since the last snapshot (then it is listed in `changed`). */
+interface Entry {
+  key: string
+  state: unknown
+  dirty: boolean
+}
+
+interface PartitionState {
+  entries: Map<string, Entry>
+  /** The entries changed since the last snapshot, each once. */
+  changed: Entry[]
+}
+
+const partitions = new Map<number, PartitionState>()
+
+function stateOf(partition: number): PartitionState {
+  let s = partitions.get(partition)
+  if (s === undefined) {
+    s = { entries: new Map(), changed: [] }
+    partitions.set(partition, s)
+  }
+  return s
+}
+
+function runBatch(partition: number, payload: Uint8Array): BatchResult {
+  const events = packr.unpack(payload) as [string, unknown][]
+  const { entries, changed } = stateOf(partition)
+  let emitted: [string, string, unknown][] | null = null
+  let deadLetters: DeadLetter[] | null = null
+  let key = ''
+  const ctx = {
+    partition,
+    get key() {
+      return key
+    },
+    emit(stream: string, event: unknown) {
+      ;(emitted ??= []).push([stream, key, event])
+    },
+  }
+  // One map lookup per event: the entry holds the state and its dirty flag.
+  for (let i = 0; i < events.length; i++) {
+    const entry = events[i]!
+    key = entry[0]
+    const e = entries.get(key)
+    if (e === undefined) {
+      const s = job.init(key)
+      let next: unknown
+      try {
+        next = job.process(s, entry[1], ctx)
+      } catch (err) {
+        // Dead-letter the event: the key gets no state from it; the batch goes on.
+        ;(deadLetters ??= []).push({ index: i, key, error: err instanceof Error ? err.message : String(err) })
+        continue
+      }
+      const created: Entry = { key, state: next === undefined ? s : next, dirty: true }
+      entries.set(key, created)
+      changed.push(created)
+      continue
+    }
+    // A state stored as undefined (an init that returns nothing) is initialized again.
+    const s = e.state === undefined ? job.init(key) : e.state
+    try {
+      const next = job.process(s, entry[1], ctx)
+      e.state = next === undefined ? s : next
+    } catch (err) {
+      // Dead-letter the event: its key's state stays as it was; the batch goes on.
+      ;(deadLetters ??= []).push({ index: i, key, error: err instanceof Error ? err.message : String(err) })
+    }
+    if (!e.dirty) {
+      e.dirty = true
+      changed.push(e)
+    }
+  }
+  return {
+    op: 'batch',
+    count: events.length,
+    emitted: emitted === null ? null : packr.pack(emitted),
+    deadLetters,
+  }
+}
+
+function runBatches(batches: BatchItem[]): (BatchResult | BatchFailure)[] {
+  const results: (BatchResult | BatchFailure)[] = []
+  for (const b of batches) {
+    try {
+      results.push(runBatch(b.partition, b.payload))
+    } catch (err) {
+      // Not the job's per-event error (those are dead-lettered): e.g. a payload that is not
+      // msgpack, or init() threw. Only this batch fails; the others of the task stand.
+      results.push({ op: 'failed', error: err instanceof Error ? err.message : String(err) })
+    }
+  }
+  return results
+}
+
+export default function handle(req: TaskRequest): TaskResult {
+  switch (req.op) {
+    case 'batches':
+      return { op: 'batches', results: runBatches(req.batches) }
+    case 'get': {
+      const v = partitions.get(req.partition)?.entries.get(req.key)?.state
+      return { op: 'get', found: v !== undefined, data: v === undefined ? null : packr.pack(v) }
+    }
+    case 'dump': {
+      const s = partitions.get(req.partition)
+      const all = s === undefined ? [] : Array.from(s.entries.values(), (e) => [e.key, e.state] as const)
+      return { op: 'dump', keys: all.length, data: packr.pack(all) }
+    }
+    case 'snapshot': {
+      // Incremental: the keys changed since the last snapshot, then forget them.
+      const s = stateOf(req.partition)
+      for (const e of s.changed) e.dirty = false
+      const list = req.full ? s.entries.values() : s.changed
+      const entries = Array.from(list, (e) => [e.key, e.state] as const)
+      s.changed = []
+      return { op: 'snapshot', keys: entries.length, data: packr.pack(entries) }
+    }
+    case 'load': {
+      const s = stateOf(req.partition)
+      if (req.replace) {
+        // The loaded state is the checkpoint: nothing has changed since.
+        s.entries.clear()
+        s.changed = []
+      }
+      const loaded = packr.unpack(req.data) as [string, unknown][]
+      for (const [k, v] of loaded) {
+        const e = s.entries.get(k)
+        if (e === undefined) s.entries.set(k, { key: k, state: v, dirty: false })
+        else e.state = v
+      }
+      return { op: 'load', keys: loaded.length }
+    }
+    case 'drop':
+      partitions.delete(req.partition)
+      return { op: 'drop' }
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * Request/reply over a Connection: a request carries a fresh correlation id, the reply echoes
+ * it. The owner of the connection's inbound loop hands every inbound envelope to settle()
+ * first; whatever is not a reply it handles itself.
+ */
+import { ErrorCodes, ShoalError, TransportClosedError, reviveError } from '../errors.ts'
+import type { Envelope } from '../protocol/messages.ts'
+import type { Connection, OutboundMessage } from './transport.ts'
+
+interface Pending {
+  /** For a streamed reply: called with each part; returns true on the last. */
+  part?: (env: Envelope) => boolean
+  resolve: (env: Envelope) => void
+  reject: (err: ShoalError) => void
+  timer: NodeJS.Timeout
+}
+
+export class Requests {
+  #next = 1
+  readonly #pending = new Map<number, Pending>()
+
+  /** Send `message` on `conn` and wait for the envelope that echoes its correlation id. */
+  request(conn: Connection, message: OutboundMessage, timeoutMs: number): Promise<Envelope> {
+    return this.#start(conn, message, timeoutMs, undefined)
+  }
+
+  /**
+   * A request answered by several envelopes with its correlation id: `part` sees each and
+   * returns true for the last one, whose envelope the promise resolves with. The timeout
+   * restarts with every part.
+   */
+  requestStream(
+    conn: Connection,
+    message: OutboundMessage,
+    timeoutMs: number,
+    part: (env: Envelope) => boolean,
+  ): Promise<Envelope> {
+    return this.#start(conn, message, timeoutMs, part)
+  }
+
+  #start(
+    conn: Connection,
+    message: OutboundMessage,
+    timeoutMs: number,
+    part: ((env: Envelope) => boolean) | undefined,
+  ): Promise<Envelope> {
+    const corr = this.#next++
+    if (this.#next > 0x7fffffff) this.#next = 1
+    return new Promise<Envelope>((resolve, reject) => {
+      const expire = (): void => {
+        this.#pending.delete(corr)
+        reject(
+          new ShoalError(ErrorCodes.TIMEOUT, `no reply to ${describe(message)} within ${timeoutMs} ms`, {
+            retryable: true,
+          }),
+        )
+      }
+      const timer = setTimeout(expire, timeoutMs)
+      timer.unref()
+      this.#pending.set(corr, { resolve, reject, timer, part })
+      try {
+        conn.send({ ...message, corr })
+      } catch (err) {
+        clearTimeout(timer)
+        this.#pending.delete(corr)
+        reject(err instanceof ShoalError ? err : new TransportClosedError(String(err)))
+      }
+    })
+  }
+
+  /**
+   * If `env` answers a pending request, settle it and return true. A Control error reply
+   * rejects the request with the error it carries.
+   */
+  settle(env: Envelope): boolean {
+    if (env.corr === undefined || env.corr === null) return false
+    const p = this.#pending.get(env.corr)
+    if (p === undefined) return false
+    if (p.part !== undefined && !(env.kind === 'control' && env.body.op === 'error') && !p.part(env)) {
+      p.timer.refresh()
+      return true
+    }
+    this.#pending.delete(env.corr)
+    clearTimeout(p.timer)
+    if (env.kind === 'control' && env.body.op === 'error') {
+      const b = env.body as { code: string; message: string }
+      p.reject(reviveError({ code: b.code, message: b.message }))
+    } else {
+      p.resolve(env)
+    }
+    return true
+  }
+
+  /** Reject every pending request, e.g. when their connection is gone. */
+  rejectAll(err: ShoalError): void {
+    for (const [corr, p] of this.#pending) {
+      this.#pending.delete(corr)
+      clearTimeout(p.timer)
+      p.reject(err)
+    }
+  }
+}
+
+function describe(m: OutboundMessage): string {
+  const op = (m.body as { op?: unknown }).op
+  return typeof op === 'string' ? `${m.kind} ${op}` : m.kind
+}
+
+/** Reply to `to` on `conn`, echoing its correlation id. */
+export function reply(conn: Connection, to: Envelope, message: OutboundMessage): void {
+  conn.send({ ...message, corr: to.corr ?? undefined })
+}
+
+/** Reply with a non-fatal Control error carrying the error's code. */
+export function replyError(conn: Connection, to: Envelope, err: ShoalError): void {
+  conn.send({
+    kind: 'control',
+    body: { op: 'error', code: err.code, message: err.message, fatal: false },
+    corr: to.corr ?? undefined,
+  })
+}
+
+/** Control ops that only ever answer a request. */
+const REPLY_OPS: ReadonlySet<string> = new Set(['error', 'joined', 'revoked', 'drained'])
+
+/**
+ * True when `env` is a reply (or an error report) rather than a request. A loop that rejects
+ * an inbound message must never answer one of these with an error: a reply that arrives after
+ * its request timed out would otherwise start an error ping-pong between two peers that each
+ * answer the other's error.
+ */
+export function isReplyOrError(env: Envelope): boolean {
+  return env.kind === 'control' && REPLY_OPS.has(env.body.op)
+}

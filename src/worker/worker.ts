@@ -1,0 +1,535 @@
+/**
+ * A worker's control plane: it joins the coordinator, exchanges heartbeats with it on the main
+ * thread, takes and gives back partitions as told (restoring before it reports a partition
+ * ready, releasing before it acknowledges a revoke), and drains on request or SIGTERM.
+ *
+ * The worker watches the coordinator too: after `heartbeatMisses` silent intervals it stops
+ * reporting ready and stops serving its partitions (the coordinator will have declared it dead
+ * and moved them), until it is back in touch and has rejoined.
+ *
+ * What serving a partition means (accepting event batches, running the job, checkpointing) is
+ * the PartitionHost's business; the control plane only sequences it.
+ */
+import { EventEmitter } from 'node:events'
+import type { Logger } from 'pino'
+import { ErrorCodes, ShoalError } from '../errors.ts'
+import {
+  parseAssign,
+  parseFenced,
+  parseJoined,
+  parsePause,
+  type OwnedPartition,
+} from '../protocol/control.ts'
+import type { Envelope, HeartbeatLoad } from '../protocol/messages.ts'
+import { Requests, isReplyOrError, reply } from '../transport/requests.ts'
+import type { Connection, Listener, ListenAddress, Transport } from '../transport/transport.ts'
+
+/** What the data plane does when partitions arrive and leave. All methods may be slow. */
+export interface PartitionHost {
+  /** Load the partition's state (and replay its log) so it can serve at `epoch`. */
+  restore(partition: number, epoch: number): Promise<void>
+  /** Stop serving: finish in-flight work and checkpoint. Called on revoke and drain. */
+  release(partition: number, epoch: number): Promise<void>
+  /** Drop the partition at once: it was fenced, another worker owns it now. */
+  fence(partition: number): void
+  pause(partitions: number[] | null): void
+  resume(partitions: number[] | null): void
+  load(): HeartbeatLoad
+}
+
+export type PartitionState = 'restoring' | 'ready' | 'releasing'
+
+export interface WorkerOptions {
+  transport: Transport
+  /** The coordinator's transport address. */
+  coordinator: string
+  /** Where this worker's data listener binds. */
+  listen: ListenAddress
+  /** Address clients use to reach the data listener. @default the bound address */
+  advertise?: string | undefined
+  httpAddress?: string | null
+  memberId: string
+  capacity: number
+  version: string
+  /** Until the coordinator says otherwise in `joined`. @default 500 */
+  heartbeatIntervalMs?: number
+  /** @default 3 */
+  heartbeatMisses?: number
+  /** Longest wait for the coordinator's reply to join and leave. @default 5000 */
+  requestTimeoutMs?: number
+  host?: PartitionHost
+  logger: Logger
+  /** Handles data-plane connections (clients sending events, state queries). */
+  onDataConnection?: (conn: Connection) => void
+  /** Observers (metrics). */
+  hooks?: { tick?(): void; heartbeatSent?(): void; heartbeatMissed?(): void }
+}
+
+interface Owned {
+  epoch: number
+  state: PartitionState
+}
+
+const idleHost: PartitionHost = {
+  restore: () => Promise.resolve(),
+  release: () => Promise.resolve(),
+  fence() {},
+  pause() {},
+  resume() {},
+  load: () => ({ queueDepth: 0, inFlight: 0, eventsPerSec: 0, rssBytes: process.memoryUsage.rss(), lag: 0 }),
+}
+
+export class Worker extends EventEmitter<{
+  joined: []
+  assigned: [partitions: number[]]
+  revoked: [partitions: number[]]
+  fenced: [partitions: number[], reason: string]
+  suspect: []
+  shutdown: []
+}> {
+  readonly #opts: WorkerOptions
+  readonly #log: Logger
+  readonly #host: PartitionHost
+  readonly #owned = new Map<number, Owned>()
+  readonly #requests = new Requests()
+  #conn: Connection | null = null
+  #listener: Listener | null = null
+  #dataAddress = ''
+  #registered = false
+  #joining = false
+  #coordinatorSuspect = false
+  #draining = false
+  #stopped = false
+  #epoch = 0
+  #partitions = 0
+  #interval: number
+  #misses: number
+  #ticker: NodeJS.Timeout | null = null
+  #tickN = 0
+  #heard = false
+  #missed = 0
+  #lastTickAt = performance.now()
+  #fencedTotal = 0
+  /** Serializes assign/revoke/fence handling so they apply in the order the coordinator sent them. */
+  #work: Promise<void> = Promise.resolve()
+
+  constructor(options: WorkerOptions) {
+    super()
+    this.#opts = options
+    this.#log = options.logger
+    this.#host = options.host ?? idleHost
+    this.#interval = options.heartbeatIntervalMs ?? 500
+    this.#misses = options.heartbeatMisses ?? 3
+  }
+
+  get memberId(): string {
+    return this.#opts.memberId
+  }
+  get dataAddress(): string {
+    return this.#dataAddress
+  }
+  /** Size of the cluster's key-group space, once joined (0 before). */
+  get partitionCount(): number {
+    return this.#partitions
+  }
+  get listener(): Listener | null {
+    return this.#listener
+  }
+  /** Partitions this worker owns and their state. */
+  partitions(): Map<number, { epoch: number; state: PartitionState }> {
+    return new Map([...this.#owned].map(([p, o]) => [p, { ...o }]))
+  }
+
+  /** Whether this worker may serve `partition` at `epoch` right now. */
+  serves(partition: number, epoch?: number): boolean {
+    const o = this.#owned.get(partition)
+    return (
+      o !== undefined &&
+      o.state === 'ready' &&
+      !this.#coordinatorSuspect &&
+      !this.#draining &&
+      (epoch === undefined || epoch === 0 || epoch === o.epoch)
+    )
+  }
+
+  /** Bind the data listener (start() does it too); lets the caller learn the port first. */
+  async startListening(): Promise<Listener> {
+    this.#listener ??= await this.#opts.transport.listen(this.#opts.listen, (conn) => {
+      if (this.#opts.onDataConnection !== undefined) this.#opts.onDataConnection(conn)
+      else void conn.close()
+    })
+    if (this.#dataAddress === '') this.#dataAddress = this.#opts.advertise ?? this.#listener.address
+    return this.#listener
+  }
+
+  /** The address clients should dial; set before start() (it is announced in the join). */
+  setAdvertise(address: string): void {
+    this.#dataAddress = address
+  }
+
+  async start(): Promise<void> {
+    await this.startListening()
+    this.#conn = await this.#opts.transport.connect(this.#opts.coordinator, {
+      reconnect: { initialDelayMs: 50, maxDelayMs: Math.max(500, this.#interval * 2) },
+    })
+    void this.#watchStatus(this.#conn)
+    void this.#serveCoordinator(this.#conn)
+    this.#ticker = setInterval(() => this.#tick(), this.#interval)
+    this.#ticker.unref()
+    await this.#join()
+  }
+
+  readiness(): { ok: boolean; detail: Record<string, unknown> } {
+    const restoring = [...this.#owned.values()].filter((o) => o.state !== 'ready').length
+    const ok = this.#registered && !this.#coordinatorSuspect && !this.#draining && restoring === 0
+    return {
+      ok,
+      detail: {
+        registered: this.#registered,
+        coordinatorReachable: !this.#coordinatorSuspect,
+        draining: this.#draining,
+        partitions: this.#owned.size,
+        partitionsNotReady: restoring,
+      },
+    }
+  }
+
+  heartbeatLoopAgeMs(): number {
+    return performance.now() - this.#lastTickAt
+  }
+
+  status(): Record<string, unknown> {
+    return {
+      memberId: this.#opts.memberId,
+      dataAddress: this.#dataAddress,
+      coordinator: this.#opts.coordinator,
+      registered: this.#registered,
+      coordinatorReachable: !this.#coordinatorSuspect,
+      draining: this.#draining,
+      epoch: this.#epoch,
+      fencedPartitionsTotal: this.#fencedTotal,
+      heartbeatIntervalMs: this.#interval,
+      heartbeatMisses: this.#misses,
+      partitions: [...this.#owned].sort((a, b) => a[0] - b[0]).map(([p, o]) => ({ partition: p, ...o })),
+    }
+  }
+
+  /**
+   * Graceful drain: stop taking work, release every partition (finish in flight, checkpoint),
+   * hand them back with a leave, then close. Bounded by timeoutMs.
+   */
+  async drain(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.#draining) return
+    this.#draining = true
+    const timeoutMs = options.timeoutMs ?? 20_000
+    const deadline = performance.now() + timeoutMs
+    this.#log.info({ partitions: this.#owned.size, timeoutMs }, 'draining')
+    await this.#enqueue(async () => {
+      const released: OwnedPartition[] = []
+      for (const [partition, o] of this.#owned) {
+        o.state = 'releasing'
+        await withDeadline(this.#host.release(partition, o.epoch), deadline - performance.now()).catch(
+          (err: unknown) => this.#log.warn({ err, partition }, 'release failed during drain'),
+        )
+        released.push({ partition, epoch: o.epoch })
+      }
+      this.#owned.clear()
+      const conn = this.#conn
+      if (conn !== null && this.#registered) {
+        await this.#requests
+          .request(
+            conn,
+            { kind: 'control', body: { op: 'leave', partitions: released } },
+            Math.max(100, deadline - performance.now()),
+          )
+          .catch((err: unknown) => this.#log.warn({ err }, 'coordinator did not acknowledge the leave'))
+      }
+    })
+    await this.stop({ timeoutMs: Math.max(100, deadline - performance.now()) })
+  }
+
+  /** Close connections and timers. Without drain() first, partitions are simply dropped. */
+  async stop(options: { timeoutMs?: number } = {}): Promise<void> {
+    if (this.#stopped) return
+    this.#stopped = true
+    if (this.#ticker !== null) clearInterval(this.#ticker)
+    this.#requests.rejectAll(new ShoalError(ErrorCodes.CLOSED, 'worker stopped'))
+    const timeoutMs = options.timeoutMs ?? 2000
+    await Promise.all([this.#conn?.close({ timeoutMs }), this.#listener?.close({ timeoutMs })])
+  }
+
+  // --- coordinator link --------------------------------------------------------------------------
+
+  async #watchStatus(conn: Connection): Promise<void> {
+    for await (const s of conn.status()) {
+      if (s.type === 'disconnected') {
+        this.#registered = false
+        this.#log.warn({ err: s.error }, 'lost the coordinator; reconnecting')
+      } else if (s.type === 'ready') {
+        void this.#join()
+      } else if (s.type === 'closed' && !this.#stopped) {
+        this.#registered = false
+        this.#log.error({ err: s.error }, 'coordinator connection closed for good')
+      }
+    }
+  }
+
+  async #join(): Promise<void> {
+    const conn = this.#conn
+    if (conn === null || this.#joining || this.#stopped || this.#draining) return
+    this.#joining = true
+    try {
+      const owned = [...this.#owned].map(([partition, o]) => ({ partition, epoch: o.epoch }))
+      const res = await this.#requests.request(
+        conn,
+        {
+          kind: 'control',
+          body: {
+            op: 'join',
+            memberId: this.#opts.memberId,
+            dataAddress: this.#dataAddress,
+            httpAddress: this.#opts.httpAddress ?? null,
+            capacity: this.#opts.capacity,
+            version: this.#opts.version,
+            epoch: this.#epoch,
+            owned,
+          },
+        },
+        this.#opts.requestTimeoutMs ?? 5000,
+      )
+      if (res.kind !== 'control' || res.body.op !== 'joined') {
+        throw new ShoalError(ErrorCodes.BAD_MESSAGE, `expected joined, got ${res.kind}`)
+      }
+      const joined = parseJoined(res.body)
+      this.#partitions = joined.partitions
+      this.#epoch = Math.max(this.#epoch, joined.epoch)
+      if (joined.heartbeatIntervalMs !== this.#interval || joined.heartbeatMisses !== this.#misses) {
+        this.#interval = joined.heartbeatIntervalMs
+        this.#misses = joined.heartbeatMisses
+        if (this.#ticker !== null) clearInterval(this.#ticker)
+        this.#ticker = setInterval(() => this.#tick(), this.#interval)
+        this.#ticker.unref()
+      }
+      const kept = new Set(joined.kept.map((k) => k.partition))
+      const lost = [...this.#owned.keys()].filter((p) => !kept.has(p))
+      if (lost.length > 0) this.#fence(lost, 'not kept on rejoin')
+      this.#registered = true
+      this.#heard = true
+      this.#missed = 0
+      this.#setSuspect(false)
+      this.#log.info(
+        { partitions: joined.partitions, kept: kept.size, epoch: joined.epoch },
+        'joined the cluster',
+      )
+      this.emit('joined')
+    } catch (err) {
+      if (!this.#stopped) {
+        this.#log.warn({ err }, 'join failed; retrying')
+        setTimeout(() => void this.#join(), this.#interval).unref()
+      }
+    } finally {
+      this.#joining = false
+    }
+  }
+
+  async #serveCoordinator(conn: Connection): Promise<void> {
+    try {
+      for await (const env of conn) {
+        this.#heard = true
+        if (this.#requests.settle(env)) continue
+        try {
+          this.#onCoordinatorMessage(conn, env)
+        } catch (err) {
+          if (!(err instanceof ShoalError)) throw err
+          if (isReplyOrError(env)) {
+            // A late reply (its request timed out) or the peer's own error report: log, never
+            // answer, so two peers cannot bounce errors back and forth.
+            this.#log.debug({ err, kind: env.kind, corr: env.corr }, 'ignored an unmatched reply')
+            continue
+          }
+          this.#log.warn({ err, kind: env.kind }, 'rejected a message from the coordinator')
+          conn.send({
+            kind: 'control',
+            body: { op: 'error', code: err.code, message: err.message, fatal: false },
+            corr: env.corr ?? undefined,
+          })
+        }
+      }
+    } catch (err) {
+      if (!this.#stopped) this.#log.error({ err }, 'coordinator connection failed')
+    }
+  }
+
+  #onCoordinatorMessage(conn: Connection, env: Envelope): void {
+    if (env.kind === 'heartbeat') {
+      this.#epoch = Math.max(this.#epoch, env.body.epoch)
+      return
+    }
+    if (env.kind !== 'control')
+      throw new ShoalError(ErrorCodes.BAD_MESSAGE, `unexpected ${env.kind} from the coordinator`)
+    const body = env.body
+    switch (body.op) {
+      case 'assign': {
+        const a = parseAssign(body)
+        this.#epoch = Math.max(this.#epoch, a.epoch)
+        void this.#enqueue(() => this.#assign(conn, a.partitions))
+        return
+      }
+      case 'revoke': {
+        const r = parseAssign(body)
+        this.#epoch = Math.max(this.#epoch, r.epoch)
+        void this.#enqueue(async () => {
+          const released = await this.#revoke(r.partitions)
+          reply(conn, env, { kind: 'control', body: { op: 'revoked', partitions: released } })
+        })
+        return
+      }
+      case 'fenced': {
+        const f = parseFenced(body)
+        this.#epoch = Math.max(this.#epoch, f.epoch)
+        this.#fence(f.partitions, f.reason)
+        return
+      }
+      case 'pause':
+        this.#host.pause(parsePause(body).partitions)
+        return
+      case 'resume':
+        this.#host.resume(parsePause(body).partitions)
+        return
+      case 'drain':
+        void this.drain()
+        return
+      case 'shutdown':
+        this.emit('shutdown')
+        return
+      case 'routing':
+        return
+      default:
+        throw new ShoalError(ErrorCodes.BAD_MESSAGE, `a worker does not handle control ${body.op}`)
+    }
+  }
+
+  #enqueue(task: () => Promise<void>): Promise<void> {
+    const run = this.#work.then(task)
+    this.#work = run.catch((err: unknown) => this.#log.error({ err }, 'partition task failed'))
+    return this.#work
+  }
+
+  async #assign(conn: Connection, partitions: OwnedPartition[]): Promise<void> {
+    const fresh = partitions.filter((p) => p.partition < this.#partitions || this.#partitions === 0)
+    for (const { partition, epoch } of fresh) this.#owned.set(partition, { epoch, state: 'restoring' })
+    const ready: OwnedPartition[] = []
+    await Promise.all(
+      fresh.map(async ({ partition, epoch }) => {
+        try {
+          await this.#host.restore(partition, epoch)
+          const o = this.#owned.get(partition)
+          if (o?.epoch === epoch) {
+            o.state = 'ready'
+            ready.push({ partition, epoch })
+          }
+        } catch (err) {
+          this.#log.error({ err, partition }, 'restore failed; the partition stays not ready')
+        }
+      }),
+    )
+    if (ready.length > 0) {
+      ready.sort((a, b) => a.partition - b.partition)
+      try {
+        conn.send({ kind: 'control', body: { op: 'assigned', partitions: ready } })
+      } catch {
+        // The link is gone; the rejoin reports what we own.
+      }
+      this.emit(
+        'assigned',
+        ready.map((r) => r.partition),
+      )
+    }
+  }
+
+  async #revoke(partitions: OwnedPartition[]): Promise<OwnedPartition[]> {
+    const released: OwnedPartition[] = []
+    await Promise.all(
+      partitions.map(async ({ partition, epoch }) => {
+        const o = this.#owned.get(partition)
+        if (o === undefined) {
+          released.push({ partition, epoch })
+          return
+        }
+        o.state = 'releasing'
+        try {
+          await this.#host.release(partition, o.epoch)
+        } catch (err) {
+          this.#log.warn({ err, partition }, 'release failed; handing the partition back anyway')
+        }
+        this.#owned.delete(partition)
+        released.push({ partition, epoch })
+      }),
+    )
+    this.emit(
+      'revoked',
+      released.map((r) => r.partition),
+    )
+    return released
+  }
+
+  #fence(partitions: number[], reason: string): void {
+    const dropped = partitions.filter((p) => this.#owned.delete(p))
+    if (dropped.length === 0) return
+    for (const p of dropped) this.#host.fence(p)
+    this.#fencedTotal += dropped.length
+    this.#log.warn({ partitions: dropped.length, reason }, 'fenced: partitions moved to another worker')
+    this.emit('fenced', dropped, reason)
+  }
+
+  #setSuspect(suspect: boolean): void {
+    if (suspect === this.#coordinatorSuspect) return
+    this.#coordinatorSuspect = suspect
+    if (suspect) {
+      this.#log.warn(
+        { missed: this.#missed },
+        'coordinator silent; not serving partitions until it is reachable again',
+      )
+      this.emit('suspect')
+    }
+  }
+
+  #tick(): void {
+    this.#lastTickAt = performance.now()
+    this.#opts.hooks?.tick?.()
+    if (this.#heard) {
+      this.#missed = 0
+      if (this.#registered) this.#setSuspect(false)
+    } else {
+      this.#missed++
+      this.#opts.hooks?.heartbeatMissed?.()
+    }
+    this.#heard = false
+    if (this.#missed >= this.#misses) this.#setSuspect(true)
+    const conn = this.#conn
+    if (conn === null || !this.#registered || conn.state !== 'ready') return
+    try {
+      conn.send({
+        kind: 'heartbeat',
+        body: { n: ++this.#tickN, epoch: this.#epoch, load: this.#host.load() },
+      })
+      this.#opts.hooks?.heartbeatSent?.()
+    } catch {
+      // Closed meanwhile: the status watcher handles it.
+    }
+  }
+}
+
+function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new ShoalError(ErrorCodes.TIMEOUT, `timed out after ${Math.round(ms)} ms`)),
+        Math.max(0, ms),
+      )
+      timer.unref()
+    }),
+  ])
+}

@@ -1,0 +1,197 @@
+/**
+ * The cluster as real processes on loopback, over each transport: join, kill -9, SIGSTOP and
+ * SIGCONT, coordinator restart, busy processing threads, SIGTERM drain, `shoal status`.
+ * Heartbeats run at 200 ms here (3 misses) to keep the suite short; the defaults are 500 ms x 3.
+ */
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import { fileURLToPath } from 'node:url'
+import { afterEach, describe, expect, it } from 'vitest'
+import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
+import { freePort, killAll, startShoal, type ShoalProcess } from '../helpers/processes.ts'
+import { waitFor } from '../helpers/wait-for.ts'
+
+const run = promisify(execFile)
+const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+const HB = ['--heartbeat-interval', '200', '--heartbeat-misses', '3']
+
+afterEach(killAll)
+
+async function status(c: ShoalProcess): Promise<ClusterStatus> {
+  const r = await c.http<ClusterStatus>('/status')
+  return r.body
+}
+
+async function settled(c: ShoalProcess, n: number): Promise<ClusterStatus> {
+  let last: ClusterStatus | undefined
+  await waitFor(
+    async () => {
+      last = await status(c)
+      const alive = last.members.filter((m) => m.state === 'alive')
+      return (
+        last.coordinator.ready &&
+        alive.length === n &&
+        last.assignment.owners.every((o) => o !== null && alive.some((m) => m.id === o)) &&
+        alive.every((m) => m.readyPartitions === m.partitions)
+      )
+    },
+    `${n} workers settled`,
+    20_000,
+  )
+  return last!
+}
+
+function ownersOf(s: ClusterStatus): Map<string, number[]> {
+  const m = new Map<string, number[]>()
+  s.assignment.owners.forEach((o, p) => o !== null && m.set(o, [...(m.get(o) ?? []), p]))
+  return m
+}
+
+for (const transport of ['tcp', 'grpc'] as const) {
+  // Real processes: under a loaded CI machine starting a node takes seconds.
+  describe(`cluster processes over ${transport}`, { timeout: 60_000 }, () => {
+    async function coordinator(port = 0): Promise<ShoalProcess> {
+      return startShoal([
+        'coordinator',
+        '--transport',
+        transport,
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--http',
+        '127.0.0.1:0',
+        ...HB,
+      ])
+    }
+    async function worker(
+      c: ShoalProcess,
+      extra: string[] = [],
+      env: Record<string, string> = {},
+    ): Promise<ShoalProcess> {
+      return startShoal(
+        [
+          'worker',
+          '--transport',
+          transport,
+          '--coordinator',
+          c.info.address,
+          '--listen',
+          '127.0.0.1:0',
+          '--http',
+          '127.0.0.1:0',
+          '--threads',
+          '1',
+          ...HB,
+          ...extra,
+        ],
+        env,
+      )
+    }
+
+    it('three workers join; kill -9 one: it is declared dead and only its partitions move', async () => {
+      const c = await coordinator()
+      const ws = await Promise.all([worker(c), worker(c), worker(c)])
+      const before = await settled(c, 3)
+      expect(new Set(before.members.map((m) => m.id)).size).toBe(3)
+      const victim = ws[1]
+      const victimId = victim.info.nodeId
+      const had = ownersOf(before)
+      victim.signal('SIGKILL')
+      const after = await settled(c, 2)
+      expect(after.members.find((m) => m.id === victimId)?.state).toBe('dead')
+      const now = ownersOf(after)
+      for (const [id, parts] of had) {
+        if (id === victimId) continue
+        // Survivors keep all they had; what they gained came from the victim.
+        expect(now.get(id)).toEqual(expect.arrayContaining(parts))
+        for (const p of now.get(id)!.filter((x) => !parts.includes(x))) expect(had.get(victimId)).toContain(p)
+      }
+      for (const p of had.get(victimId)!)
+        expect(after.assignment.epochs[p]).toBeGreaterThan(before.assignment.epoch)
+      // Worker readiness endpoints agree.
+      for (const w of [ws[0], ws[2]]) expect((await w.http('/readyz')).status).toBe(200)
+    })
+
+    it('SIGSTOP: detected after the missed heartbeats; SIGCONT: it learns it was fenced and rejoins cleanly', async () => {
+      const c = await coordinator()
+      const ws = await Promise.all([worker(c), worker(c), worker(c)])
+      await settled(c, 3)
+      const victim = ws[0]
+      victim.signal('SIGSTOP')
+      await waitFor(
+        async () => (await status(c)).members.find((m) => m.id === victim.info.nodeId)?.state === 'dead',
+        'victim dead',
+        10_000,
+      )
+      await settled(c, 2)
+      victim.signal('SIGCONT')
+      await waitFor(
+        async () => {
+          const w = await victim.http<{ fencedPartitionsTotal: number; registered: boolean }>('/status')
+          return w.body.fencedPartitionsTotal > 0 && w.body.registered
+        },
+        'victim reports it was fenced and rejoined',
+        10_000,
+      )
+      const s = await settled(c, 3)
+      expect(s.members.find((m) => m.id === victim.info.nodeId)?.state).toBe('alive')
+      expect(victim.logs.join('')).toMatch(/fenced/)
+    })
+
+    it('a restarted coordinator gets every worker back with its partitions kept', async () => {
+      const port = await freePort()
+      const c1 = await coordinator(port)
+      await Promise.all([worker(c1), worker(c1), worker(c1)])
+      const before = await settled(c1, 3)
+      c1.signal('SIGKILL')
+      await c1.exited
+      const c2 = await coordinator(port)
+      const after = await settled(c2, 3)
+      expect(after.assignment.owners).toEqual(before.assignment.owners)
+      expect(after.assignment.epoch).toBe(before.assignment.epoch)
+    })
+
+    it('a worker whose processing threads burn 100% CPU is never declared dead', async () => {
+      const c = await coordinator()
+      const busy = await worker(c, [], { SHOAL_TEST_BURN_THREADS: '2' })
+      await worker(c)
+      await settled(c, 2)
+      // Six failure-detection periods under load.
+      await new Promise((r) => setTimeout(r, 6 * 600))
+      const s = await status(c)
+      expect(s.members.find((m) => m.id === busy.info.nodeId)?.state).toBe('alive')
+      expect(busy.logs.join('')).toMatch(/burning/)
+    })
+
+    it('SIGTERM drains a worker: it hands its partitions back, leaves, and exits 0', async () => {
+      const c = await coordinator()
+      const ws = await Promise.all([worker(c), worker(c)])
+      await settled(c, 2)
+      ws[0].signal('SIGTERM')
+      expect((await ws[0].exited).code).toBe(0)
+      const s = await settled(c, 1)
+      expect(s.members.find((m) => m.id === ws[0].info.nodeId)?.state).toBe('left')
+    })
+
+    it('shoal status prints the members as a table, and JSON with --json', async () => {
+      const c = await coordinator()
+      await Promise.all([worker(c), worker(c)])
+      await settled(c, 2)
+      const args = [
+        '--import',
+        'tsx',
+        MAIN,
+        'status',
+        '--coordinator',
+        c.info.address,
+        '--transport',
+        transport,
+      ]
+      const table = await run(process.execPath, args)
+      expect(table.stdout).toMatch(/MEMBER\s+STATE/)
+      expect(table.stdout.match(/alive/g)).toHaveLength(2)
+      const json = await run(process.execPath, [...args, '--json'])
+      const parsed = JSON.parse(json.stdout) as ClusterStatus
+      expect(parsed.members).toHaveLength(2)
+    })
+  })
+}

@@ -1,0 +1,130 @@
+/**
+ * Real Shoal nodes as child processes for end-to-end tests. Each node prints one JSON line on
+ * stdout once it listens ({"shoal":"listening", ...}); logs go to stderr and are kept so a
+ * failing test can show them.
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createServer } from 'node:net'
+import { once } from 'node:events'
+import { fileURLToPath } from 'node:url'
+import { onTestFailed } from 'vitest'
+
+const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+
+export interface NodeInfo {
+  shoal: 'listening'
+  role: string
+  nodeId: string
+  address: string
+  http: string
+}
+
+export interface ShoalProcess {
+  child: ChildProcess
+  info: NodeInfo
+  logs: string[]
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  signal(sig: NodeJS.Signals): void
+  /** GET a JSON endpoint of the node's HTTP server. */
+  http<T = unknown>(path: string): Promise<{ status: number; body: T }>
+}
+
+const live = new Set<ShoalProcess>()
+
+/** Start `shoal <args>` and wait until it listens. */
+export async function startShoal(
+  args: string[],
+  env: Record<string, string> = {},
+  timeoutMs = 20_000,
+): Promise<ShoalProcess> {
+  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+    env: { ...process.env, SHOAL_LOG_LEVEL: 'debug', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const logs: string[] = []
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    logs.push(d)
+    if (logs.length > 2000) logs.splice(0, 1000)
+  })
+  const exited = once(child, 'exit').then(([code, signal]) => ({
+    code: code as number | null,
+    signal: signal as NodeJS.Signals | null,
+  }))
+  const info = await new Promise<NodeInfo>((resolve, reject) => {
+    let buf = ''
+    const timer = setTimeout(
+      () =>
+        reject(new Error(`shoal ${args.join(' ')} did not listen within ${timeoutMs} ms\n${logs.join('')}`)),
+      timeoutMs,
+    )
+    child.stdout.setEncoding('utf8').on('data', (d: string) => {
+      buf += d
+      let i: number
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i)
+        buf = buf.slice(i + 1)
+        try {
+          const j = JSON.parse(line) as NodeInfo
+          if (j.shoal === 'listening') {
+            clearTimeout(timer)
+            resolve(j)
+          }
+        } catch {
+          // not our line
+        }
+      }
+    })
+    void exited.then(({ code, signal }) => {
+      clearTimeout(timer)
+      reject(
+        new Error(`shoal ${args.join(' ')} exited (${code ?? signal}) before listening\n${logs.join('')}`),
+      )
+    })
+  })
+  const p: ShoalProcess = {
+    child,
+    info,
+    logs,
+    exited,
+    signal: (sig) => {
+      child.kill(sig)
+    },
+    http: async <T>(path: string) => {
+      const res = await fetch(`http://${info.http}${path}`, { signal: AbortSignal.timeout(3000) })
+      const text = await res.text()
+      let body: unknown = text
+      try {
+        body = JSON.parse(text)
+      } catch {
+        // text
+      }
+      return { status: res.status, body: body as T }
+    },
+  }
+  live.add(p)
+  void exited.then(() => live.delete(p))
+  onTestFailed(() => {
+    console.error(`--- logs of shoal ${args.join(' ')} (${info.nodeId}) ---\n${logs.join('').slice(-20_000)}`)
+  })
+  return p
+}
+
+/** Kill every node still running (afterEach). SIGCONT first so stopped ones can die. */
+export async function killAll(): Promise<void> {
+  await Promise.all(
+    [...live].map(async (p) => {
+      p.child.kill('SIGCONT')
+      p.child.kill('SIGKILL')
+      await p.exited
+    }),
+  )
+}
+
+/** A free TCP port on loopback (for a node that must come back on the same port). */
+export async function freePort(): Promise<number> {
+  const srv = createServer()
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
+  const port = (srv.address() as { port: number }).port
+  await new Promise<void>((r) => srv.close(() => r()))
+  return port
+}
