@@ -42,6 +42,8 @@ import { createTransport } from '../transport/index.ts'
 import type { Role } from '../protocol/messages.ts'
 import type { Transport, TlsOptions } from '../transport/transport.ts'
 import { createWorkerNode } from '../worker/node.ts'
+import { createStateBackend } from '../state/index.ts'
+import { openPartitionStore } from '../state/checkpoint/partition-store.ts'
 import { formatStatus } from './format.ts'
 import { workerObserver } from './node-metrics.ts'
 import { runProbe } from './probe.ts'
@@ -136,12 +138,15 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
   const heartbeatStaleMs = cfg.heartbeatIntervalMs * (cfg.heartbeatMisses + 2)
   const liveness = createLivenessMonitor({ intervalMs: cfg.heartbeatIntervalMs, heartbeatStaleMs })
   const transport = transportFor(cfg, cfg.nodeId, 'coordinator')
+  const epochFloor = await storedEpochFloor(cfg, log)
   const coordinator = new Coordinator({
+    epochFloor,
     transport,
     listen: cfg.listen,
     partitions: cfg.partitions,
     heartbeatIntervalMs: cfg.heartbeatIntervalMs,
     heartbeatMisses: cfg.heartbeatMisses,
+    checkpointIntervalMs: cfg.checkpointIntervalMs,
     logger: log,
     hooks: { ...metrics.coordinatorHooks, tick: () => liveness.markHeartbeatTick() },
   })
@@ -207,6 +212,27 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
   })
 }
 
+/**
+ * The highest partition epoch in the shared state backend: a coordinator that starts over
+ * existing state (a whole-cluster restart) hands out epochs above it, or its workers' claims
+ * would be fenced by the previous run's owners. Local backends (memory, file) are per worker.
+ */
+async function storedEpochFloor(
+  cfg: CoordinatorConfig,
+  log: ReturnType<typeof createLogger>,
+): Promise<number> {
+  if (cfg.state.kind !== 'redis') return 0
+  const backend = await createStateBackend(cfg.state.url)
+  try {
+    const epochs = await Promise.all(Array.from({ length: cfg.partitions }, (_, p) => backend.getEpoch(p)))
+    const floor = epochs.reduce<number>((m, e) => Math.max(m, e ?? 0), 0)
+    log.info({ epochFloor: floor }, 'read the stored partition epochs')
+    return floor
+  } finally {
+    await backend.close()
+  }
+}
+
 async function runWorker(cfg: WorkerConfig): Promise<void> {
   const log = createLogger({ level: cfg.logLevel, name: 'worker', nodeId: cfg.nodeId })
   log.info({ config: describeConfig(cfg) }, 'starting worker')
@@ -217,6 +243,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   let node: ReturnType<typeof createWorkerNode> | null = null
   const heartbeatStaleMs = cfg.heartbeatIntervalMs * (cfg.heartbeatMisses + 2)
   const liveness = createLivenessMonitor({ intervalMs: cfg.heartbeatIntervalMs, heartbeatStaleMs })
+  let stateHealthy = true
   const http = await startHttpServer({
     host: cfg.http.host,
     port: cfg.http.port,
@@ -229,7 +256,11 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     },
     logger: log,
     liveness: () => liveness.check(),
-    readiness: () => node?.worker.readiness() ?? { ok: false, detail: { starting: true } },
+    readiness: () => {
+      const r = node?.worker.readiness() ?? { ok: false, detail: { starting: true } }
+      // A state backend outage makes the worker unready (it cannot accept or restore).
+      return stateHealthy ? r : { ok: false, detail: { ...r.detail, stateBackend: 'unavailable' } }
+    },
     status: () => {
       if (node === null) return { starting: true }
       observe(node)
@@ -237,7 +268,19 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     },
   })
   burnThreads(log)
+  // Durable state: memory: keeps it in the worker only; file: and redis:// get a replay log
+  // and checkpoints (file: for a single worker, the directory is locked by one process).
+  const backend = cfg.state.kind === 'memory' ? null : await createStateBackend(cfg.state.url)
+  const store = backend === null ? undefined : await openPartitionStore(backend)
+  const healthTimer = setInterval(() => {
+    void backend?.health().then(
+      (ok) => (stateHealthy = ok),
+      () => (stateHealthy = false),
+    )
+  }, 1000)
+  healthTimer.unref()
   node = createWorkerNode({
+    store,
     transport,
     coordinator: formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
     listen: cfg.listen,
@@ -275,6 +318,9 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     clearInterval(readyTimer)
     setServing(false)
     await started.drain(cfg.drainTimeoutMs)
+    clearInterval(healthTimer)
+    await store?.close()
+    await backend?.close()
     await http.close()
     liveness.close()
   })

@@ -130,11 +130,15 @@ function invalid(option: string, message: string): InvalidOptionError {
 }
 
 /** A fresh cluster's assignment: every partition unowned at epoch 0. */
-export function emptyAssignment(partitions: number = DEFAULT_PARTITIONS): Assignment {
+/**
+ * No owners yet. `epoch`: where epochs start; a coordinator that restarts over existing state
+ * starts above every epoch already stored, so the fencing tokens it hands out are never stale.
+ */
+export function emptyAssignment(partitions: number = DEFAULT_PARTITIONS, epoch = 0): Assignment {
   validatePartitions(partitions)
   return freeze(
     partitions,
-    0,
+    epoch,
     new Array<string | null>(partitions).fill(null),
     new Array<number>(partitions).fill(0),
   )

@@ -56,6 +56,16 @@ export interface CoordinatorOptions {
   revokeTimeoutMs?: number
   /** Time after start to collect rejoining workers' ownership. @default interval * misses */
   recoveryWindowMs?: number
+  /**
+   * The highest partition epoch already stored (read from the state backend at start): new
+   * epochs start above it, so a restarted cluster's owners are not fenced by their
+   * predecessors' epochs. @default 0
+   */
+  epochFloor?: number
+  /** Milliseconds between checkpoints (one in flight at a time); 0 turns them off. @default 5000 */
+  checkpointIntervalMs?: number
+  /** A checkpoint not acknowledged by then counts as failed for the workers missing. @default 60000 */
+  checkpointTimeoutMs?: number
   logger: Logger
   /** Observers (metrics) of membership and assignment changes. */
   hooks?: CoordinatorHooks
@@ -68,6 +78,21 @@ export interface CoordinatorHooks {
   heartbeatReceived?(memberId: string): void
   heartbeatMissed?(memberId: string): void
   assignmentChanged?(assignment: Assignment): void
+  checkpointDone?(result: CheckpointRecord): void
+}
+
+/** One coordinator-triggered checkpoint across the cluster. */
+export interface CheckpointRecord {
+  id: number
+  /** Partitions whose checkpoint committed, of those assigned when it started. */
+  partitions: number
+  assigned: number
+  /** Keys written (changed since each partition's previous checkpoint). */
+  keys: number
+  durationMs: number
+  /** Members that did not acknowledge (timeout, error). */
+  failedMembers: string[]
+  finishedAt: string
 }
 
 export interface MemberStatus {
@@ -102,6 +127,14 @@ export interface ClusterStatus {
   }
   members: MemberStatus[]
   assignment: { epoch: number; owners: (string | null)[]; epochs: number[] }
+  checkpoints: {
+    intervalMs: number
+    inFlight: boolean
+    completed: number
+    last: CheckpointRecord | null
+    /** Per partition: the id of its last committed checkpoint (0: none since this coordinator started). */
+    partitionCheckpoint: number[]
+  }
 }
 
 interface Member {
@@ -137,7 +170,8 @@ export class Coordinator extends EventEmitter<{
   readonly #opts: Required<Omit<CoordinatorOptions, 'hooks'>> & { hooks: CoordinatorHooks }
   readonly #log: Logger
   readonly #members = new Map<string, Member>()
-  readonly #requests = new Requests()
+  /** Disjoint from the ids workers use for their own requests (see Requests). */
+  readonly #requests = new Requests(0x40000000)
   readonly #routingSubscribers = new Set<Connection>()
   #assignment: Assignment
   #listener: Listener | null = null
@@ -149,6 +183,13 @@ export class Coordinator extends EventEmitter<{
   #stopping = false
   readonly #gateway: Gateway
   #rebalancing: Promise<void> | null = null
+  #checkpointTimer: NodeJS.Timeout | null = null
+  /** Ids increase across coordinator restarts (they start from the clock). */
+  #checkpointId = Date.now()
+  #checkpointInFlight = false
+  #checkpointsCompleted = 0
+  #lastCheckpoint: CheckpointRecord | null = null
+  #partitionCheckpoint: number[] = []
   #rebalanceAgain = false
 
   constructor(options: CoordinatorOptions) {
@@ -163,12 +204,15 @@ export class Coordinator extends EventEmitter<{
       heartbeatIntervalMs,
       heartbeatMisses,
       revokeTimeoutMs: options.revokeTimeoutMs ?? 5000,
+      checkpointIntervalMs: options.checkpointIntervalMs ?? 5000,
+      checkpointTimeoutMs: options.checkpointTimeoutMs ?? 60_000,
+      epochFloor: options.epochFloor ?? 0,
       recoveryWindowMs: options.recoveryWindowMs ?? heartbeatIntervalMs * heartbeatMisses,
       logger: options.logger,
       hooks: options.hooks ?? {},
     }
     this.#log = options.logger
-    this.#assignment = emptyAssignment(partitions)
+    this.#assignment = emptyAssignment(partitions, options.epochFloor ?? 0)
     this.#gateway = new Gateway(options.transport, () => this.routing(), options.logger)
   }
 
@@ -198,6 +242,11 @@ export class Coordinator extends EventEmitter<{
     )
     this.#ticker = setInterval(() => this.#tick(), this.#opts.heartbeatIntervalMs)
     this.#ticker.unref()
+    this.#partitionCheckpoint = new Array<number>(this.#opts.partitions).fill(0)
+    if (this.#opts.checkpointIntervalMs > 0) {
+      this.#checkpointTimer = setInterval(() => void this.checkpoint(), this.#opts.checkpointIntervalMs)
+      this.#checkpointTimer.unref()
+    }
     const recovery = setTimeout(() => this.#endRecovery(), this.#opts.recoveryWindowMs)
     recovery.unref()
   }
@@ -216,11 +265,83 @@ export class Coordinator extends EventEmitter<{
     return performance.now() - this.#lastTickAt
   }
 
+  /**
+   * Trigger a checkpoint on every live member now (the timer calls this; one runs at a time,
+   * a call while one is in flight returns null). Each worker checkpoints the partitions it
+   * serves and acknowledges them; the coordinator records them and tells the worker it may trim
+   * the logs behind them.
+   */
+  async checkpoint(): Promise<CheckpointRecord | null> {
+    if (this.#checkpointInFlight || this.#stopping || this.#recovering) return null
+    const members = [...this.#members.values()].filter((m) => m.state === 'alive' && m.conn !== null)
+    if (members.length === 0) return null
+    this.#checkpointInFlight = true
+    const id = ++this.#checkpointId
+    const t0 = performance.now()
+    const assigned = this.#assignment.owners.filter((o) => o !== null).length
+    let partitions = 0
+    let keys = 0
+    const failedMembers: string[] = []
+    try {
+      await Promise.all(
+        members.map(async (m) => {
+          const conn = m.conn!
+          try {
+            const res = await this.#requests.request(
+              conn,
+              { kind: 'checkpoint', body: { op: 'trigger', checkpointId: id } },
+              this.#opts.checkpointTimeoutMs,
+            )
+            if (res.kind !== 'checkpoint' || res.body.op !== 'ack') {
+              throw new ShoalError(
+                ErrorCodes.CHECKPOINT_ABORTED,
+                res.kind === 'checkpoint' && res.body.error !== undefined
+                  ? res.body.error.message
+                  : `unexpected ${res.kind} reply to a checkpoint trigger`,
+              )
+            }
+            const done = (res.body.partitions ?? []).filter(
+              (p) => Number.isInteger(p) && p >= 0 && p < this.#partitionCheckpoint.length,
+            )
+            for (const p of done) this.#partitionCheckpoint[p] = id
+            partitions += done.length
+            keys += typeof res.body.keys === 'number' ? res.body.keys : 0
+            // Recorded: the worker may drop the log entries these checkpoints cover.
+            trySend(conn, {
+              kind: 'checkpoint',
+              body: { op: 'complete', checkpointId: id, partitions: done },
+            })
+          } catch (err) {
+            failedMembers.push(m.id)
+            this.#log.warn({ err, member: m.id, checkpointId: id }, 'checkpoint not acknowledged')
+          }
+        }),
+      )
+      const record: CheckpointRecord = {
+        id,
+        partitions,
+        assigned,
+        keys,
+        durationMs: Math.round(performance.now() - t0),
+        failedMembers,
+        finishedAt: new Date().toISOString(),
+      }
+      this.#checkpointsCompleted++
+      this.#lastCheckpoint = record
+      this.#opts.hooks.checkpointDone?.(record)
+      this.#log.debug(record, 'checkpoint done')
+      return record
+    } finally {
+      this.#checkpointInFlight = false
+    }
+  }
+
   /** Graceful stop: refuse new work, say goodbye to every connection (workers reconnect elsewhere or later). */
   async stop(options: { timeoutMs?: number } = {}): Promise<void> {
     if (this.#stopping) return
     this.#stopping = true
     if (this.#ticker !== null) clearInterval(this.#ticker)
+    if (this.#checkpointTimer !== null) clearInterval(this.#checkpointTimer)
     this.#requests.rejectAll(new ShoalError(ErrorCodes.CLOSED, 'coordinator is stopping'))
     await this.#gateway.close()
     await this.#listener?.close({ timeoutMs: options.timeoutMs ?? 2000 })
@@ -261,6 +382,13 @@ export class Coordinator extends EventEmitter<{
           load: m.load,
           joinedAt: new Date(Date.now() - (now - m.joinedAt)).toISOString(),
         })),
+      checkpoints: {
+        intervalMs: this.#opts.checkpointIntervalMs,
+        inFlight: this.#checkpointInFlight,
+        completed: this.#checkpointsCompleted,
+        last: this.#lastCheckpoint,
+        partitionCheckpoint: [...this.#partitionCheckpoint],
+      },
       assignment: { epoch: a.epoch, owners: [...a.owners], epochs: [...a.epochs] },
     }
   }
@@ -601,7 +729,7 @@ export class Coordinator extends EventEmitter<{
     const P = this.#opts.partitions
     const owners: (string | null)[] = new Array<string | null>(P).fill(null)
     const epochs: number[] = new Array<number>(P).fill(0)
-    let epoch = 0
+    let epoch = this.#opts.epochFloor
     const live = [...this.#members.values()].filter((m) => LIVE.has(m.state))
     for (const m of live) {
       epoch = Math.max(epoch, m.epochSeen)

@@ -17,7 +17,14 @@
 import { availableParallelism } from 'node:os'
 import { Piscina } from 'piscina'
 import { ErrorCodes, ShoalError } from '../errors.ts'
-import type { BatchFailure, BatchItem, BatchResult, TaskRequest, TaskResult } from './task-types.ts'
+import type {
+  BatchFailure,
+  BatchItem,
+  BatchResult,
+  PackedStates,
+  TaskRequest,
+  TaskResult,
+} from './task-types.ts'
 
 export interface EngineOptions {
   /** Built-in job name ('count') or a path/file URL to a job module. @default 'count' */
@@ -149,8 +156,14 @@ export class Engine {
   snapshot(partition: number, full: boolean): Promise<ResultOf<'snapshot'>> {
     return this.#run<ResultOf<'snapshot'>>({ op: 'snapshot', partition, full })
   }
-  load(partition: number, data: Uint8Array, replace: boolean): Promise<ResultOf<'load'>> {
-    return this.#run<ResultOf<'load'>>({ op: 'load', partition, data, replace })
+  /**
+   * Snapshot and load are ordered with the partition's batches: a snapshot submitted after
+   * batch N (synchronously, in the same turn) sees exactly batches ..N.
+   */
+  load(partition: number, kv: PackedStates, replace: boolean): Promise<ResultOf<'load'>> {
+    return this.#run<ResultOf<'load'>>({ op: 'load', partition, kv, replace }, [
+      kv.data.buffer as ArrayBuffer,
+    ])
   }
   /**
    * Forget a partition's state in its thread. A partition that never had a task (since its last
@@ -222,7 +235,7 @@ export class Engine {
     if (lane.waiting.length > 0 && lane.inPool < MAX_TASKS_IN_POOL && !this.#closed) this.#dispatch(lane)
   }
 
-  async #run<R extends TaskResult>(req: TaskRequest): Promise<R> {
+  async #run<R extends TaskResult>(req: TaskRequest, transferList?: ArrayBuffer[]): Promise<R> {
     if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'the processing engine is closed')
     const lane = this.#lanes[req.partition % this.threads]!
     // Order: the batches submitted before this task enter the pool before it.
@@ -231,7 +244,7 @@ export class Engine {
     this.#begin()
     lane.inPool++
     try {
-      return (await lane.pool.run(req)) as R
+      return (await lane.pool.run(req, transferList === undefined ? {} : { transferList })) as R
     } catch (err) {
       throw this.#taskError(err, req)
     } finally {

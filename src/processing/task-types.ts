@@ -1,5 +1,15 @@
 /** Messages between a worker's main thread and its processing threads. */
 
+/**
+ * Keyed states in one buffer: the state of keys[i] is msgpack (plain maps, no records) at
+ * data[ends[i-1] ?? 0 .. ends[i]). One transferable buffer instead of an object per key.
+ */
+export interface PackedStates {
+  keys: string[]
+  data: Uint8Array
+  ends: Uint32Array
+}
+
 /** One event batch of one partition: msgpack [key, event][]. */
 export interface BatchItem {
   partition: number
@@ -14,10 +24,10 @@ export type TaskRequest =
   | { op: 'batches'; partition: number; batches: BatchItem[] }
   | { op: 'get'; partition: number; key: string }
   | { op: 'dump'; partition: number }
-  /** Changed keys since the last snapshot (or all with full), as msgpack [key, state][]. */
+  /** Changed keys since the last snapshot (or all with full), each state packed on its own. */
   | { op: 'snapshot'; partition: number; full: boolean }
-  /** Restore: msgpack [key, state][]; replace clears the partition first. */
-  | { op: 'load'; partition: number; data: Uint8Array; replace: boolean }
+  /** Restore keys (each state packed on its own); replace clears the partition first. */
+  | { op: 'load'; partition: number; kv: PackedStates; replace: boolean }
   | { op: 'drop'; partition: number }
 
 export interface DeadLetter {
@@ -45,6 +55,6 @@ export type TaskResult =
   | { op: 'batches'; results: (BatchResult | BatchFailure)[] }
   | { op: 'get'; found: boolean; data: Uint8Array | null }
   | { op: 'dump'; keys: number; data: Uint8Array }
-  | { op: 'snapshot'; keys: number; data: Uint8Array }
+  | { op: 'snapshot'; kv: PackedStates }
   | { op: 'load'; keys: number }
   | { op: 'drop' }

@@ -13,11 +13,34 @@ import type {
   BatchItem,
   BatchResult,
   DeadLetter,
+  PackedStates,
   TaskRequest,
   TaskResult,
 } from './task-types.ts'
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
+/** Checkpointed states: self-contained plain msgpack, readable by any thread or process later. */
+const statePackr = new Packr({ useRecords: false, moreTypes: true })
+
+function packStates(list: Iterable<Entry>): PackedStates {
+  const keys: string[] = []
+  const ends: number[] = []
+  let data = new Uint8Array(64 * 1024)
+  let at = 0
+  for (const e of list) {
+    const b = statePackr.pack(e.state)
+    if (at + b.length > data.length) {
+      const bigger = new Uint8Array(Math.max(data.length * 2, at + b.length))
+      bigger.set(data.subarray(0, at))
+      data = bigger
+    }
+    data.set(b, at)
+    at += b.length
+    keys.push(e.key)
+    ends.push(at)
+  }
+  return { keys, data: data.slice(0, at), ends: Uint32Array.from(ends) }
+}
 const { job: jobRef } = workerData as { job: string }
 
 async function loadJob(ref: string): Promise<JobDefinition> {
@@ -149,10 +172,9 @@ export default function handle(req: TaskRequest): TaskResult {
       // Incremental: the keys changed since the last snapshot, then forget them.
       const s = stateOf(req.partition)
       for (const e of s.changed) e.dirty = false
-      const list = req.full ? s.entries.values() : s.changed
-      const entries = Array.from(list, (e) => [e.key, e.state] as const)
+      const kv = packStates(req.full ? s.entries.values() : s.changed)
       s.changed = []
-      return { op: 'snapshot', keys: entries.length, data: packr.pack(entries) }
+      return { op: 'snapshot', kv }
     }
     case 'load': {
       const s = stateOf(req.partition)
@@ -161,13 +183,15 @@ export default function handle(req: TaskRequest): TaskResult {
         s.entries.clear()
         s.changed = []
       }
-      const loaded = packr.unpack(req.data) as [string, unknown][]
-      for (const [k, v] of loaded) {
+      const { keys, data, ends } = req.kv
+      for (let i = 0; i < keys.length; i++) {
+        const k = keys[i]!
+        const v: unknown = statePackr.unpack(data.subarray(i === 0 ? 0 : ends[i - 1], ends[i]))
         const e = s.entries.get(k)
         if (e === undefined) s.entries.set(k, { key: k, state: v, dirty: false })
         else e.state = v
       }
-      return { op: 'load', keys: loaded.length }
+      return { op: 'load', keys: keys.length }
     }
     case 'drop':
       partitions.delete(req.partition)

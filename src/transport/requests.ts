@@ -16,8 +16,19 @@ interface Pending {
 }
 
 export class Requests {
-  #next = 1
+  readonly #first: number
+  #next: number
   readonly #pending = new Map<number, Pending>()
+
+  /**
+   * `firstCorr`: where this side's correlation ids start. Both peers of a connection send
+   * requests, and settle() matches by id alone, so a side that sends requests to peers which
+   * also send it requests (the coordinator) numbers from a disjoint range.
+   */
+  constructor(firstCorr = 1) {
+    this.#first = firstCorr
+    this.#next = firstCorr
+  }
 
   /** Send `message` on `conn` and wait for the envelope that echoes its correlation id. */
   request(conn: Connection, message: OutboundMessage, timeoutMs: number): Promise<Envelope> {
@@ -45,7 +56,7 @@ export class Requests {
     part: ((env: Envelope) => boolean) | undefined,
   ): Promise<Envelope> {
     const corr = this.#next++
-    if (this.#next > 0x7fffffff) this.#next = 1
+    if (this.#next > 0x7fffffff) this.#next = this.#first
     return new Promise<Envelope>((resolve, reject) => {
       const expire = (): void => {
         this.#pending.delete(corr)
@@ -122,6 +133,7 @@ export function replyError(conn: Connection, to: Envelope, err: ShoalError): voi
 
 /** Control ops that only ever answer a request. */
 const REPLY_OPS: ReadonlySet<string> = new Set(['error', 'joined', 'revoked', 'drained'])
+const CHECKPOINT_REPLY_OPS: ReadonlySet<string> = new Set(['ack', 'abort'])
 
 /**
  * True when `env` is a reply (or an error report) rather than a request. A loop that rejects
@@ -130,5 +142,8 @@ const REPLY_OPS: ReadonlySet<string> = new Set(['error', 'joined', 'revoked', 'd
  * answer the other's error.
  */
 export function isReplyOrError(env: Envelope): boolean {
-  return env.kind === 'control' && REPLY_OPS.has(env.body.op)
+  return (
+    (env.kind === 'control' && REPLY_OPS.has(env.body.op)) ||
+    (env.kind === 'checkpoint' && CHECKPOINT_REPLY_OPS.has(env.body.op))
+  )
 }

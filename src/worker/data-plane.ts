@@ -11,6 +11,14 @@
  * Exactly-once bookkeeping: each batch carries (producerId, sequence) per partition; a batch
  * whose sequence is not above the last accepted one is a duplicate and is acked without being
  * applied again (after the original has finished, so the ack never runs ahead of the state).
+ *
+ * Durability (with a PartitionStore, docs/state.md "How a worker uses it"): an accepted batch
+ * is appended to its partition's replay log, and only once the append resolved is it handed to
+ * the engine, in log order; its ack follows its application. A checkpoint takes its cut
+ * synchronously: the offset and dedup table of the batches handed to the engine so far, and a
+ * snapshot submitted in the same turn, which the engine runs after exactly those batches.
+ * Restore loads the last checkpoint and replays the log after it (dropping duplicates by
+ * producer sequence) before the partition serves.
  */
 import type { Logger } from 'pino'
 import { Packr } from 'msgpackr'
@@ -18,10 +26,11 @@ import { ErrorCodes, ShoalError } from '../errors.ts'
 import type { Envelope, EventBatchBody, HeartbeatLoad, StateBody } from '../protocol/messages.ts'
 import { partitionForKey } from '../protocol/partition.ts'
 import type { Engine } from '../processing/engine.ts'
-import type { DeadLetter } from '../processing/task-types.ts'
+import type { BatchResult, DeadLetter, PackedStates } from '../processing/task-types.ts'
+import type { LogEntry, PartitionStore } from '../state/checkpoint/partition-store.ts'
 import type { Connection } from '../transport/transport.ts'
 import { isReplyOrError } from '../transport/requests.ts'
-import type { PartitionHost } from './worker.ts'
+import type { PartitionCheckpoint, PartitionHost } from './worker.ts'
 
 export interface OwnershipView {
   serves(partition: number, epoch?: number): boolean
@@ -41,16 +50,60 @@ export interface DataPlaneOptions {
   onEmitted?: (partition: number, emitted: Uint8Array) => void
   /** Control messages on the data port (e.g. `subscribe`); throw a ShoalError to refuse one. */
   onControl?: (conn: Connection, env: Envelope) => void
+  /**
+   * Durable state: the replay log and checkpoints. Without one, state lives only in the
+   * worker's threads and a partition that moves starts empty.
+   */
+  store?: PartitionStore
+  /**
+   * 'log': append every accepted batch to the replay log before acking it (exactly once across
+   * crashes). 'none': checkpoints only; a crash loses what was acked since the last checkpoint.
+   * @default 'log'
+   */
+  durability?: 'log' | 'none'
 }
 
 interface PartitionRuntime {
+  epoch: number
   /** Last accepted sequence per producer (insertion order doubles as recency for eviction). */
   producers: Map<string, number>
   /** Settles when every batch accepted so far has been applied. */
   tail: Promise<void>
   inFlight: number
   paused: boolean
+  // Durable mode only:
+  /** Appended batches reach the engine through this chain, in log order. */
+  chain: Promise<void>
+  /** Last sequence per producer among the batches handed to the engine (the checkpoint's). */
+  applied: Map<string, number>
+  /** Log offset of the last batch handed to the engine. */
+  appliedOffset: number
+  /** Checkpoints and the final release of this partition, one at a time. */
+  checkpoints: Promise<unknown>
+  /** Offset of the last committed checkpoint. */
+  checkpointedOffset: number
+  /** The last snapshot's keys never reached the store: the next checkpoint must be full. */
+  needFull: boolean
 }
+
+function newRuntime(epoch: number): PartitionRuntime {
+  return {
+    epoch,
+    producers: new Map(),
+    tail: Promise.resolve(),
+    inFlight: 0,
+    paused: false,
+    chain: Promise.resolve(),
+    applied: new Map(),
+    appliedOffset: 0,
+    checkpoints: Promise.resolve(),
+    checkpointedOffset: 0,
+    needFull: false,
+  }
+}
+
+/** Batches replayed into the engine before the restore waits for them. */
+const REPLAY_WINDOW = 64
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
 
@@ -68,6 +121,9 @@ export class DataPlane implements PartitionHost {
   #lastEvents = 0
   #backpressuredMs = 0
   #deadLettered = 0
+  #checkpointsDone = 0
+  #checkpointsFailed = 0
+  #restoredBatches = 0
 
   constructor(options: DataPlaneOptions) {
     this.#opts = options
@@ -87,25 +143,187 @@ export class DataPlane implements PartitionHost {
   get backpressuredMs(): number {
     return this.#backpressuredMs
   }
+  get durable(): boolean {
+    return this.#opts.store !== undefined
+  }
+  /** Per served partition: batches accepted and not yet acked, last log offset handed on. */
+  partitionsInFlight(): { partition: number; inFlight: number; appliedOffset: number }[] {
+    return [...this.#partitions].map(([partition, rt]) => ({
+      partition,
+      inFlight: rt.inFlight,
+      appliedOffset: rt.appliedOffset,
+    }))
+  }
+
+  /** Checkpoints of single partitions committed and failed; log batches replayed on restore. */
+  get checkpointStats(): { done: number; failed: number; replayedBatches: number } {
+    return {
+      done: this.#checkpointsDone,
+      failed: this.#checkpointsFailed,
+      replayedBatches: this.#restoredBatches,
+    }
+  }
 
   // --- PartitionHost -------------------------------------------------------------------------------
 
-  restore(partition: number): Promise<void> {
-    this.#partitions.set(partition, {
-      producers: new Map(),
-      tail: Promise.resolve(),
-      inFlight: 0,
-      paused: false,
-    })
-    return Promise.resolve()
+  async restore(partition: number, epoch: number): Promise<void> {
+    const store = this.#opts.store
+    if (store === undefined) {
+      this.#partitions.set(partition, newRuntime(epoch))
+      return
+    }
+    const t0 = performance.now()
+    const rt = newRuntime(epoch)
+    // Fence the previous owner first: from here on its appends and checkpoints are refused.
+    await store.claim(partition, epoch)
+    const cp = await store.loadCheckpoint(partition)
+    await this.#engine.drop(partition)
+    let keys = 0
+    for await (const chunk of cp.entries()) {
+      keys += chunk.length
+      await this.#engine.load(partition, packEntries(chunk), false)
+    }
+    for (const [producer, seq] of Object.entries(cp.dedup)) {
+      rt.applied.set(producer, seq)
+      rt.producers.set(producer, seq)
+    }
+    rt.appliedOffset = cp.logOffset
+    rt.checkpointedOffset = cp.logOffset
+    // Replay what was accepted after the checkpoint, in order, a window at a time.
+    let window: Promise<void>[] = []
+    let replayed = 0
+    for await (const e of store.replay(partition, cp.logOffset, { dedup: cp.dedup })) {
+      window.push(this.#replayOne(partition, rt, e))
+      replayed++
+      if (window.length >= REPLAY_WINDOW) {
+        await Promise.all(window)
+        window = []
+      }
+    }
+    await Promise.all(window)
+    this.#restoredBatches += replayed
+    this.#partitions.set(partition, rt)
+    this.#room()
+    this.#log.info(
+      {
+        partition,
+        epoch,
+        keys,
+        checkpoint: cp.checkpointId ?? null,
+        replayed,
+        ms: Math.round(performance.now() - t0),
+      },
+      'partition restored',
+    )
+  }
+
+  #replayOne(partition: number, rt: PartitionRuntime, e: LogEntry): Promise<void> {
+    rt.producers.set(e.producerId, e.sequence)
+    rt.applied.set(e.producerId, e.sequence)
+    rt.appliedOffset = e.offset
+    return this.#engine
+      .batch(partition, e.payload)
+      .then(
+        (res) => this.#afterBatch(partition, res),
+        (err: unknown) => {
+          // A batch that cannot be applied at all failed the same way when it was first accepted.
+          this.#log.error({ err, partition, offset: e.offset }, 'replayed batch failed')
+        },
+      )
+      .finally(() => this.#room()) // readers may wait for the engine room replays took
   }
 
   async release(partition: number): Promise<void> {
     const rt = this.#partitions.get(partition)
     if (rt === undefined) return
     await rt.tail
+    if (this.#opts.store !== undefined) {
+      // A last checkpoint makes the next owner's replay short; fenced or failing, the log has it.
+      await this.#checkpointOne(partition, rt, `release-${Date.now()}`).catch((err: unknown) =>
+        this.#log.warn({ err, partition }, 'final checkpoint before release failed'),
+      )
+    }
     this.#partitions.delete(partition)
     await this.#engine.drop(partition)
+  }
+
+  /**
+   * Checkpoint every partition served at the moment of the call (or those listed). Resolves
+   * with what was committed; partitions that failed are logged and left out.
+   */
+  async checkpoint(checkpointId: string, partitions?: readonly number[]): Promise<PartitionCheckpoint[]> {
+    if (this.#opts.store === undefined) return []
+    const targets = (partitions ?? [...this.#partitions.keys()]).flatMap((p) => {
+      const rt = this.#partitions.get(p)
+      return rt === undefined ? [] : [[p, rt] as const]
+    })
+    const results = await Promise.all(
+      targets.map(([p, rt]) =>
+        this.#checkpointOne(p, rt, checkpointId).catch((err: unknown) => {
+          this.#log.warn({ err, partition: p, checkpointId }, 'checkpoint failed')
+          return null
+        }),
+      ),
+    )
+    return results.filter((r): r is PartitionCheckpoint => r !== null)
+  }
+
+  /** The coordinator recorded `checkpointId`: drop the log entries it covers. */
+  async checkpointComplete(partitions?: readonly number[]): Promise<void> {
+    const store = this.#opts.store
+    if (store === undefined) return
+    await Promise.all(
+      (partitions ?? [...this.#partitions.keys()]).map(async (p) => {
+        const rt = this.#partitions.get(p)
+        if (rt === undefined || rt.checkpointedOffset === 0) return
+        try {
+          await store.trim(p, rt.checkpointedOffset)
+        } catch (err) {
+          this.#log.debug({ err, partition: p }, 'log trim failed (the next checkpoint retries)')
+        }
+      }),
+    )
+  }
+
+  #checkpointOne(
+    partition: number,
+    rt: PartitionRuntime,
+    checkpointId: string,
+  ): Promise<PartitionCheckpoint> {
+    const store = this.#opts.store!
+    const run = rt.checkpoints.then(async () => {
+      // The cut, all in this turn: what has been handed to the engine, and a snapshot after it.
+      const full = rt.needFull
+      const logOffset = rt.appliedOffset
+      const dedup = Object.fromEntries(rt.applied)
+      const snap = this.#engine.snapshot(partition, full)
+      let kv: PackedStates
+      try {
+        kv = (await snap).kv
+      } catch (err) {
+        rt.needFull = true
+        throw err
+      }
+      const changed = new Array<[string, Uint8Array]>(kv.keys.length)
+      for (let i = 0; i < kv.keys.length; i++) {
+        changed[i] = [kv.keys[i]!, kv.data.subarray(i === 0 ? 0 : kv.ends[i - 1], kv.ends[i])]
+      }
+      try {
+        await store.writeCheckpoint(partition, rt.epoch, { checkpointId, changed, logOffset, dedup, full })
+      } catch (err) {
+        // The snapshot cleared the threads' dirty flags; keep those keys by writing all next time.
+        rt.needFull = true
+        this.#checkpointsFailed++
+        throw err
+      }
+      rt.needFull = false
+      rt.checkpointedOffset = logOffset
+      this.#checkpointsDone++
+      return { partition, epoch: rt.epoch, logOffset, keys: kv.keys.length }
+    })
+    rt.checkpoints = run.catch(() => undefined)
+    void rt.checkpoints.then(() => this.#room())
+    return run
   }
 
   fence(partition: number): void {
@@ -240,32 +458,56 @@ export class DataPlane implements PartitionHost {
     }
     rt.producers.delete(b.producerId)
     rt.producers.set(b.producerId, b.sequence)
-    if (rt.producers.size > (this.#opts.maxProducersPerPartition ?? 10_000)) {
-      rt.producers.delete(rt.producers.keys().next().value!)
-    }
+    const maxProducers = this.#opts.maxProducersPerPartition ?? 10_000
+    if (rt.producers.size > maxProducers) rt.producers.delete(rt.producers.keys().next().value!)
     rt.inFlight++
-    const done = this.#engine.batch(b.partition, b.payload).then(
-      (res) => {
-        if (res.deadLetters !== null) {
-          this.#deadLettered += res.deadLetters.length
-          for (const d of res.deadLetters.slice(0, 3)) {
-            this.#log.warn(
-              { partition: b.partition, key: d.key, error: d.error },
-              'job threw; event dead-lettered',
-            )
-          }
-          this.#opts.onDeadLetter?.(b.partition, res.deadLetters)
+    const forget = (): void => {
+      // The batch did not run: forget it so the sender's retry is applied.
+      if (rt.producers.get(b.producerId) === b.sequence) {
+        if (last === undefined) rt.producers.delete(b.producerId)
+        else rt.producers.set(b.producerId, last)
+      }
+    }
+    const store = this.#opts.store
+    let processed: Promise<BatchResult>
+    if (store === undefined) {
+      processed = this.#engine.batch(b.partition, b.payload)
+    } else {
+      const logged =
+        this.#opts.durability === 'none'
+          ? null
+          : store.appendBatch(b.partition, rt.epoch, {
+              producerId: b.producerId,
+              sequence: b.sequence,
+              payload: b.payload,
+              count: b.count,
+            })
+      // Hand batches to the engine in log order, each once its append resolved.
+      const handed = rt.chain.then(async () => {
+        const offset = logged === null ? rt.appliedOffset : await logged
+        if (this.#partitions.get(b.partition) !== rt) {
+          throw new ShoalError(ErrorCodes.NOT_OWNER, `partition ${b.partition} moved`, { retryable: true })
         }
-        if (res.emitted !== null) this.#opts.onEmitted?.(b.partition, res.emitted)
+        rt.applied.delete(b.producerId)
+        rt.applied.set(b.producerId, b.sequence)
+        if (rt.applied.size > maxProducers) rt.applied.delete(rt.applied.keys().next().value!)
+        rt.appliedOffset = offset
+        return { res: this.#engine.batch(b.partition, b.payload) }
+      })
+      rt.chain = handed.then(
+        () => undefined,
+        () => undefined,
+      )
+      processed = handed.then((h) => h.res)
+    }
+    const done = processed.then(
+      (res) => {
+        this.#afterBatch(b.partition, res)
         ack(true)
       },
       (err: unknown) => {
-        // The batch did not run (engine closed, queue full): forget it so the retry is applied.
-        if (rt.producers.get(b.producerId) === b.sequence) {
-          if (last === undefined) rt.producers.delete(b.producerId)
-          else rt.producers.set(b.producerId, last)
-        }
-        ack(false, err instanceof ShoalError ? err : new ShoalError(ErrorCodes.JOB_FAILED, String(err)))
+        forget()
+        ack(false, toAckError(err))
       },
     )
     rt.tail = rt.tail.then(() => done)
@@ -273,6 +515,17 @@ export class DataPlane implements PartitionHost {
       rt.inFlight--
       this.#room()
     })
+  }
+
+  #afterBatch(partition: number, res: BatchResult): void {
+    if (res.deadLetters !== null) {
+      this.#deadLettered += res.deadLetters.length
+      for (const d of res.deadLetters.slice(0, 3)) {
+        this.#log.warn({ partition, key: d.key, error: d.error }, 'job threw; event dead-lettered')
+      }
+      this.#opts.onDeadLetter?.(partition, res.deadLetters)
+    }
+    if (res.emitted !== null) this.#opts.onEmitted?.(partition, res.emitted)
   }
 
   async #onState(conn: Connection, env: Envelope, body: StateBody): Promise<void> {
@@ -322,6 +575,33 @@ export class DataPlane implements PartitionHost {
         throw new ShoalError(ErrorCodes.BAD_MESSAGE, `a worker does not take state ${body.op}`)
     }
   }
+}
+
+/** A failed append or batch as the sender sees it: moved partitions are NOT_OWNER (retry). */
+function toAckError(err: unknown): ShoalError {
+  if (!(err instanceof ShoalError)) return new ShoalError(ErrorCodes.JOB_FAILED, String(err))
+  if (err.code === ErrorCodes.FENCED) {
+    return new ShoalError(ErrorCodes.NOT_OWNER, `partition moved: ${err.message}`, { retryable: true })
+  }
+  return err
+}
+
+/** Checkpointed [key, value bytes] pairs as one PackedStates buffer for the engine. */
+function packEntries(chunk: readonly (readonly [string, Uint8Array])[]): PackedStates {
+  let total = 0
+  for (const [, v] of chunk) total += v.length
+  const data = new Uint8Array(total)
+  const ends = new Uint32Array(chunk.length)
+  const keys = new Array<string>(chunk.length)
+  let at = 0
+  for (let i = 0; i < chunk.length; i++) {
+    const [k, v] = chunk[i]!
+    data.set(v, at)
+    at += v.length
+    ends[i] = at
+    keys[i] = k
+  }
+  return { keys, data, ends }
 }
 
 function trySend(conn: Connection, message: Parameters<Connection['send']>[0]): void {

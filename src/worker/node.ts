@@ -3,6 +3,7 @@ import type { Logger } from 'pino'
 import { Engine } from '../processing/engine.ts'
 import type { ListenAddress, Transport } from '../transport/transport.ts'
 import type { Sink } from '../processing/sinks.ts'
+import type { PartitionStore } from '../state/checkpoint/partition-store.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import { DataPlane, type DataPlaneOptions } from './data-plane.ts'
 import { OutputHub } from './outputs.ts'
@@ -26,6 +27,9 @@ export interface WorkerNodeOptions {
   dataPlane?: Partial<Pick<DataPlaneOptions, 'maxInFlightBatches' | 'onDeadLetter' | 'onEmitted'>>
   /** Where emitted events go besides live subscribers. */
   sinks?: Sink[]
+  /** Durable keyed state: replay log and checkpoints (see DataPlaneOptions.store). */
+  store?: PartitionStore
+  durability?: 'log' | 'none'
   hooks?: { tick?(): void; heartbeatSent?(): void; heartbeatMissed?(): void }
 }
 
@@ -49,6 +53,7 @@ export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
     engine,
     logger: o.logger,
     ...o.dataPlane,
+    ...(o.store === undefined ? {} : { store: o.store, durability: o.durability ?? 'log' }),
     onEmitted(partition, emitted) {
       userOnEmitted?.(partition, emitted)
       outputs.deliver(partition, emitted)

@@ -12,7 +12,7 @@
  */
 import { EventEmitter } from 'node:events'
 import type { Logger } from 'pino'
-import { ErrorCodes, ShoalError } from '../errors.ts'
+import { ErrorCodes, ShoalError, type SerializedError } from '../errors.ts'
 import {
   parseAssign,
   parseFenced,
@@ -35,6 +35,18 @@ export interface PartitionHost {
   pause(partitions: number[] | null): void
   resume(partitions: number[] | null): void
   load(): HeartbeatLoad
+  /** Checkpoint the listed partitions (coordinator-triggered); resolves with those committed. */
+  checkpoint?(checkpointId: string, partitions: readonly number[]): Promise<PartitionCheckpoint[]>
+  /** The coordinator recorded a checkpoint of these partitions: trim what it covers. */
+  checkpointComplete?(partitions: readonly number[]): Promise<void>
+}
+
+/** What a checkpoint of one partition committed. */
+export interface PartitionCheckpoint {
+  partition: number
+  epoch: number
+  logOffset: number
+  keys: number
 }
 
 export type PartitionState = 'restoring' | 'ready' | 'releasing'
@@ -365,6 +377,10 @@ export class Worker extends EventEmitter<{
       this.#epoch = Math.max(this.#epoch, env.body.epoch)
       return
     }
+    if (env.kind === 'checkpoint') {
+      this.#onCheckpoint(conn, env)
+      return
+    }
     if (env.kind !== 'control')
       throw new ShoalError(ErrorCodes.BAD_MESSAGE, `unexpected ${env.kind} from the coordinator`)
     const body = env.body
@@ -409,6 +425,48 @@ export class Worker extends EventEmitter<{
     }
   }
 
+  #onCheckpoint(conn: Connection, env: Envelope & { kind: 'checkpoint' }): void {
+    const body = env.body
+    const host = this.#host
+    switch (body.op) {
+      case 'trigger': {
+        // Every partition this worker serves now; restoring and releasing ones are not ready.
+        const ready = [...this.#owned].filter(([, o]) => o.state === 'ready').map(([p]) => p)
+        const id = String(body.checkpointId)
+        void (host.checkpoint?.(id, ready) ?? Promise.resolve([])).then(
+          (done) =>
+            reply(conn, env, {
+              kind: 'checkpoint',
+              body: {
+                op: 'ack',
+                checkpointId: body.checkpointId,
+                partitions: done.map((d) => d.partition),
+                offsets: done.map((d) => d.logOffset),
+                keys: done.reduce((n, d) => n + d.keys, 0),
+              },
+            }),
+          (err: unknown) => {
+            this.#log.warn({ err, checkpointId: id }, 'checkpoint failed')
+            reply(conn, env, {
+              kind: 'checkpoint',
+              body: { op: 'abort', checkpointId: body.checkpointId, error: toSerialized(err) },
+            })
+          },
+        )
+        return
+      }
+      case 'complete':
+        void host
+          .checkpointComplete?.(body.partitions ?? [])
+          .catch((err: unknown) => this.#log.debug({ err }, 'trim after checkpoint failed'))
+        return
+      case 'ack':
+      case 'abort':
+        // Replies go the other way; a stray one is ignored.
+        return
+    }
+  }
+
   #enqueue(task: () => Promise<void>): Promise<void> {
     const run = this.#work.then(task)
     this.#work = run.catch((err: unknown) => this.#log.error({ err }, 'partition task failed'))
@@ -421,15 +479,12 @@ export class Worker extends EventEmitter<{
     const ready: OwnedPartition[] = []
     await Promise.all(
       fresh.map(async ({ partition, epoch }) => {
-        try {
-          await this.#host.restore(partition, epoch)
+        if (await this.#restoreWithRetry(partition, epoch)) {
           const o = this.#owned.get(partition)
           if (o?.epoch === epoch) {
             o.state = 'ready'
             ready.push({ partition, epoch })
           }
-        } catch (err) {
-          this.#log.error({ err, partition }, 'restore failed; the partition stays not ready')
         }
       }),
     )
@@ -444,6 +499,31 @@ export class Worker extends EventEmitter<{
         'assigned',
         ready.map((r) => r.partition),
       )
+    }
+  }
+
+  /**
+   * Restore, retrying retryable failures (the state backend is down, a lock not yet released)
+   * with backoff for as long as the partition is still ours at this epoch. A non-retryable
+   * failure (fenced by a newer epoch, corrupt state) leaves it not ready, and readiness false.
+   */
+  async #restoreWithRetry(partition: number, epoch: number): Promise<boolean> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.#host.restore(partition, epoch)
+        return true
+      } catch (err) {
+        const retryable = err instanceof ShoalError && err.retryable
+        const stillOurs = this.#owned.get(partition)?.epoch === epoch && !this.#stopped
+        if (!retryable || !stillOurs) {
+          this.#log.error({ err, partition, epoch }, 'restore failed; the partition stays not ready')
+          return false
+        }
+        const delay = Math.min(5000, 100 * 2 ** Math.min(attempt, 6))
+        this.#log.warn({ err, partition, epoch, attempt, retryInMs: delay }, 'restore failed; retrying')
+        await new Promise((r) => setTimeout(r, delay))
+        if (this.#owned.get(partition)?.epoch !== epoch || this.#stopped) return false
+      }
     }
   }
 
@@ -532,4 +612,9 @@ function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
       timer.unref()
     }),
   ])
+}
+
+function toSerialized(err: unknown): SerializedError {
+  if (err instanceof ShoalError) return err.toJSON()
+  return new ShoalError(ErrorCodes.INTERNAL, err instanceof Error ? err.message : String(err)).toJSON()
 }

@@ -1,0 +1,195 @@
+/**
+ * Durable keyed state in one process (memory transport, real piscina threads, one shared
+ * in-memory PartitionStore standing in for Redis): coordinator-triggered checkpoints, restore
+ * from checkpoint + replay log when partitions move, exactly-once results across an abrupt
+ * worker loss. test/e2e/failover.test.ts does the same with real processes, Redis and kill -9.
+ */
+import { pino } from 'pino'
+import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { ShoalClient } from '../../../src/client/client.ts'
+import { Coordinator } from '../../../src/coordinator/coordinator.ts'
+import { openPartitionStore, readCheckpoint } from '../../../src/state/checkpoint/partition-store.ts'
+import { createStateBackend } from '../../../src/state/index.ts'
+import { createMemoryTransport } from '../../../src/transport/memory/memory-transport.ts'
+import { createWorkerNode, type WorkerNode } from '../../../src/worker/node.ts'
+import { startRedis, type RedisServer } from '../../helpers/redis.ts'
+import { waitFor } from '../../helpers/wait-for.ts'
+
+let redis: RedisServer | undefined
+afterAll(async () => {
+  await redis?.dispose()
+})
+
+const logger = pino({ level: process.env.DEBUG_LOG ?? 'silent' })
+const cleanup: (() => Promise<void> | void)[] = []
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f()
+})
+let port = 7000
+let storeSeq = 0
+const HB = 50
+
+async function startWorker(c: Coordinator, id: string, storeUrl: string): Promise<WorkerNode> {
+  const backend = await createStateBackend(storeUrl)
+  const store = await openPartitionStore(backend)
+  const n = createWorkerNode({
+    transport: createMemoryTransport({ nodeId: id, role: 'worker' }),
+    coordinator: c.address,
+    listen: { host: 'dur', port: port++ },
+    memberId: id,
+    version: 'test',
+    threads: 1,
+    heartbeatIntervalMs: HB,
+    logger,
+    store,
+  })
+  await n.start()
+  cleanup.push(async () => {
+    await n.stop()
+    await store.close()
+    await backend.close()
+  })
+  return n
+}
+
+async function cluster(kind: 'memory' | 'redis', workers: number, checkpointIntervalMs = 0) {
+  let storeName = `memory:durable-${process.pid}-${storeSeq++}`
+  if (kind === 'redis') {
+    redis ??= await startRedis()
+    redis.cli('FLUSHALL')
+    storeName = redis.url
+  }
+  const c = new Coordinator({
+    transport: createMemoryTransport({ nodeId: 'coordinator', role: 'coordinator' }),
+    listen: { host: 'dur', port: port++ },
+    partitions: 16,
+    heartbeatIntervalMs: HB,
+    heartbeatMisses: 3,
+    checkpointIntervalMs,
+    logger,
+  })
+  await c.start()
+  cleanup.push(() => c.stop({ timeoutMs: 200 }))
+  const nodes: WorkerNode[] = []
+  for (let i = 0; i < workers; i++) nodes.push(await startWorker(c, `w${i}`, storeName))
+  await settled(c, workers)
+  const cl = await ShoalClient.connect({
+    coordinator: c.address,
+    transport: createMemoryTransport({ nodeId: 'client', role: 'client' }),
+    retryDelayMs: 20,
+  })
+  cleanup.push(() => cl.close())
+  return { c, nodes, cl, storeName }
+}
+
+async function settled(c: Coordinator, members: number): Promise<void> {
+  await waitFor(() => {
+    const s = c.status()
+    const alive = s.members.filter((m) => m.state === 'alive')
+    return (
+      c.readiness().ok &&
+      alive.length === members &&
+      s.assignment.owners.every((o) => o !== null && alive.some((m) => m.id === o)) &&
+      alive.every((m) => m.readyPartitions === m.partitions)
+    )
+  }, `${members} members own every partition, all ready`)
+}
+
+type Totals = Map<string, { count: number; sum: number }>
+
+function send(cl: ShoalClient, from: number, to: number, expected: Totals): void {
+  for (let i = from; i < to; i++) {
+    const key = `k${(i * 7919) % 500}`
+    const value = (i % 11) - 2
+    cl.send(key, { value })
+    const e = expected.get(key) ?? { count: 0, sum: 0 }
+    e.count++
+    e.sum += value
+    expected.set(key, e)
+  }
+}
+
+async function expectExact(cl: ShoalClient, expected: Totals): Promise<void> {
+  const got = new Map<string, unknown>()
+  for await (const [k, v] of cl.dumpState()) got.set(k, v)
+  const wrong = [...expected].filter(([k, e]) => JSON.stringify(got.get(k)) !== JSON.stringify(e))
+  expect(wrong.slice(0, 5).map(([k, e]) => ({ key: k, expected: e, got: got.get(k) }))).toEqual([])
+  expect(got.size).toBe(expected.size)
+}
+
+describe.each(['memory', 'redis'] as const)('durable state (in process, %s store)', (kind) => {
+  it('checkpoints on the coordinator trigger: state, offset and dedup table are committed, the log is trimmed', async () => {
+    const { c, nodes, cl, storeName } = await cluster(kind, 2)
+    const expected: Totals = new Map()
+    send(cl, 0, 20_000, expected)
+    await cl.flush()
+    const record = await c.checkpoint()
+    expect(record).not.toBeNull()
+    expect(record!.failedMembers).toEqual([])
+    expect(record!.partitions).toBe(16)
+    expect(record!.keys).toBe(500)
+    expect(c.status().checkpoints.partitionCheckpoint.every((id) => id === record!.id)).toBe(true)
+    // Only keys changed since the last checkpoint are written the next time.
+    send(cl, 20_000, 20_010, expected)
+    await cl.flush()
+    const second = await c.checkpoint()
+    expect(second!.keys).toBeGreaterThan(0)
+    expect(second!.keys).toBeLessThanOrEqual(10)
+    // What the store holds is exactly the state (read it back outside the workers).
+    const backend = await createStateBackend(storeName)
+    const store = await openPartitionStore(backend)
+    cleanup.push(async () => {
+      await store.close()
+      await backend.close()
+    })
+    let total = 0
+    for (let p = 0; p < 16; p++) {
+      const { checkpoint, state } = await readCheckpoint(store, p)
+      expect(checkpoint.checkpointId).toBe(String(second!.id))
+      expect(Object.keys(checkpoint.dedup)).toHaveLength(1)
+      total += state.size
+      // The coordinator's complete message trims the log up to the checkpoint.
+      await waitFor(async () => (await store.logInfo(p)).length === 0, `log of ${p} trimmed`)
+    }
+    expect(total).toBe(500)
+    expect(nodes.reduce((n, w) => n + w.dataPlane.checkpointStats.done, 0)).toBe(32)
+    await expectExact(cl, expected)
+  })
+
+  it('a worker lost mid-stream: its partitions restore from checkpoint + log elsewhere, exactly once', async () => {
+    const { c, nodes, cl } = await cluster(kind, 3)
+    const expected: Totals = new Map()
+    send(cl, 0, 30_000, expected)
+    await cl.flush()
+    expect((await c.checkpoint())!.failedMembers).toEqual([])
+    // After the checkpoint: acked batches that only the log has.
+    send(cl, 30_000, 60_000, expected)
+    await cl.flush()
+    // More in flight while the worker disappears without handing anything back.
+    send(cl, 60_000, 90_000, expected)
+    await nodes[1]!.stop()
+    await cl.flush()
+    await settled(c, 2)
+    const replayed = nodes[0]!.dataPlane.checkpointStats.replayedBatches
+    const replayed2 = nodes[2]!.dataPlane.checkpointStats.replayedBatches
+    expect(replayed + replayed2).toBeGreaterThan(0)
+    await expectExact(cl, expected)
+  })
+
+  it('partitions handed over on join and drain carry their state', async () => {
+    const { c, nodes, cl, storeName } = await cluster(kind, 1)
+    const expected: Totals = new Map()
+    send(cl, 0, 10_000, expected)
+    await cl.flush()
+    const second = await startWorker(c, 'w-late', storeName)
+    await settled(c, 2)
+    expect((second.worker.status().partitions as unknown[]).length).toBeGreaterThan(0)
+    send(cl, 10_000, 20_000, expected)
+    await cl.flush()
+    await nodes[0]!.drain(5000)
+    await settled(c, 1)
+    send(cl, 20_000, 25_000, expected)
+    await cl.flush()
+    await expectExact(cl, expected)
+  })
+})
