@@ -433,9 +433,16 @@ export class Worker extends EventEmitter<{
         // Every partition this worker serves now; restoring and releasing ones are not ready.
         const ready = [...this.#owned].filter(([, o]) => o.state === 'ready').map(([p]) => p)
         const id = String(body.checkpointId)
+        const answer = (message: Parameters<typeof reply>[2]): void => {
+          try {
+            reply(conn, env, message)
+          } catch {
+            // The coordinator's link closed meanwhile; it times the checkpoint out.
+          }
+        }
         void (host.checkpoint?.(id, ready) ?? Promise.resolve([])).then(
           (done) =>
-            reply(conn, env, {
+            answer({
               kind: 'checkpoint',
               body: {
                 op: 'ack',
@@ -447,7 +454,7 @@ export class Worker extends EventEmitter<{
             }),
           (err: unknown) => {
             this.#log.warn({ err, checkpointId: id }, 'checkpoint failed')
-            reply(conn, env, {
+            answer({
               kind: 'checkpoint',
               body: { op: 'abort', checkpointId: body.checkpointId, error: toSerialized(err) },
             })

@@ -55,7 +55,7 @@ async function startWorker(c: Coordinator, id: string, storeUrl: string): Promis
 async function cluster(kind: 'memory' | 'redis', workers: number, checkpointIntervalMs = 0) {
   let storeName = `memory:durable-${process.pid}-${storeSeq++}`
   if (kind === 'redis') {
-    redis ??= await startRedis()
+    redis ??= await startRedis({ aof: true })
     redis.cli('FLUSHALL')
     storeName = redis.url
   }
@@ -152,7 +152,8 @@ describe.each(['memory', 'redis'] as const)('durable state (in process, %s store
       await waitFor(async () => (await store.logInfo(p)).length === 0, `log of ${p} trimmed`)
     }
     expect(total).toBe(500)
-    expect(nodes.reduce((n, w) => n + w.dataPlane.checkpointStats.done, 0)).toBe(32)
+    // 2 checkpoints x 16 partitions, plus the final ones of partitions handed over while joining.
+    expect(nodes.reduce((n, w) => n + w.dataPlane.checkpointStats.done, 0)).toBeGreaterThanOrEqual(32)
     await expectExact(cl, expected)
   })
 
@@ -190,6 +191,29 @@ describe.each(['memory', 'redis'] as const)('durable state (in process, %s store
     await settled(c, 1)
     send(cl, 20_000, 25_000, expected)
     await cl.flush()
+    await expectExact(cl, expected)
+  })
+})
+
+describe('durable state (in process) when Redis restarts', () => {
+  it('Redis killed and restarted (AOF) during checkpoints and appends: every key exact afterwards', async () => {
+    const { c, cl } = await cluster('redis', 2, 100)
+    const expected: Totals = new Map()
+    send(cl, 0, 20_000, expected)
+    await cl.flush()
+    await waitFor(() => c.status().checkpoints.completed >= 2, 'checkpoints running')
+    // Stream, and crash Redis under it: appends and checkpoints fail while it is down, the
+    // worker nacks (retryable) what it could not log, the client retries.
+    send(cl, 20_000, 60_000, expected)
+    await redis!.stop('SIGKILL')
+    await new Promise((r) => setTimeout(r, 300))
+    send(cl, 60_000, 70_000, expected)
+    await redis!.restart()
+    await cl.flush()
+    expect(cl.stats.failed).toBe(0)
+    expect(cl.stats.retries).toBeGreaterThan(0) // the outage was felt
+    const completed = c.status().checkpoints.completed
+    await waitFor(() => c.status().checkpoints.completed > completed + 1, 'checkpoints again')
     await expectExact(cl, expected)
   })
 })
