@@ -48,6 +48,13 @@ export interface ShoalClientOptions {
    * worker). Batches of a partition are acknowledged in the order their events were sent.
    */
   onAck?: (partition: number, events: number) => void
+  /**
+   * Reaching workers. 'auto': send to each partition's owner directly, and through the
+   * coordinator's gateway for a worker this client cannot dial (CONNECT_FAILED: its advertised
+   * address does not resolve or route from here, e.g. a host outside a compose network).
+   * 'always': everything through the gateway. 'never': direct only. @default 'auto'
+   */
+  gateway?: 'auto' | 'always' | 'never'
 }
 
 interface Sealed {
@@ -404,6 +411,9 @@ function sealBatch(f: BatchBuffer, count: number): Uint8Array {
 export class ShoalClient {
   readonly producerId: string
   readonly #opts: Required<Omit<ShoalClientOptions, 'producerId' | 'onAck'>>
+  /** Workers reached through the coordinator's gateway ('auto' after a failed dial). */
+  readonly #viaGateway = new Set<string>()
+  #gatewayConn: Promise<Connection> | null = null
   readonly #onAckHook: ((partition: number, events: number) => void) | undefined
   readonly #admin: AdminClient
   #routing: RoutingFields
@@ -433,6 +443,7 @@ export class ShoalClient {
       ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
       retryDelayMs: opts.retryDelayMs ?? 50,
       deliveryTimeoutMs: opts.deliveryTimeoutMs ?? 60_000,
+      gateway: opts.gateway ?? 'auto',
     }
     this.#onAckHook = opts.onAck
     this.#admin = admin
@@ -539,8 +550,14 @@ export class ShoalClient {
     const routing = this.#routing
     const workers = [...new Set(routing.routes.filter((r) => r !== null).map((r) => r.workerId))].sort()
     const seen = new Set<number>()
+    let gateway: Connection | null = null
     for (const w of workers) {
       const conn = await this.#connTo(w, routing.addresses[w]!)
+      // The gateway dumps every worker's partitions at once: one request is enough.
+      if (this.#gatewayConn !== null && conn === (await this.#gatewayConn.catch(() => null))) {
+        if (gateway !== null) continue
+        gateway = conn
+      }
       const chunks: { partition: number; data: Uint8Array }[] = []
       await this.#requests.requestStream(
         conn,
@@ -579,7 +596,10 @@ export class ShoalClient {
       if (q.retryTimer !== null) clearTimeout(q.retryTimer)
       if (q.inFlight?.timer != null) clearTimeout(q.inFlight.timer)
     }
-    const conns = await Promise.allSettled([...this.#conns.values()])
+    const conns = await Promise.allSettled([
+      ...this.#conns.values(),
+      ...(this.#gatewayConn === null ? [] : [this.#gatewayConn]),
+    ])
     await Promise.all(
       conns.map((c) => (c.status === 'fulfilled' ? c.value.close({ timeoutMs: 1000 }) : Promise.resolve())),
     )
@@ -809,6 +829,7 @@ export class ShoalClient {
   }
 
   #connTo(workerId: string, address: string): Promise<Connection> {
+    if (this.#opts.gateway === 'always' || this.#viaGateway.has(workerId)) return this.#gateway()
     const key = `${workerId}@${address}`
     let c = this.#conns.get(key)
     if (c === undefined) {
@@ -820,7 +841,30 @@ export class ShoalClient {
       c.catch(() => this.#conns.delete(key))
       this.#conns.set(key, c)
     }
-    return c
+    if (this.#opts.gateway === 'never') return c
+    return c.catch((err: unknown) => {
+      if (!(err instanceof ShoalError) || err.code !== ErrorCodes.CONNECT_FAILED) throw err
+      // This worker is not reachable from here: go through the coordinator from now on.
+      this.#viaGateway.add(workerId)
+      return this.#gateway()
+    })
+  }
+
+  /** A connection to the coordinator used as a gateway: batches, acks and state queries. */
+  #gateway(): Promise<Connection> {
+    if (this.#gatewayConn === null) {
+      const c = this.#opts.transport.connect(this.#opts.coordinator).then((conn) => {
+        void this.#readAcks('gateway', conn).finally(() => {
+          if (this.#gatewayConn === c) this.#gatewayConn = null
+        })
+        return conn
+      })
+      c.catch(() => {
+        if (this.#gatewayConn === c) this.#gatewayConn = null
+      })
+      this.#gatewayConn = c
+    }
+    return this.#gatewayConn
   }
 
   async #readAcks(key: string, conn: Connection): Promise<void> {

@@ -481,6 +481,11 @@ export class Worker extends EventEmitter<{
   }
 
   async #assign(conn: Connection, partitions: OwnedPartition[]): Promise<void> {
+    if (this.#draining) {
+      // Leaving: take nothing new. The coordinator moves these on when the leave arrives.
+      this.#log.debug({ partitions: partitions.length }, 'draining; not taking assigned partitions')
+      return
+    }
     const fresh = partitions.filter((p) => p.partition < this.#partitions || this.#partitions === 0)
     for (const { partition, epoch } of fresh) this.#owned.set(partition, { epoch, state: 'restoring' })
     const ready: OwnedPartition[] = []

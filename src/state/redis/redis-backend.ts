@@ -717,7 +717,12 @@ function createClient(
         lazyConnect: true,
         enableOfflineQueue: false,
         enableReadyCheck: true,
-        enableAutoPipelining: true,
+        // Off: ioredis groups auto-pipelined commands by the slot of their first argument, which
+        // for our scripts (EVALSHA numkeys key...) is the key count, so concurrent scripts of
+        // different partitions landed in one pipeline and failed with "All keys in the pipeline
+        // should belong to the same slots allocation group" (redis/ioredis#2109). Explicit
+        // per-partition pipelines keep the batching where it matters.
+        enableAutoPipelining: false,
         scaleReads: 'master',
         maxRedirections: 16,
         retryDelayOnFailover: 100,

@@ -12,12 +12,15 @@ import { openPartitionStore, readCheckpoint } from '../../../src/state/checkpoin
 import { createStateBackend } from '../../../src/state/index.ts'
 import { createMemoryTransport } from '../../../src/transport/memory/memory-transport.ts'
 import { createWorkerNode, type WorkerNode } from '../../../src/worker/node.ts'
-import { startRedis, type RedisServer } from '../../helpers/redis.ts'
+import { startRedis, startRedisCluster, type RedisCluster, type RedisServer } from '../../helpers/redis.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
+type StoreKind = 'memory' | 'redis' | 'redis-cluster'
 let redis: RedisServer | undefined
+let redisCluster: RedisCluster | undefined
 afterAll(async () => {
   await redis?.dispose()
+  await redisCluster?.dispose()
 })
 
 const logger = pino({ level: process.env.DEBUG_LOG ?? 'silent' })
@@ -52,12 +55,16 @@ async function startWorker(c: Coordinator, id: string, storeUrl: string): Promis
   return n
 }
 
-async function cluster(kind: 'memory' | 'redis', workers: number, checkpointIntervalMs = 0) {
+async function cluster(kind: StoreKind, workers: number, checkpointIntervalMs = 0) {
   let storeName = `memory:durable-${process.pid}-${storeSeq++}`
   if (kind === 'redis') {
     redis ??= await startRedis({ aof: true })
     redis.cli('FLUSHALL')
     storeName = redis.url
+  } else if (kind === 'redis-cluster') {
+    redisCluster ??= await startRedisCluster(3)
+    for (const n of redisCluster.nodes) n.cli('FLUSHALL')
+    storeName = redisCluster.url
   }
   const c = new Coordinator({
     transport: createMemoryTransport({ nodeId: 'coordinator', role: 'coordinator' }),
@@ -117,83 +124,86 @@ async function expectExact(cl: ShoalClient, expected: Totals): Promise<void> {
   expect(got.size).toBe(expected.size)
 }
 
-describe.each(['memory', 'redis'] as const)('durable state (in process, %s store)', (kind) => {
-  it('checkpoints on the coordinator trigger: state, offset and dedup table are committed, the log is trimmed', async () => {
-    const { c, nodes, cl, storeName } = await cluster(kind, 2)
-    const expected: Totals = new Map()
-    send(cl, 0, 20_000, expected)
-    await cl.flush()
-    const record = await c.checkpoint()
-    expect(record).not.toBeNull()
-    expect(record!.failedMembers).toEqual([])
-    expect(record!.partitions).toBe(16)
-    expect(record!.keys).toBe(500)
-    expect(c.status().checkpoints.partitionCheckpoint.every((id) => id === record!.id)).toBe(true)
-    // Only keys changed since the last checkpoint are written the next time.
-    send(cl, 20_000, 20_010, expected)
-    await cl.flush()
-    const second = await c.checkpoint()
-    expect(second!.keys).toBeGreaterThan(0)
-    expect(second!.keys).toBeLessThanOrEqual(10)
-    // What the store holds is exactly the state (read it back outside the workers).
-    const backend = await createStateBackend(storeName)
-    const store = await openPartitionStore(backend)
-    cleanup.push(async () => {
-      await store.close()
-      await backend.close()
+describe.each(['memory', 'redis', 'redis-cluster'] as const)(
+  'durable state (in process, %s store)',
+  (kind) => {
+    it('checkpoints on the coordinator trigger: state, offset and dedup table are committed, the log is trimmed', async () => {
+      const { c, nodes, cl, storeName } = await cluster(kind, 2)
+      const expected: Totals = new Map()
+      send(cl, 0, 20_000, expected)
+      await cl.flush()
+      const record = await c.checkpoint()
+      expect(record).not.toBeNull()
+      expect(record!.failedMembers).toEqual([])
+      expect(record!.partitions).toBe(16)
+      expect(record!.keys).toBe(500)
+      expect(c.status().checkpoints.partitionCheckpoint.every((id) => id === record!.id)).toBe(true)
+      // Only keys changed since the last checkpoint are written the next time.
+      send(cl, 20_000, 20_010, expected)
+      await cl.flush()
+      const second = await c.checkpoint()
+      expect(second!.keys).toBeGreaterThan(0)
+      expect(second!.keys).toBeLessThanOrEqual(10)
+      // What the store holds is exactly the state (read it back outside the workers).
+      const backend = await createStateBackend(storeName)
+      const store = await openPartitionStore(backend)
+      cleanup.push(async () => {
+        await store.close()
+        await backend.close()
+      })
+      let total = 0
+      for (let p = 0; p < 16; p++) {
+        const { checkpoint, state } = await readCheckpoint(store, p)
+        expect(checkpoint.checkpointId).toBe(String(second!.id))
+        expect(Object.keys(checkpoint.dedup)).toHaveLength(1)
+        total += state.size
+        // The coordinator's complete message trims the log up to the checkpoint.
+        await waitFor(async () => (await store.logInfo(p)).length === 0, `log of ${p} trimmed`)
+      }
+      expect(total).toBe(500)
+      // 2 checkpoints x 16 partitions, plus the final ones of partitions handed over while joining.
+      expect(nodes.reduce((n, w) => n + w.dataPlane.checkpointStats.done, 0)).toBeGreaterThanOrEqual(32)
+      await expectExact(cl, expected)
     })
-    let total = 0
-    for (let p = 0; p < 16; p++) {
-      const { checkpoint, state } = await readCheckpoint(store, p)
-      expect(checkpoint.checkpointId).toBe(String(second!.id))
-      expect(Object.keys(checkpoint.dedup)).toHaveLength(1)
-      total += state.size
-      // The coordinator's complete message trims the log up to the checkpoint.
-      await waitFor(async () => (await store.logInfo(p)).length === 0, `log of ${p} trimmed`)
-    }
-    expect(total).toBe(500)
-    // 2 checkpoints x 16 partitions, plus the final ones of partitions handed over while joining.
-    expect(nodes.reduce((n, w) => n + w.dataPlane.checkpointStats.done, 0)).toBeGreaterThanOrEqual(32)
-    await expectExact(cl, expected)
-  })
 
-  it('a worker lost mid-stream: its partitions restore from checkpoint + log elsewhere, exactly once', async () => {
-    const { c, nodes, cl } = await cluster(kind, 3)
-    const expected: Totals = new Map()
-    send(cl, 0, 30_000, expected)
-    await cl.flush()
-    expect((await c.checkpoint())!.failedMembers).toEqual([])
-    // After the checkpoint: acked batches that only the log has.
-    send(cl, 30_000, 60_000, expected)
-    await cl.flush()
-    // More in flight while the worker disappears without handing anything back.
-    send(cl, 60_000, 90_000, expected)
-    await nodes[1]!.stop()
-    await cl.flush()
-    await settled(c, 2)
-    const replayed = nodes[0]!.dataPlane.checkpointStats.replayedBatches
-    const replayed2 = nodes[2]!.dataPlane.checkpointStats.replayedBatches
-    expect(replayed + replayed2).toBeGreaterThan(0)
-    await expectExact(cl, expected)
-  })
+    it('a worker lost mid-stream: its partitions restore from checkpoint + log elsewhere, exactly once', async () => {
+      const { c, nodes, cl } = await cluster(kind, 3)
+      const expected: Totals = new Map()
+      send(cl, 0, 30_000, expected)
+      await cl.flush()
+      expect((await c.checkpoint())!.failedMembers).toEqual([])
+      // After the checkpoint: acked batches that only the log has.
+      send(cl, 30_000, 60_000, expected)
+      await cl.flush()
+      // More in flight while the worker disappears without handing anything back.
+      send(cl, 60_000, 90_000, expected)
+      await nodes[1]!.stop()
+      await cl.flush()
+      await settled(c, 2)
+      const replayed = nodes[0]!.dataPlane.checkpointStats.replayedBatches
+      const replayed2 = nodes[2]!.dataPlane.checkpointStats.replayedBatches
+      expect(replayed + replayed2).toBeGreaterThan(0)
+      await expectExact(cl, expected)
+    })
 
-  it('partitions handed over on join and drain carry their state', async () => {
-    const { c, nodes, cl, storeName } = await cluster(kind, 1)
-    const expected: Totals = new Map()
-    send(cl, 0, 10_000, expected)
-    await cl.flush()
-    const second = await startWorker(c, 'w-late', storeName)
-    await settled(c, 2)
-    expect((second.worker.status().partitions as unknown[]).length).toBeGreaterThan(0)
-    send(cl, 10_000, 20_000, expected)
-    await cl.flush()
-    await nodes[0]!.drain(5000)
-    await settled(c, 1)
-    send(cl, 20_000, 25_000, expected)
-    await cl.flush()
-    await expectExact(cl, expected)
-  })
-})
+    it('partitions handed over on join and drain carry their state', async () => {
+      const { c, nodes, cl, storeName } = await cluster(kind, 1)
+      const expected: Totals = new Map()
+      send(cl, 0, 10_000, expected)
+      await cl.flush()
+      const second = await startWorker(c, 'w-late', storeName)
+      await settled(c, 2)
+      expect((second.worker.status().partitions as unknown[]).length).toBeGreaterThan(0)
+      send(cl, 10_000, 20_000, expected)
+      await cl.flush()
+      await nodes[0]!.drain(5000)
+      await settled(c, 1)
+      send(cl, 20_000, 25_000, expected)
+      await cl.flush()
+      await expectExact(cl, expected)
+    })
+  },
+)
 
 describe('durable state (in process) when Redis restarts', () => {
   it('Redis killed and restarted (AOF) during checkpoints and appends: every key exact afterwards', async () => {

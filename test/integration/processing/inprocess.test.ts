@@ -11,7 +11,9 @@ import { ShoalClient } from '../../../src/client/client.ts'
 import { Subscriber, type EmittedEvent } from '../../../src/client/subscriber.ts'
 import { Coordinator } from '../../../src/coordinator/coordinator.ts'
 import { MemorySink, type Sink } from '../../../src/processing/sinks.ts'
+import { ErrorCodes, ShoalError } from '../../../src/errors.ts'
 import { createMemoryTransport } from '../../../src/transport/memory/memory-transport.ts'
+import type { Transport } from '../../../src/transport/transport.ts'
 import { createWorkerNode, type WorkerNode } from '../../../src/worker/node.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
@@ -213,5 +215,49 @@ describe('processing (in process)', () => {
     expect(sunk.filter((r) => r.key === 'k3').map((r) => (r.event as { v: number }).v)).toEqual(
       Array.from({ length: 100 }, (_, i) => 3 + 10 * i),
     )
+  })
+
+  it('through the coordinator gateway: always, and in auto mode for workers the client cannot dial', async () => {
+    const { c } = await cluster(3)
+    const inner = createMemoryTransport({ nodeId: 'isolated-client', role: 'client' })
+    // A client on a network where only the coordinator is reachable (like a host outside a
+    // compose network): dialing a worker's advertised address fails.
+    const isolated: Transport = {
+      name: inner.name,
+      listen: (a, h) => inner.listen(a, h),
+      connect: (address, options) =>
+        address === c.address
+          ? inner.connect(address, options)
+          : Promise.reject(new ShoalError(ErrorCodes.CONNECT_FAILED, `cannot reach ${address}`)),
+    }
+    for (const gateway of ['auto', 'always'] as const) {
+      const cl = await ShoalClient.connect({ coordinator: c.address, transport: isolated, gateway })
+      cleanup.push(() => cl.close())
+      const expected = new Map<string, { count: number; sum: number }>()
+      for (let i = 0; i < 20_000; i++) {
+        const key = `${gateway}-${i % 700}`
+        cl.send(key, { value: i % 5 })
+        const e = expected.get(key) ?? { count: 0, sum: 0 }
+        e.count++
+        e.sum += i % 5
+        expected.set(key, e)
+      }
+      await cl.flush()
+      expect(cl.stats.failed).toBe(0)
+      expect(await cl.getState(`${gateway}-7`)).toEqual(expected.get(`${gateway}-7`))
+      const got = new Map<string, unknown>()
+      for await (const [k, v] of cl.dumpState()) if (k.startsWith(`${gateway}-`)) got.set(k, v)
+      expect(got).toEqual(expected)
+    }
+    // 'never' does not fall back: the batch cannot be delivered and flush says so.
+    const direct = await ShoalClient.connect({
+      coordinator: c.address,
+      transport: isolated,
+      gateway: 'never',
+      deliveryTimeoutMs: 300,
+    })
+    cleanup.push(() => direct.close())
+    direct.send('k', { value: 1 })
+    await expect(direct.flush()).rejects.toMatchObject({ code: ErrorCodes.CONNECT_FAILED })
   })
 })
