@@ -14,6 +14,9 @@
  * and `shoal up` can find ephemeral ports; logs are JSON on stderr.
  */
 import { readFileSync, realpathSync } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Worker as Thread } from 'node:worker_threads'
 import type { Logger } from 'pino'
@@ -25,6 +28,7 @@ import {
   describeConfig,
   formatFlagHelp,
   loadConfig,
+  redactUrl,
   type ClientConfig,
   type CoordinatorConfig,
   type UpConfig,
@@ -43,7 +47,7 @@ import type { Role } from '../protocol/messages.ts'
 import type { Transport, TlsOptions } from '../transport/transport.ts'
 import { createWorkerNode } from '../worker/node.ts'
 import { createStateBackend } from '../state/index.ts'
-import { openPartitionStore } from '../state/checkpoint/partition-store.ts'
+import { PartitionedFileStore, openPartitionStore } from '../state/checkpoint/partition-store.ts'
 import { formatStatus } from './format.ts'
 import { workerObserver } from './node-metrics.ts'
 import { runProbe } from './probe.ts'
@@ -215,12 +219,17 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
 /**
  * The highest partition epoch in the shared state backend: a coordinator that starts over
  * existing state (a whole-cluster restart) hands out epochs above it, or its workers' claims
- * would be fenced by the previous run's owners. Local backends (memory, file) are per worker.
+ * would be fenced by the previous run's owners. memory: state has no epochs to respect.
  */
 async function storedEpochFloor(
   cfg: CoordinatorConfig,
   log: ReturnType<typeof createLogger>,
 ): Promise<number> {
+  if (cfg.state.kind === 'file') {
+    const floor = await PartitionedFileStore.epochFloor({ dir: cfg.state.dir }, cfg.partitions)
+    log.info({ epochFloor: floor }, 'read the stored partition epochs')
+    return floor
+  }
   if (cfg.state.kind !== 'redis') return 0
   const backend = await createStateBackend(cfg.state.url)
   try {
@@ -270,8 +279,15 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   burnThreads(log)
   // Durable state: memory: keeps it in the worker only; file: and redis:// get a replay log
   // and checkpoints (file: for a single worker, the directory is locked by one process).
-  const backend = cfg.state.kind === 'memory' ? null : await createStateBackend(cfg.state.url)
-  const store = backend === null ? undefined : await openPartitionStore(backend)
+  // redis: one shared store. file: one directory per partition (PartitionedFileStore), so the
+  // workers of one host (shoal up) can hand partitions to each other.
+  const backend = cfg.state.kind === 'redis' ? await createStateBackend(cfg.state.url) : null
+  const store =
+    backend !== null
+      ? await openPartitionStore(backend)
+      : cfg.state.kind === 'file'
+        ? new PartitionedFileStore({ dir: cfg.state.dir })
+        : undefined
   const healthTimer = setInterval(() => {
     void backend?.health().then(
       (ok) => (stateHealthy = ok),
@@ -289,6 +305,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     version: VERSION,
     job: cfg.job,
     threads: cfg.threads,
+    durability: cfg.durability,
     heartbeatIntervalMs: cfg.heartbeatIntervalMs,
     heartbeatMisses: cfg.heartbeatMisses,
     logger: log,
@@ -398,9 +415,17 @@ async function runState(cfg: ClientConfig): Promise<number> {
 }
 
 async function runUp(cfg: UpConfig): Promise<void> {
+  // The embedded default: durable state in a fresh directory per run (one directory per
+  // partition, shared by the workers of this host). --state file:DIR keeps it across runs.
+  let ephemeralState: string | null = null
+  let stateUrl = cfg.state.url
+  if (cfg.sources.state === undefined || cfg.sources.state === 'default') {
+    ephemeralState = await mkdtemp(join(tmpdir(), 'shoal-up-'))
+    stateUrl = `file:${ephemeralState}`
+  }
   const nodeArgs = [
     '--state',
-    cfg.state.url,
+    stateUrl,
     '--heartbeat-interval',
     String(cfg.heartbeatIntervalMs),
     '--heartbeat-misses',
@@ -423,6 +448,9 @@ async function runUp(cfg: UpConfig): Promise<void> {
   )
   for (const w of cluster.workers) err(`shoal: worker ${w.nodeId} ${w.address}, http http://${w.http}`)
   err(
+    `shoal: state ${redactUrl(stateUrl)}${ephemeralState === null ? '' : ' (removed on exit; --state file:DIR keeps it)'}`,
+  )
+  err(
     `shoal: try  shoal status --coordinator ${cluster.coordinator.address}${cfg.transport === 'grpc' ? ' --transport grpc' : ''}`,
   )
   out(JSON.stringify({ shoal: 'up', coordinator: cluster.coordinator, workers: cluster.workers }))
@@ -432,6 +460,7 @@ async function runUp(cfg: UpConfig): Promise<void> {
       stopping = true
       err('shoal: stopping the cluster')
       await cluster.stop()
+      if (ephemeralState !== null) await rm(ephemeralState, { recursive: true, force: true })
     }
     process.exit(code)
   }

@@ -245,6 +245,7 @@ export class DataPlane implements PartitionHost {
     }
     this.#partitions.delete(partition)
     await this.#engine.drop(partition)
+    await this.#opts.store?.release?.(partition)
   }
 
   /**
@@ -329,6 +330,8 @@ export class DataPlane implements PartitionHost {
   fence(partition: number): void {
     this.#partitions.delete(partition)
     void this.#engine.drop(partition).catch(() => {})
+    // Free per-partition store resources (a locked directory) for the new owner.
+    void this.#opts.store?.release?.(partition).catch(() => {})
   }
 
   pause(partitions: number[] | null): void {

@@ -4,8 +4,12 @@
  * and kill -9 of a worker in the middle of the stream, several times (each time a fresh worker
  * joins). Every key's count and sum must come out exactly as sent: nothing lost, nothing applied
  * twice. Then the whole cluster is restarted and must resume with the same state. Over TCP and
- * gRPC.
+ * gRPC with Redis, and over TCP with the file store (one directory per partition) that `shoal up`
+ * uses by default.
  */
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { ShoalClient } from '../../src/client/client.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
@@ -26,8 +30,20 @@ afterAll(async () => {
 const HEARTBEAT_MS = 200
 type Totals = Map<string, { count: number; sum: number }>
 
-for (const transport of ['tcp', 'grpc'] as const) {
-  describe(`failover with Redis checkpoints over ${transport}`, { timeout: 180_000 }, () => {
+const CASES = [
+  { transport: 'tcp', state: 'redis', db: 1 },
+  { transport: 'grpc', state: 'redis', db: 2 },
+  // shoal up's embedded default: one directory per partition on this host's disk.
+  { transport: 'tcp', state: 'file', db: 0 },
+] as const
+
+for (const { transport, state, db: caseDb } of CASES) {
+  describe(`failover with ${state} checkpoints over ${transport}`, { timeout: 180_000 }, () => {
+    const stateDir = state === 'file' ? mkdtempSync(join(tmpdir(), 'shoal-failover-')) : ''
+    afterAll(() => {
+      if (stateDir !== '') rmSync(stateDir, { recursive: true, force: true })
+    })
+    const stateUrl = (db: number): string => (state === 'file' ? `file:${stateDir}` : `${redis.url}/${db}`)
     function workerArgs(coordinator: string, db: number): [string[], Record<string, string>] {
       return [
         [
@@ -46,7 +62,7 @@ for (const transport of ['tcp', 'grpc'] as const) {
           String(HEARTBEAT_MS),
           '--state',
           // A database per transport, so the runs never see each other's checkpoints.
-          `${redis.url}/${db}`,
+          stateUrl(db),
         ],
         { SHOAL_LOG_LEVEL: 'info' },
       ]
@@ -70,7 +86,7 @@ for (const transport of ['tcp', 'grpc'] as const) {
           '500',
           // The coordinator reads the stored epochs, so a restarted cluster starts above them.
           '--state',
-          `${redis.url}/${db}`,
+          stateUrl(db),
         ],
         { SHOAL_LOG_LEVEL: 'info' },
       )
@@ -125,7 +141,7 @@ for (const transport of ['tcp', 'grpc'] as const) {
     }
 
     it('kill -9 a worker mid-stream, three times: every key exact (0 lost, 0 applied twice); a full restart resumes', async () => {
-      const db = transport === 'tcp' ? 1 : 2
+      const db = caseDb
       const c = await startCoordinator(db)
       const workers: ShoalProcess[] = []
       for (let i = 0; i < 3; i++) workers.push(await startShoal(...workerArgs(c.info.address, db)))

@@ -158,6 +158,11 @@ export interface PartitionStore {
   settle(partition: number, epoch: number): Promise<void>
   /** Wait for background work, then refuse further calls (CLOSED). Does not close the backend. */
   close(): Promise<void>
+  /**
+   * Optional: this process no longer serves the partition (it moved, or was fenced). A store
+   * that holds per-partition resources (PartitionedFileStore: a locked directory) frees them.
+   */
+  release?(partition: number): Promise<void>
 }
 
 // ---------------------------------------------------------------------------------------------

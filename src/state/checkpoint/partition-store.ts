@@ -25,6 +25,7 @@ import type { StateBackend } from '../backend.ts'
 import { invalid, validateStoreOptions, type PartitionStore, type PartitionStoreOptions } from './contract.ts'
 
 export * from './contract.ts'
+export { PartitionedFileStore, type PartitionedFileStoreOptions } from './partitioned-file-store.ts'
 
 /**
  * A PartitionStore over an open StateBackend (it shares the backend's connection or store and
