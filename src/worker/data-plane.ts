@@ -348,6 +348,12 @@ export class DataPlane implements PartitionHost {
     }
   }
 
+  #acceptedNotApplied(): number {
+    let n = 0
+    for (const rt of this.#partitions.values()) n += rt.inFlight
+    return n
+  }
+
   #setPaused(partitions: number[], paused: boolean): void {
     for (const p of partitions) {
       const rt = this.#partitions.get(p)
@@ -368,7 +374,8 @@ export class DataPlane implements PartitionHost {
       inFlight: this.#engine.inFlight,
       eventsPerSec: Math.round(this.#eventsPerSec),
       rssBytes: process.memoryUsage.rss(),
-      lag: 0,
+      // Batches accepted (appended, when durable) and not yet applied and acked.
+      lag: this.#acceptedNotApplied(),
     }
   }
 
