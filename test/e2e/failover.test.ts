@@ -16,6 +16,7 @@ import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import { killAll, startShoal, type ShoalProcess } from '../helpers/processes.ts'
 import { startRedis, type RedisServer } from '../helpers/redis.ts'
+import { expectExactState, sendCounted, type Totals } from '../helpers/totals.ts'
 import { waitFor } from '../helpers/wait-for.ts'
 
 afterEach(killAll)
@@ -28,7 +29,6 @@ afterAll(async () => {
 })
 
 const HEARTBEAT_MS = 200
-type Totals = Map<string, { count: number; sum: number }>
 
 const CASES = [
   { transport: 'tcp', state: 'redis', db: 1 },
@@ -118,28 +118,6 @@ for (const { transport, state, db: caseDb } of CASES) {
       })
     }
 
-    function send(cl: ShoalClient, from: number, to: number, expected: Totals): void {
-      for (let i = from; i < to; i++) {
-        const key = `key-${(i * 7919) % 3000}`
-        const value = (i % 17) - 5
-        cl.send(key, { value })
-        const e = expected.get(key) ?? { count: 0, sum: 0 }
-        e.count++
-        e.sum += value
-        expected.set(key, e)
-      }
-    }
-
-    async function expectExact(cl: ShoalClient, expected: Totals): Promise<void> {
-      const got = new Map<string, unknown>()
-      for await (const [k, v] of cl.dumpState()) got.set(k, v)
-      const wrong = [...expected]
-        .filter(([k, e]) => JSON.stringify(got.get(k)) !== JSON.stringify(e))
-        .map(([k, e]) => ({ key: k, expected: e, got: got.get(k) }))
-      expect(wrong.length, JSON.stringify(wrong.slice(0, 5))).toBe(0)
-      expect(got.size).toBe(expected.size)
-    }
-
     it('kill -9 a worker mid-stream, three times: every key exact (0 lost, 0 applied twice); a full restart resumes', async () => {
       const db = caseDb
       const c = await startCoordinator(db)
@@ -152,20 +130,20 @@ for (const { transport, state, db: caseDb } of CASES) {
       const CHUNK = 40_000
       for (let cycle = 0; cycle < 3; cycle++) {
         // Stream while a worker dies: part of the chunk is acked before the kill, part after.
-        send(cl, sent, sent + CHUNK, expected)
+        sendCounted(cl, sent, sent + CHUNK, expected, 3000, 'key-')
         sent += CHUNK
         const before = cl.stats.acked
         await waitFor(() => cl.stats.acked > before + CHUNK / 4, 'some of the chunk acked', 30_000)
         const victim = workers.splice(cycle % workers.length, 1)[0]!
         victim.signal('SIGKILL')
-        send(cl, sent, sent + CHUNK / 2, expected)
+        sendCounted(cl, sent, sent + CHUNK / 2, expected, 3000, 'key-')
         sent += CHUNK / 2
         workers.push(await startShoal(...workerArgs(c.info.address, db)))
         await cl.flush()
         await settled(c, 3)
       }
       expect(cl.stats.failed).toBe(0)
-      await expectExact(cl, expected)
+      await expectExactState(cl, expected)
       const status = (await c.http<ClusterStatus>('/status')).body
       expect(status.checkpoints.completed).toBeGreaterThan(0)
       await cl.close()
@@ -179,9 +157,9 @@ for (const { transport, state, db: caseDb } of CASES) {
       for (let i = 0; i < 3; i++) workers.push(await startShoal(...workerArgs(c2.info.address, db)))
       await settled(c2, 3)
       const cl2 = await client(c2)
-      send(cl2, sent, sent + 10_000, expected)
+      sendCounted(cl2, sent, sent + 10_000, expected, 3000, 'key-')
       await cl2.flush()
-      await expectExact(cl2, expected)
+      await expectExactState(cl2, expected)
       await cl2.close()
     })
   })

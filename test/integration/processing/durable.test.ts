@@ -13,6 +13,7 @@ import { createStateBackend } from '../../../src/state/index.ts'
 import { createMemoryTransport } from '../../../src/transport/memory/memory-transport.ts'
 import { createWorkerNode, type WorkerNode } from '../../../src/worker/node.ts'
 import { startRedis, startRedisCluster, type RedisCluster, type RedisServer } from '../../helpers/redis.ts'
+import { expectExactState, sendCounted, type Totals } from '../../helpers/totals.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
 type StoreKind = 'memory' | 'redis' | 'redis-cluster'
@@ -102,35 +103,13 @@ async function settled(c: Coordinator, members: number): Promise<void> {
   }, `${members} members own every partition, all ready`)
 }
 
-type Totals = Map<string, { count: number; sum: number }>
-
-function send(cl: ShoalClient, from: number, to: number, expected: Totals): void {
-  for (let i = from; i < to; i++) {
-    const key = `k${(i * 7919) % 500}`
-    const value = (i % 11) - 2
-    cl.send(key, { value })
-    const e = expected.get(key) ?? { count: 0, sum: 0 }
-    e.count++
-    e.sum += value
-    expected.set(key, e)
-  }
-}
-
-async function expectExact(cl: ShoalClient, expected: Totals): Promise<void> {
-  const got = new Map<string, unknown>()
-  for await (const [k, v] of cl.dumpState()) got.set(k, v)
-  const wrong = [...expected].filter(([k, e]) => JSON.stringify(got.get(k)) !== JSON.stringify(e))
-  expect(wrong.slice(0, 5).map(([k, e]) => ({ key: k, expected: e, got: got.get(k) }))).toEqual([])
-  expect(got.size).toBe(expected.size)
-}
-
 describe.each(['memory', 'redis', 'redis-cluster'] as const)(
   'durable state (in process, %s store)',
   (kind) => {
     it('checkpoints on the coordinator trigger: state, offset and dedup table are committed, the log is trimmed', async () => {
       const { c, nodes, cl, storeName } = await cluster(kind, 2)
       const expected: Totals = new Map()
-      send(cl, 0, 20_000, expected)
+      sendCounted(cl, 0, 20_000, expected, 500, 'k')
       await cl.flush()
       const record = await c.checkpoint()
       expect(record).not.toBeNull()
@@ -139,7 +118,7 @@ describe.each(['memory', 'redis', 'redis-cluster'] as const)(
       expect(record!.keys).toBe(500)
       expect(c.status().checkpoints.partitionCheckpoint.every((id) => id === record!.id)).toBe(true)
       // Only keys changed since the last checkpoint are written the next time.
-      send(cl, 20_000, 20_010, expected)
+      sendCounted(cl, 20_000, 20_010, expected, 500, 'k')
       await cl.flush()
       const second = await c.checkpoint()
       expect(second!.keys).toBeGreaterThan(0)
@@ -163,44 +142,44 @@ describe.each(['memory', 'redis', 'redis-cluster'] as const)(
       expect(total).toBe(500)
       // 2 checkpoints x 16 partitions, plus the final ones of partitions handed over while joining.
       expect(nodes.reduce((n, w) => n + w.dataPlane.checkpointStats.done, 0)).toBeGreaterThanOrEqual(32)
-      await expectExact(cl, expected)
+      await expectExactState(cl, expected)
     })
 
     it('a worker lost mid-stream: its partitions restore from checkpoint + log elsewhere, exactly once', async () => {
       const { c, nodes, cl } = await cluster(kind, 3)
       const expected: Totals = new Map()
-      send(cl, 0, 30_000, expected)
+      sendCounted(cl, 0, 30_000, expected, 500, 'k')
       await cl.flush()
       expect((await c.checkpoint())!.failedMembers).toEqual([])
       // After the checkpoint: acked batches that only the log has.
-      send(cl, 30_000, 60_000, expected)
+      sendCounted(cl, 30_000, 60_000, expected, 500, 'k')
       await cl.flush()
       // More in flight while the worker disappears without handing anything back.
-      send(cl, 60_000, 90_000, expected)
+      sendCounted(cl, 60_000, 90_000, expected, 500, 'k')
       await nodes[1]!.stop()
       await cl.flush()
       await settled(c, 2)
       const replayed = nodes[0]!.dataPlane.checkpointStats.replayedBatches
       const replayed2 = nodes[2]!.dataPlane.checkpointStats.replayedBatches
       expect(replayed + replayed2).toBeGreaterThan(0)
-      await expectExact(cl, expected)
+      await expectExactState(cl, expected)
     })
 
     it('partitions handed over on join and drain carry their state', async () => {
       const { c, nodes, cl, storeName } = await cluster(kind, 1)
       const expected: Totals = new Map()
-      send(cl, 0, 10_000, expected)
+      sendCounted(cl, 0, 10_000, expected, 500, 'k')
       await cl.flush()
       const second = await startWorker(c, 'w-late', storeName)
       await settled(c, 2)
       expect((second.worker.status().partitions as unknown[]).length).toBeGreaterThan(0)
-      send(cl, 10_000, 20_000, expected)
+      sendCounted(cl, 10_000, 20_000, expected, 500, 'k')
       await cl.flush()
       await nodes[0]!.drain(5000)
       await settled(c, 1)
-      send(cl, 20_000, 25_000, expected)
+      sendCounted(cl, 20_000, 25_000, expected, 500, 'k')
       await cl.flush()
-      await expectExact(cl, expected)
+      await expectExactState(cl, expected)
     })
   },
 )
@@ -209,21 +188,21 @@ describe('durable state (in process) when Redis restarts', () => {
   it('Redis killed and restarted (AOF) during checkpoints and appends: every key exact afterwards', async () => {
     const { c, cl } = await cluster('redis', 2, 100)
     const expected: Totals = new Map()
-    send(cl, 0, 20_000, expected)
+    sendCounted(cl, 0, 20_000, expected, 500, 'k')
     await cl.flush()
     await waitFor(() => c.status().checkpoints.completed >= 2, 'checkpoints running')
     // Stream, and crash Redis under it: appends and checkpoints fail while it is down, the
     // worker nacks (retryable) what it could not log, the client retries.
-    send(cl, 20_000, 60_000, expected)
+    sendCounted(cl, 20_000, 60_000, expected, 500, 'k')
     await redis!.stop('SIGKILL')
     await new Promise((r) => setTimeout(r, 300))
-    send(cl, 60_000, 70_000, expected)
+    sendCounted(cl, 60_000, 70_000, expected, 500, 'k')
     await redis!.restart()
     await cl.flush()
     expect(cl.stats.failed).toBe(0)
     expect(cl.stats.retries).toBeGreaterThan(0) // the outage was felt
     const completed = c.status().checkpoints.completed
     await waitFor(() => c.status().checkpoints.completed > completed + 1, 'checkpoints again')
-    await expectExact(cl, expected)
+    await expectExactState(cl, expected)
   })
 })
