@@ -50,6 +50,9 @@ export const METRIC_NAMES = Object.freeze({
   eventsProcessed: 'shoal_events_processed_total',
   batches: 'shoal_batches_total',
   timeSeconds: 'shoal_time_seconds_total',
+  checkpoints: 'shoal_checkpoints_total',
+  checkpointDuration: 'shoal_checkpoint_duration_seconds',
+  checkpointKeys: 'shoal_checkpoint_keys_total',
 })
 
 export interface MetricsOptions {
@@ -84,6 +87,12 @@ export interface CoordinatorMetricHooks {
   heartbeatReceived(memberId: string): void
   heartbeatMissed(memberId: string): void
   assignmentChanged(assignment: { readonly epoch: number }): void
+  /** A coordinator-triggered checkpoint finished (some members may have failed it). */
+  checkpointDone(result: {
+    readonly durationMs: number
+    readonly keys: number
+    readonly failedMembers: readonly string[]
+  }): void
 }
 
 /** Fits WorkerOptions.hooks (add `tick` for liveness yourself). */
@@ -187,6 +196,22 @@ export function createMetrics(role: MetricsRole, options: MetricsOptions = {}): 
     registers,
   })
   const batches = new Counter({ name: n.batches, help: 'Event batches processed', registers })
+  const checkpoints = new Counter({
+    name: n.checkpoints,
+    help: 'Cluster checkpoints by outcome (failed: at least one member did not acknowledge)',
+    labelNames: ['outcome'] as const,
+    registers,
+  })
+  const checkpointDuration = new Gauge({
+    name: n.checkpointDuration,
+    help: 'Duration of the last cluster checkpoint, trigger to the last acknowledgement',
+    registers,
+  })
+  const checkpointKeys = new Counter({
+    name: n.checkpointKeys,
+    help: 'Keys written by checkpoints (changed since the previous one)',
+    registers,
+  })
   const timeSeconds = new Counter({
     name: n.timeSeconds,
     help: 'Seconds spent busy (processing), backpressured (waiting for room downstream) or idle',
@@ -261,6 +286,11 @@ export function createMetrics(role: MetricsRole, options: MetricsOptions = {}): 
       assignmentChanged: (assignment) => {
         assignmentChanges.inc()
         assignmentEpoch.set(assignment.epoch)
+      },
+      checkpointDone: (result) => {
+        checkpoints.inc({ outcome: result.failedMembers.length === 0 ? 'completed' : 'failed' })
+        checkpointDuration.set(result.durationMs / 1000)
+        checkpointKeys.inc(result.keys)
       },
     },
     workerHooks: {
