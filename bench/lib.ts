@@ -299,7 +299,10 @@ export async function measurePair(spec: PairSpec): Promise<PairResult> {
     const otherCpuPct = Math.max(0, busyPct - r.stats.cpuPct - s.stats.cpuPct)
     return { receiver: r.stats, sender: s.stats, otherCpuPct }
   } finally {
-    await Promise.all([tx?.stop(), rx.stop()])
+    // Sender first: a receiver that exits under a running sender makes its next write fail
+    // (ECONNRESET), which the sender would report as a failure.
+    await tx?.stop()
+    await rx.stop()
   }
 }
 

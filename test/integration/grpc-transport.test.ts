@@ -1,6 +1,7 @@
 // gRPC-transport specifics beyond the conformance suite: health on the transport's own port,
 // compression, grpc-js's own message-size refusal, keepalive, and wire compatibility with a
 // client built from proto/shoal.proto.
+import { connect as h2connect } from 'node:http2'
 import { createServer, connect as netConnect, type AddressInfo, type Socket } from 'node:net'
 import * as grpc from '@grpc/grpc-js'
 import { describe, expect, it, onTestFinished } from 'vitest'
@@ -9,6 +10,7 @@ import { decodeEnvelope, encodeEnvelope } from '../../src/protocol/codec.ts'
 import type { Envelope } from '../../src/protocol/messages.ts'
 import {
   createGrpcTransport,
+  raiseServerReceiveWindow,
   type GrpcListener,
   type GrpcTransportOptions,
 } from '../../src/transport/grpc/grpc-transport.ts'
@@ -273,5 +275,26 @@ describe('gRPC transport: wire compatibility', () => {
     expect(replies[0]!.body).toMatchObject({ op: 'welcome', nodeId: 'srv', version: 1 })
     const sc = await s.next()
     expect(sc.peer).toMatchObject({ nodeId: 'pl', role: 'worker' })
+  })
+})
+
+describe('gRPC server receive windows', () => {
+  it('raiseServerReceiveWindow still hooks this grpc-js: the server advertises the raised window and frame size', async () => {
+    const server = new grpc.Server()
+    // False would mean grpc-js dropped the private method it wraps: windows would stay 64 KiB.
+    expect(raiseServerReceiveWindow(server, 8 * 1024 * 1024)).toBe(true)
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) =>
+        err ? reject(err) : resolve(p),
+      ),
+    )
+    onTestFinished(() => server.forceShutdown())
+    const session = h2connect(`http://127.0.0.1:${port}`)
+    onTestFinished(() => session.destroy())
+    const settings = await new Promise<{ initialWindowSize?: number; maxFrameSize?: number }>((resolve) =>
+      session.once('remoteSettings', resolve),
+    )
+    expect(settings.initialWindowSize).toBe(8 * 1024 * 1024)
+    expect(settings.maxFrameSize).toBeGreaterThan(16_384)
   })
 })

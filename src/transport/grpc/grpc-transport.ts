@@ -13,6 +13,7 @@
  * - grpc-js enforces message sizes far above maxFrameBytes (2x) so that ordinary oversize frames
  *   reach this code and are refused in-band like on TCP; see receiveLimit().
  */
+import type http2 from 'node:http2'
 import * as grpc from '@grpc/grpc-js'
 import { channels } from '../../diagnostics.ts'
 import {
@@ -57,9 +58,11 @@ export interface GrpcTransportOptions extends TransportOptions {
    */
   compression?: GrpcCompression
   /**
-   * The dialer's HTTP/2 receive window ('grpc-node.flow_control_window'): how much the listener
-   * may send before the dialer's reads give credit back. Memory per connection, bought for
-   * server-to-client throughput (64 KiB default windows cap it, docs/grpc.md §5).
+   * The HTTP/2 receive windows (stream and connection) of both ends: how much a peer may send
+   * before this end's reads give credit back. The dialer sets it through
+   * 'grpc-node.flow_control_window', the listener through raiseServerReceiveWindow(). Memory
+   * per connection, bought for throughput: Node's 64 KiB defaults cap a stream at one window
+   * per round trip (docs/grpc.md §5, §6).
    * @default 8 MiB
    */
   flowControlWindowBytes?: number
@@ -78,8 +81,20 @@ export type ResolvedGrpcTransportOptions = ResolvedTransportOptions & {
   readonly flowControlWindowBytes: number
 }
 
+/**
+ * The gRPC transport's default outbound queue mark (TCP's is 1 MiB). The link already holds up
+ * to LINK_HIGH_WATER_BYTES for grpc-js, so the queue in front of it need not be deep, and a deep
+ * one was costly: frames waiting there (subarrays of msgpackr's pack buffers) outlived V8's
+ * young-generation collections, and the sender spent about 3x raw grpc-js's CPU per 37 kB
+ * batch (80-90 us against 28 us, mostly GC and page faults); at 128 KiB it matches raw grpc-js.
+ */
+const GRPC_HIGH_WATER_MARK_BYTES = 128 * 1024
+
 export function resolveGrpcTransportOptions(options: GrpcTransportOptions): ResolvedGrpcTransportOptions {
-  const base = resolveTransportOptions(options)
+  const base = resolveTransportOptions({
+    ...options,
+    highWaterMarkBytes: options.highWaterMarkBytes ?? GRPC_HIGH_WATER_MARK_BYTES,
+  })
   const d = DEFAULT_GRPC_TRANSPORT_OPTIONS
   const compression = options.compression ?? d.compression
   if (compression !== 'none' && compression !== 'gzip' && compression !== 'deflate') {
@@ -123,10 +138,14 @@ function sendLimit(maxFrameBytes: number): number {
 /**
  * The link is full when the stream says so (grpc-js streams buffer 16 messages) or when this
  * many bytes await HTTP/2, whichever comes first: 16 messages of up to maxFrameBytes each would
- * otherwise let the link buffer far more than the connection's own queue bound.
+ * otherwise let the link buffer far more than the connection's own queue bound. It refills below
+ * the low mark. With 256 KiB / 64 KiB (seven 37 kB batches, refilled only once at most one was
+ * left) the link ran nearly dry every cycle once the HTTP/2 windows were open, and each message
+ * went to the socket on its own: the sender spent 2.5x the raw grpc-js CPU per batch. At
+ * 1 MiB / 256 KiB it matches raw grpc-js (docs/benchmarks.md, Transport throughput).
  */
-const LINK_HIGH_WATER_BYTES = 256 * 1024
-const LINK_LOW_WATER_BYTES = 64 * 1024
+const LINK_HIGH_WATER_BYTES = 1024 * 1024
+const LINK_LOW_WATER_BYTES = 256 * 1024
 /** How long an ended stream may wait for the peer to finish before it is torn down. */
 const LINGER_MS = 5000
 /** A dead peer is declared after one keepalive interval without a PING ack, but never < 1 s. */
@@ -183,6 +202,53 @@ function serverOptions(opts: ResolvedTransportOptions): grpc.ServerOptions {
     o['grpc.http2.max_pings_without_data'] = 0
   }
   return o
+}
+
+/**
+ * SETTINGS_MAX_FRAME_SIZE the listener advertises: the dialer may then send a whole batch
+ * envelope as one DATA frame instead of 16 KiB pieces (Node's default, never raised by grpc-js).
+ */
+const SERVER_MAX_FRAME_BYTES = 1024 * 1024
+
+type CreateHttp2Server = (credentials: grpc.ServerCredentials) => unknown
+
+function isHttp2Server(x: unknown): x is http2.Http2Server {
+  return (
+    typeof x === 'object' &&
+    x !== null &&
+    typeof (x as Partial<http2.Http2Server>).updateSettings === 'function' &&
+    typeof (x as Partial<http2.Http2Server>).on === 'function'
+  )
+}
+
+/**
+ * Raise the HTTP/2 receive windows of one grpc.Server to `windowBytes` (stream: the
+ * SETTINGS_INITIAL_WINDOW_SIZE it advertises; connection: setLocalWindowSize on every session)
+ * and advertise SERVER_MAX_FRAME_BYTES frames. grpc-js 1.14 has no server option for either
+ * (grpc-node issue #2429, PR #3058), and its 64 KiB windows cap client-to-server throughput.
+ *
+ * It wraps the private createHttp2Server method of THIS instance (no global patch): grpc-js
+ * calls it once per bound address, for plaintext and TLS alike, and only ever from bindAsync.
+ * Returns false, changing nothing, when grpc-js no longer has that method; a wrapped call that
+ * does not return an http2 server is passed through untouched. Call it before bindAsync.
+ */
+export function raiseServerReceiveWindow(server: grpc.Server, windowBytes: number): boolean {
+  const target = server as unknown as { createHttp2Server?: CreateHttp2Server }
+  const original = target.createHttp2Server
+  if (typeof original !== 'function') return false
+  const settings: http2.Settings = { initialWindowSize: windowBytes, maxFrameSize: SERVER_MAX_FRAME_BYTES }
+  target.createHttp2Server = function (this: unknown, credentials: grpc.ServerCredentials): unknown {
+    const h2 = original.call(this, credentials)
+    if (isHttp2Server(h2)) {
+      h2.updateSettings(settings)
+      h2.on('session', (session: http2.ServerHttp2Session) => {
+        // The connection window; the stream window comes from the SETTINGS above.
+        if (!session.destroyed) session.setLocalWindowSize(windowBytes)
+      })
+    }
+    return h2
+  }
+  return true
 }
 
 function pem(value: string | Buffer | undefined): Buffer | null {
@@ -630,6 +696,7 @@ export class GrpcTransport implements Transport {
     const host = address.host ?? '127.0.0.1'
     const credentials = serverCredentials(opts)
     const server = new grpc.Server(serverOptions(opts))
+    raiseServerReceiveWindow(server, opts.flowControlWindowBytes)
     const health = createHealthService()
     let listener: GrpcListenerImpl | undefined
 
