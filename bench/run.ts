@@ -25,6 +25,7 @@ const REGISTRY: Record<string, () => Promise<{ default: Benchmark }>> = {
   grpc: () => import('./macro/grpc-throughput.ts'),
   e2e: () => import('./macro/e2e.ts'),
   checkpoint: () => import('./macro/checkpoint.ts'),
+  failover: () => import('./macro/failover.ts'),
 }
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))

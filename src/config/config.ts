@@ -73,6 +73,15 @@ export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info'
 /** Built-in job names accepted by --job (anything else is a path to a job module). */
 export const BUILTIN_JOBS: readonly string[] = ['count']
 
+/**
+ * What a worker with durable state (file: or redis://) does with an accepted batch: `log`
+ * appends it to the partition's replay log before applying and acking it (nothing acked is
+ * lost); `none` applies it without a log (checkpoints only: a crash loses what was acked since
+ * the last checkpoint).
+ */
+export type Durability = 'log' | 'none'
+export const DURABILITY_KINDS: readonly Durability[] = ['log', 'none']
+
 export interface HostPort {
   readonly host: string
   /** 0 on a listen address: pick a free port. */
@@ -169,6 +178,8 @@ export interface WorkerConfig extends NodeConfigBase {
   /** A built-in job name or an absolute path to a job module. */
   readonly job: string
   readonly threads: number
+  /** With file: or redis:// state: replay log on (`log`) or off (`none`). */
+  readonly durability: Durability
 }
 
 export interface UpConfig extends BaseConfig {
@@ -344,6 +355,15 @@ export const CONFIG_FIELDS = Object.freeze({
     true,
     'ms between checkpoints',
     '5000',
+  ),
+  durability: f(
+    'durability',
+    'SHOAL_DURABILITY',
+    'string',
+    ['worker'],
+    true,
+    'log|none: replay log of accepted batches (file:/redis:// state)',
+    'log',
   ),
   logLevel: f(
     'log-level',
@@ -576,6 +596,7 @@ export const CONFIG_DEFAULTS = Object.freeze({
   heartbeatMisses: 3,
   drainTimeoutMs: 20_000,
   checkpointIntervalMs: 5000,
+  durability: 'log',
   logLevel: 'info',
   clientLogLevel: 'warn',
   workers: 3,
@@ -665,6 +686,7 @@ class Loader {
             coordinator: this.#dialAddress('coordinator'),
             job: this.#job(),
             threads: this.#int('threads', this.#cpus()),
+            durability: this.#oneOf('durability', DURABILITY_KINDS, D.durability),
           }
         } else {
           config = {

@@ -473,6 +473,19 @@ describe('validation', () => {
     expect(loadConfig('worker', opts([...COORD, '--drain-timeout', '29999'])).drainTimeoutMs).toBe(29999)
   })
 
+  it('durability: log by default, none to turn the replay log off; workers only', () => {
+    expect(loadConfig('worker', opts(COORD)).durability).toBe('log')
+    const w = loadConfig('worker', opts([...COORD, '--durability', 'NONE']))
+    expect([w.durability, w.sources.durability]).toEqual(['none', 'flag'])
+    expect(loadConfig('worker', opts(COORD, { SHOAL_DURABILITY: 'none' })).durability).toBe('none')
+    expect(problem('worker', COORD, { SHOAL_DURABILITY: 'fsync' })).toBe(
+      '--durability (from SHOAL_DURABILITY) must be one of log, none, got "fsync"',
+    )
+    expect(problem('coordinator', ['--durability', 'none'])).toContain('--durability is not a flag of')
+    // Other commands ignore the worker's environment variable.
+    expect(() => loadConfig('coordinator', opts([], { SHOAL_DURABILITY: 'none' }))).not.toThrow()
+  })
+
   it('transport and log level', () => {
     expect(problem('client', [...COORD, '--transport', 'udp'])).toBe(
       '--transport (from the command line) must be one of tcp, grpc, got "udp"',
