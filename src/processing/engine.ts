@@ -68,6 +68,10 @@ export class Engine {
   readonly job: string
   readonly #lanes: Lane[]
   readonly #maxQueue: number
+  /** Tasks one thread queues before submit() rejects with QUEUE_FULL. */
+  get maxQueuePerThread(): number {
+    return this.#maxQueue
+  }
   /** Partitions with tasks submitted since their last drop (the others hold no state anywhere). */
   readonly #touched = new Set<number>()
   #inFlight = 0
@@ -218,6 +222,8 @@ export class Engine {
               new ShoalError(
                 ErrorCodes.JOB_FAILED,
                 `batch of partition ${batches[i]!.partition} failed: ${r.error}`,
+                // The batch itself cannot be applied (its payload, or init): the same every time.
+                { data: { batchRejected: true } },
               ),
             )
         })

@@ -102,8 +102,14 @@ function newRuntime(epoch: number): PartitionRuntime {
   }
 }
 
-/** Batches replayed into the engine before the restore waits for them. */
+/** Batches one partition's replay has in the engine before it waits for them. */
 const REPLAY_WINDOW = 64
+/**
+ * Replayed batches in the engine at once across all partitions being restored: a survivor may
+ * restore dozens of partitions together, and their windows must not fill the engine's queues
+ * (a refused replay batch would be a lost batch).
+ */
+const REPLAY_SLOTS = 256
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
 
@@ -121,6 +127,9 @@ export class DataPlane implements PartitionHost {
   #lastEvents = 0
   #backpressuredMs = 0
   #deadLettered = 0
+  /** At most half an engine thread's queue, so replays never make a batch refused for room. */
+  #replaySlotsFree: number
+  readonly #replaySlotWaiters: (() => void)[] = []
   #checkpointsDone = 0
   #checkpointsFailed = 0
   #restoredBatches = 0
@@ -130,6 +139,10 @@ export class DataPlane implements PartitionHost {
     this.#engine = options.engine
     this.#log = options.logger
     this.#maxInFlight = options.maxInFlightBatches ?? 4 * options.engine.threads
+    this.#replaySlotsFree = Math.max(
+      1,
+      Math.min(REPLAY_SLOTS, Math.floor(options.engine.maxQueuePerThread / 2)),
+    )
   }
 
   /** Wire the ownership source (the Worker) after both exist. */
@@ -193,6 +206,7 @@ export class DataPlane implements PartitionHost {
     let window: Promise<void>[] = []
     let replayed = 0
     for await (const e of store.replay(partition, cp.logOffset, { dedup: cp.dedup })) {
+      await this.#replaySlot()
       window.push(this.#replayOne(partition, rt, e))
       replayed++
       if (window.length >= REPLAY_WINDOW) {
@@ -226,11 +240,35 @@ export class DataPlane implements PartitionHost {
       .then(
         (res) => this.#afterBatch(partition, res),
         (err: unknown) => {
-          // A batch that cannot be applied at all failed the same way when it was first accepted.
-          this.#log.error({ err, partition, offset: e.offset }, 'replayed batch failed')
+          // A batch the job could not apply at all (not msgpack, init threw) failed the same way
+          // when it was first accepted and was never acked: skipping it reproduces that. Any
+          // other failure (queue full, engine closed) fails the restore, which is retried from
+          // the checkpoint: a replayed batch is never silently lost.
+          if (err instanceof ShoalError && err.data?.batchRejected === true) {
+            this.#log.warn({ err, partition, offset: e.offset }, 'replayed batch failed in the job; skipped')
+            return
+          }
+          throw err
         },
       )
-      .finally(() => this.#room()) // readers may wait for the engine room replays took
+      .finally(() => {
+        this.#releaseReplaySlot()
+        this.#room() // readers may wait for the engine room replays took
+      })
+  }
+
+  #replaySlot(): Promise<void> {
+    if (this.#replaySlotsFree > 0) {
+      this.#replaySlotsFree--
+      return Promise.resolve()
+    }
+    return new Promise((resolve) => this.#replaySlotWaiters.push(resolve))
+  }
+
+  #releaseReplaySlot(): void {
+    const next = this.#replaySlotWaiters.shift()
+    if (next !== undefined) next()
+    else this.#replaySlotsFree++
   }
 
   async release(partition: number): Promise<void> {

@@ -21,6 +21,8 @@ export interface WorkerNodeOptions {
   job?: string
   /** Processing threads (also the worker's capacity in the assignment). */
   threads: number
+  /** Tasks queued per processing thread before batches are refused. @default 1024 */
+  maxQueuePerThread?: number
   heartbeatIntervalMs?: number
   heartbeatMisses?: number
   logger: Logger
@@ -46,7 +48,11 @@ export interface WorkerNode {
 }
 
 export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
-  const engine = new Engine({ job: o.job ?? 'count', threads: o.threads })
+  const engine = new Engine({
+    job: o.job ?? 'count',
+    threads: o.threads,
+    ...(o.maxQueuePerThread === undefined ? {} : { maxQueuePerThread: o.maxQueuePerThread }),
+  })
   const outputs = new OutputHub({ sinks: o.sinks, logger: o.logger, memberId: o.memberId })
   const userOnEmitted = o.dataPlane?.onEmitted
   const dataPlane = new DataPlane({

@@ -33,7 +33,12 @@ let port = 7000
 let storeSeq = 0
 const HB = 50
 
-async function startWorker(c: Coordinator, id: string, storeUrl: string): Promise<WorkerNode> {
+async function startWorker(
+  c: Coordinator,
+  id: string,
+  storeUrl: string,
+  maxQueuePerThread?: number,
+): Promise<WorkerNode> {
   const backend = await createStateBackend(storeUrl)
   const store = await openPartitionStore(backend)
   const n = createWorkerNode({
@@ -46,6 +51,7 @@ async function startWorker(c: Coordinator, id: string, storeUrl: string): Promis
     heartbeatIntervalMs: HB,
     logger,
     store,
+    maxQueuePerThread,
   })
   await n.start()
   cleanup.push(async () => {
@@ -56,7 +62,12 @@ async function startWorker(c: Coordinator, id: string, storeUrl: string): Promis
   return n
 }
 
-async function cluster(kind: StoreKind, workers: number, checkpointIntervalMs = 0) {
+async function cluster(
+  kind: StoreKind,
+  workers: number,
+  checkpointIntervalMs = 0,
+  opts: { partitions?: number; maxQueuePerThread?: number; batchSize?: number } = {},
+) {
   let storeName = `memory:durable-${process.pid}-${storeSeq++}`
   if (kind === 'redis') {
     redis ??= await startRedis({ aof: true })
@@ -70,7 +81,7 @@ async function cluster(kind: StoreKind, workers: number, checkpointIntervalMs = 
   const c = new Coordinator({
     transport: createMemoryTransport({ nodeId: 'coordinator', role: 'coordinator' }),
     listen: { host: 'dur', port: port++ },
-    partitions: 16,
+    partitions: opts.partitions ?? 16,
     heartbeatIntervalMs: HB,
     heartbeatMisses: 3,
     checkpointIntervalMs,
@@ -79,12 +90,14 @@ async function cluster(kind: StoreKind, workers: number, checkpointIntervalMs = 
   await c.start()
   cleanup.push(() => c.stop({ timeoutMs: 200 }))
   const nodes: WorkerNode[] = []
-  for (let i = 0; i < workers; i++) nodes.push(await startWorker(c, `w${i}`, storeName))
+  for (let i = 0; i < workers; i++)
+    nodes.push(await startWorker(c, `w${i}`, storeName, opts.maxQueuePerThread))
   await settled(c, workers)
   const cl = await ShoalClient.connect({
     coordinator: c.address,
     transport: createMemoryTransport({ nodeId: 'client', role: 'client' }),
     retryDelayMs: 20,
+    ...(opts.batchSize === undefined ? {} : { batchSize: opts.batchSize }),
   })
   cleanup.push(() => cl.close())
   return { c, nodes, cl, storeName }
@@ -162,6 +175,23 @@ describe.each(['memory', 'redis', 'redis-cluster'] as const)(
       const replayed = nodes[0]!.dataPlane.checkpointStats.replayedBatches
       const replayed2 = nodes[2]!.dataPlane.checkpointStats.replayedBatches
       expect(replayed + replayed2).toBeGreaterThan(0)
+      await expectExactState(cl, expected)
+    })
+
+    it('a survivor restoring many partitions with long logs at once loses no replayed batch', async () => {
+      // No checkpoint: every partition replays its whole log, hundreds of small batches each,
+      // into engine threads whose queues hold only 16 tasks.
+      const { nodes, cl, c } = await cluster(kind, 2, 0, {
+        partitions: 48,
+        maxQueuePerThread: 16,
+        batchSize: 5,
+      })
+      const expected: Totals = new Map()
+      sendCounted(cl, 0, 40_000, expected, 2000, 'r')
+      await cl.flush()
+      await nodes[0]!.stop()
+      await settled(c, 1)
+      expect(nodes[1]!.dataPlane.checkpointStats.replayedBatches).toBeGreaterThan(1000)
       await expectExactState(cl, expected)
     })
 
