@@ -7,6 +7,7 @@
  *   shoal worker      --coordinator HOST:PORT [--listen ..] [--http ..] [--job PATH] [--threads N]
  *   shoal send        --coordinator HOST:PORT [FILE|-]
  *   shoal status      --coordinator HOST:PORT [--json]
+ *   shoal savepoint   --coordinator HOST:PORT [--json]
  *   shoal state get KEY | shoal state dump   --coordinator HOST:PORT [--json]
  *   shoal probe grpc HOST:PORT | shoal probe http URL
  *
@@ -64,6 +65,7 @@ commands:
   worker        run a worker (--coordinator HOST:PORT)
   send          send NDJSON events from FILE or stdin (exit 0 only when all are acked)
   status        show the cluster (--json for JSON)
+  savepoint     a full checkpoint of every partition now (needs durable state)
   state get KEY | state dump    read keyed state
   probe grpc HOST:PORT | probe http URL    health probe (grpc_health_probe exit codes)
 
@@ -374,6 +376,19 @@ async function runStatus(cfg: ClientConfig): Promise<number> {
   return 0
 }
 
+async function runSavepoint(cfg: ClientConfig): Promise<number> {
+  const r = await withAdmin(cfg, (a) => a.savepoint())
+  if (cfg.json) out(JSON.stringify(r))
+  else {
+    out(
+      `savepoint ${r.id}: ${r.partitions}/${r.assigned} partitions, ${r.keys} keys, ${r.durationMs} ms` +
+        (r.failedMembers.length > 0 ? `; not acknowledged by ${r.failedMembers.join(', ')}` : ''),
+    )
+  }
+  // Partial: some partitions are not in it (a member failed or none of its partitions is durable).
+  return r.failedMembers.length === 0 && r.partitions === r.assigned ? 0 : 1
+}
+
 async function runSend(cfg: ClientConfig): Promise<number> {
   const file = cfg.positionals[0]
   const summary = await withClient(cfg, (client) =>
@@ -534,11 +549,13 @@ export async function main(argv: string[]): Promise<number> {
         return -1
       }
       case 'status':
+      case 'savepoint':
       case 'send':
       case 'state': {
         const cfg = load('client')
         if (cfg.help) return help('client')
         if (command === 'status') return await runStatus(cfg)
+        if (command === 'savepoint') return await runSavepoint(cfg)
         if (command === 'send') return await runSend(cfg)
         return await runState(cfg)
       }

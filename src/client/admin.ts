@@ -7,7 +7,7 @@ import { parseRouting, type RoutingFields } from '../protocol/control.ts'
 import type { Envelope } from '../protocol/messages.ts'
 import { Requests } from '../transport/requests.ts'
 import type { Connection, Transport } from '../transport/transport.ts'
-import type { ClusterStatus } from '../coordinator/coordinator.ts'
+import type { CheckpointRecord, ClusterStatus } from '../coordinator/coordinator.ts'
 
 export interface AdminClientOptions {
   /** Reply deadline per request. @default 5000 */
@@ -53,6 +53,20 @@ export class AdminClient {
   }
 
   /** Fetch the routing table (and subscribe to pushed updates). */
+  /** A savepoint (full checkpoint of every partition); resolves with its record when done. */
+  async savepoint(timeoutMs = 120_000): Promise<CheckpointRecord> {
+    const env = await this.#requests.request(
+      this.#conn,
+      { kind: 'control', body: { op: 'savepoint' } },
+      timeoutMs,
+    )
+    const record = (env.body as { record?: unknown }).record
+    if (env.kind !== 'control' || typeof record !== 'object' || record === null) {
+      throw new ShoalError(ErrorCodes.BAD_MESSAGE, 'the coordinator answered savepoint with something else')
+    }
+    return record as CheckpointRecord
+  }
+
   async routing(): Promise<RoutingFields> {
     const env = await this.#requests.request(
       this.#conn,

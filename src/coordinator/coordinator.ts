@@ -90,6 +90,8 @@ export interface CheckpointRecord {
   /** Keys written (changed since each partition's previous checkpoint). */
   keys: number
   durationMs: number
+  /** A savepoint: every key of every partition written, not only the changed ones. */
+  full: boolean
   /** Members that did not acknowledge (timeout, error). */
   failedMembers: string[]
   finishedAt: string
@@ -271,7 +273,7 @@ export class Coordinator extends EventEmitter<{
    * serves and acknowledges them; the coordinator records them and tells the worker it may trim
    * the logs behind them.
    */
-  async checkpoint(): Promise<CheckpointRecord | null> {
+  async checkpoint(options: { full?: boolean } = {}): Promise<CheckpointRecord | null> {
     if (this.#checkpointInFlight || this.#stopping || this.#recovering) return null
     const members = [...this.#members.values()].filter((m) => m.state === 'alive' && m.conn !== null)
     if (members.length === 0) return null
@@ -289,7 +291,7 @@ export class Coordinator extends EventEmitter<{
           try {
             const res = await this.#requests.request(
               conn,
-              { kind: 'checkpoint', body: { op: 'trigger', checkpointId: id } },
+              { kind: 'checkpoint', body: { op: 'trigger', checkpointId: id, full: options.full === true } },
               this.#opts.checkpointTimeoutMs,
             )
             if (res.kind !== 'checkpoint' || res.body.op !== 'ack') {
@@ -323,6 +325,7 @@ export class Coordinator extends EventEmitter<{
         assigned,
         keys,
         durationMs: Math.round(performance.now() - t0),
+        full: options.full === true,
         failedMembers,
         finishedAt: new Date().toISOString(),
       }
@@ -334,6 +337,27 @@ export class Coordinator extends EventEmitter<{
     } finally {
       this.#checkpointInFlight = false
     }
+  }
+
+  /**
+   * A savepoint: a full checkpoint of every partition, now (after the one in flight, if any).
+   * Rejects with CHECKPOINT_ABORTED when there is nothing to checkpoint or the coordinator is
+   * not ready.
+   */
+  async savepoint(): Promise<CheckpointRecord> {
+    for (let waited = 0; ; waited++) {
+      const record = await this.checkpoint({ full: true })
+      if (record !== null) return record
+      if (this.#stopping || waited >= 600) break
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    throw new ShoalError(
+      ErrorCodes.CHECKPOINT_ABORTED,
+      'no savepoint: the coordinator is not ready or has no live workers',
+      {
+        retryable: true,
+      },
+    )
   }
 
   /** Graceful stop: refuse new work, say goodbye to every connection (workers reconnect elsewhere or later). */
@@ -654,6 +678,25 @@ export class Coordinator extends EventEmitter<{
               break
             case 'status':
               reply(conn, env, { kind: 'control', body: { op: 'status', status: this.status() } })
+              break
+            case 'savepoint':
+              // Answered when done; the loop goes on serving this client meanwhile.
+              void this.savepoint().then(
+                (record) =>
+                  trySend(conn, {
+                    kind: 'control',
+                    body: { op: 'savepoint', record },
+                    corr: env.corr ?? undefined,
+                  }),
+                (err: unknown) => {
+                  if (err instanceof ShoalError)
+                    trySend(conn, {
+                      kind: 'control',
+                      body: { op: 'error', code: err.code, message: err.message, fatal: false },
+                      corr: env.corr ?? undefined,
+                    })
+                },
+              )
               break
             default:
               throw new ShoalError(ErrorCodes.BAD_MESSAGE, `a client may not send control ${env.body.op}`)

@@ -101,6 +101,7 @@ export interface ControlCommandBody {
     | 'assigned'
     | 'status'
     | 'subscribe'
+    | 'savepoint'
   /** Op-specific fields; each op's owner validates them. */
   [field: string]: unknown
 }
@@ -199,6 +200,7 @@ export const CONTROL_COMMAND_OPS: ReadonlySet<string> = new Set([
   'assigned',
   'status',
   'subscribe',
+  'savepoint',
 ])
 export const STATE_OPS: ReadonlySet<string> = new Set(['get', 'dump', 'result', 'chunk', 'end', 'error'])
 export const CHECKPOINT_OPS: ReadonlySet<string> = new Set(['trigger', 'ack', 'complete', 'abort'])

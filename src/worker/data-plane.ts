@@ -290,7 +290,11 @@ export class DataPlane implements PartitionHost {
    * Checkpoint every partition served at the moment of the call (or those listed). Resolves
    * with what was committed; partitions that failed are logged and left out.
    */
-  async checkpoint(checkpointId: string, partitions?: readonly number[]): Promise<PartitionCheckpoint[]> {
+  async checkpoint(
+    checkpointId: string,
+    partitions?: readonly number[],
+    full = false,
+  ): Promise<PartitionCheckpoint[]> {
     if (this.#opts.store === undefined) return []
     const targets = (partitions ?? [...this.#partitions.keys()]).flatMap((p) => {
       const rt = this.#partitions.get(p)
@@ -298,7 +302,7 @@ export class DataPlane implements PartitionHost {
     })
     const results = await Promise.all(
       targets.map(([p, rt]) =>
-        this.#checkpointOne(p, rt, checkpointId).catch((err: unknown) => {
+        this.#checkpointOne(p, rt, checkpointId, full).catch((err: unknown) => {
           this.#log.warn({ err, partition: p, checkpointId }, 'checkpoint failed')
           return null
         }),
@@ -328,11 +332,12 @@ export class DataPlane implements PartitionHost {
     partition: number,
     rt: PartitionRuntime,
     checkpointId: string,
+    savepoint = false,
   ): Promise<PartitionCheckpoint> {
     const store = this.#opts.store!
     const run = rt.checkpoints.then(async () => {
       // The cut, all in this turn: what has been handed to the engine, and a snapshot after it.
-      const full = rt.needFull
+      const full = rt.needFull || savepoint
       const logOffset = rt.appliedOffset
       const dedup = Object.fromEntries(rt.applied)
       const snap = this.#engine.snapshot(partition, full)

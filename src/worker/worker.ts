@@ -36,7 +36,11 @@ export interface PartitionHost {
   resume(partitions: number[] | null): void
   load(): HeartbeatLoad
   /** Checkpoint the listed partitions (coordinator-triggered); resolves with those committed. */
-  checkpoint?(checkpointId: string, partitions: readonly number[]): Promise<PartitionCheckpoint[]>
+  checkpoint?(
+    checkpointId: string,
+    partitions: readonly number[],
+    full?: boolean,
+  ): Promise<PartitionCheckpoint[]>
   /** The coordinator recorded a checkpoint of these partitions: trim what it covers. */
   checkpointComplete?(partitions: readonly number[]): Promise<void>
 }
@@ -440,7 +444,7 @@ export class Worker extends EventEmitter<{
             // The coordinator's link closed meanwhile; it times the checkpoint out.
           }
         }
-        void (host.checkpoint?.(id, ready) ?? Promise.resolve([])).then(
+        void (host.checkpoint?.(id, ready, body.full === true) ?? Promise.resolve([])).then(
           (done) =>
             answer({
               kind: 'checkpoint',

@@ -7,9 +7,11 @@
  * gRPC with Redis, and over TCP with the file store (one directory per partition) that `shoal up`
  * uses by default.
  */
+import { spawnSync } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { ShoalClient } from '../../src/client/client.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
@@ -19,6 +21,7 @@ import { startRedis, type RedisServer } from '../helpers/redis.ts'
 import { expectExactState, sendCounted, type Totals } from '../helpers/totals.ts'
 import { waitFor } from '../helpers/wait-for.ts'
 
+const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 afterEach(killAll)
 let redis: RedisServer
 beforeAll(async () => {
@@ -146,6 +149,29 @@ for (const { transport, state, db: caseDb } of CASES) {
       await expectExactState(cl, expected)
       const status = (await c.http<ClusterStatus>('/status')).body
       expect(status.checkpoints.completed).toBeGreaterThan(0)
+      // `shoal savepoint`: a full checkpoint of every partition, from the command line.
+      const sp = spawnSync(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          MAIN,
+          'savepoint',
+          '--json',
+          '--coordinator',
+          c.info.address,
+          '--transport',
+          transport,
+        ],
+        { encoding: 'utf8', timeout: 60_000 },
+      )
+      expect(sp.status, sp.stderr).toBe(0)
+      expect(JSON.parse(sp.stdout)).toMatchObject({
+        full: true,
+        partitions: 32,
+        assigned: 32,
+        keys: expected.size,
+      })
       await cl.close()
 
       // The whole cluster down (workers first, abruptly) and up again: state resumes from Redis.

@@ -6,6 +6,7 @@
  */
 import { pino } from 'pino'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { AdminClient } from '../../../src/client/admin.ts'
 import { ShoalClient } from '../../../src/client/client.ts'
 import { Coordinator } from '../../../src/coordinator/coordinator.ts'
 import { openPartitionStore, readCheckpoint } from '../../../src/state/checkpoint/partition-store.ts'
@@ -176,6 +177,23 @@ describe.each(['memory', 'redis', 'redis-cluster'] as const)(
       const replayed2 = nodes[2]!.dataPlane.checkpointStats.replayedBatches
       expect(replayed + replayed2).toBeGreaterThan(0)
       await expectExactState(cl, expected)
+    })
+
+    it('a savepoint writes every key of every partition, changed or not', async () => {
+      const { c, cl } = await cluster(kind, 2)
+      const expected: Totals = new Map()
+      sendCounted(cl, 0, 5000, expected, 500, 's')
+      await cl.flush()
+      expect((await c.checkpoint())!.keys).toBe(500)
+      expect((await c.checkpoint())!.keys).toBe(0) // nothing changed since
+      const admin = await AdminClient.connect(
+        createMemoryTransport({ nodeId: 'admin', role: 'client' }),
+        c.address,
+      )
+      cleanup.push(() => admin.close())
+      const sp = await admin.savepoint()
+      expect(sp).toMatchObject({ full: true, partitions: 16, assigned: 16, keys: 500, failedMembers: [] })
+      expect(c.status().checkpoints.last?.id).toBe(sp.id)
     })
 
     it('a survivor restoring many partitions with long logs at once loses no replayed batch', async () => {
