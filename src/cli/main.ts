@@ -286,10 +286,22 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   const backend = cfg.state.kind === 'redis' ? await createStateBackend(cfg.state.url) : null
   const store =
     backend !== null
-      ? await openPartitionStore(backend)
+      ? await openPartitionStore(backend, {
+          durability: {
+            replicas: cfg.durabilityReplicas,
+            ...(cfg.durabilityAof ? { aof: { local: true, replicas: 0 } } : {}),
+            timeoutMs: cfg.durabilityTimeoutMs,
+          },
+        })
       : cfg.state.kind === 'file'
         ? new PartitionedFileStore({ dir: cfg.state.dir })
         : undefined
+  if (cfg.state.kind !== 'redis' && (cfg.durabilityReplicas > 0 || cfg.durabilityAof)) {
+    log.warn(
+      { state: cfg.state.kind },
+      '--durability-replicas/--durability-aof apply to redis:// state only; ignored',
+    )
+  }
   const healthTimer = setInterval(() => {
     void backend?.health().then(
       (ok) => (stateHealthy = ok),

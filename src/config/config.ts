@@ -180,6 +180,12 @@ export interface WorkerConfig extends NodeConfigBase {
   readonly threads: number
   /** With file: or redis:// state: replay log on (`log`) or off (`none`). */
   readonly durability: Durability
+  /** Redis: acknowledge a batch only once this many replicas have it (WAIT). 0: no WAIT. */
+  readonly durabilityReplicas: number
+  /** Redis >= 7.2: acknowledge a batch only once the primary's AOF is fsynced (WAITAOF). */
+  readonly durabilityAof: boolean
+  /** How long WAIT/WAITAOF may take before the batch is refused (retryable). */
+  readonly durabilityTimeoutMs: number
 }
 
 export interface UpConfig extends BaseConfig {
@@ -364,6 +370,33 @@ export const CONFIG_FIELDS = Object.freeze({
     true,
     'log|none: replay log of accepted batches (file:/redis:// state)',
     'log',
+  ),
+  durabilityReplicas: f(
+    'durability-replicas',
+    'SHOAL_DURABILITY_REPLICAS',
+    'string',
+    ['worker'],
+    true,
+    'redis: ack a batch once N replicas have it (WAIT)',
+    '0',
+  ),
+  durabilityAof: f(
+    'durability-aof',
+    'SHOAL_DURABILITY_AOF',
+    'boolean',
+    ['worker'],
+    true,
+    'redis >= 7.2: ack a batch once the AOF is fsynced (WAITAOF)',
+    'false',
+  ),
+  durabilityTimeoutMs: f(
+    'durability-timeout',
+    'SHOAL_DURABILITY_TIMEOUT_MS',
+    'string',
+    ['worker'],
+    true,
+    'ms WAIT/WAITAOF may take before the batch is refused',
+    '1000',
   ),
   logLevel: f(
     'log-level',
@@ -619,6 +652,8 @@ export const CONFIG_LIMITS = Object.freeze({
   /** Under 30 s, Kubernetes' default terminationGracePeriodSeconds. */
   drainTimeoutMs: [1, 29_999],
   checkpointIntervalMs: [100, 3_600_000],
+  durabilityReplicas: [0, 100],
+  durabilityTimeoutMs: [1, 60_000],
 } satisfies Record<string, readonly [number, number]>)
 
 /**
@@ -687,6 +722,9 @@ class Loader {
             job: this.#job(),
             threads: this.#int('threads', this.#cpus()),
             durability: this.#oneOf('durability', DURABILITY_KINDS, D.durability),
+            durabilityReplicas: this.#int('durabilityReplicas', 0),
+            durabilityAof: this.#bool('durabilityAof', false),
+            durabilityTimeoutMs: this.#int('durabilityTimeoutMs', 1000),
           }
         } else {
           config = {

@@ -486,6 +486,20 @@ describe('validation', () => {
     expect(() => loadConfig('coordinator', opts([], { SHOAL_DURABILITY: 'none' }))).not.toThrow()
   })
 
+  it('durability acknowledgements (WAIT/WAITAOF): off by default; replicas, aof, timeout', () => {
+    const d = loadConfig('worker', opts(COORD))
+    expect([d.durabilityReplicas, d.durabilityAof, d.durabilityTimeoutMs]).toEqual([0, false, 1000])
+    const w = loadConfig(
+      'worker',
+      opts([...COORD, '--durability-replicas', '2', '--durability-aof'], {
+        SHOAL_DURABILITY_TIMEOUT_MS: '250',
+      }),
+    )
+    expect([w.durabilityReplicas, w.durabilityAof, w.durabilityTimeoutMs]).toEqual([2, true, 250])
+    expect(problem('worker', [...COORD, '--durability-replicas', '-1'])).toContain('--durability-replicas')
+    expect(problem('coordinator', ['--durability-replicas', '1'])).toContain('is not a flag of')
+  })
+
   it('transport and log level', () => {
     expect(problem('client', [...COORD, '--transport', 'udp'])).toBe(
       '--transport (from the command line) must be one of tcp, grpc, got "udp"',
