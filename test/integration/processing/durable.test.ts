@@ -5,12 +5,17 @@
  * worker loss. test/e2e/failover.test.ts does the same with real processes, Redis and kill -9.
  */
 import { pino } from 'pino'
-import { afterAll, afterEach, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { AdminClient } from '../../../src/client/admin.ts'
 import { ShoalClient } from '../../../src/client/client.ts'
 import { Coordinator } from '../../../src/coordinator/coordinator.ts'
-import { openPartitionStore, readCheckpoint } from '../../../src/state/checkpoint/partition-store.ts'
+import {
+  openPartitionStore,
+  readCheckpoint,
+  type PartitionStoreOptions,
+} from '../../../src/state/checkpoint/partition-store.ts'
 import { createStateBackend } from '../../../src/state/index.ts'
+import { ErrorCodes } from '../../../src/errors.ts'
 import { createMemoryTransport } from '../../../src/transport/memory/memory-transport.ts'
 import { createWorkerNode, type WorkerNode } from '../../../src/worker/node.ts'
 import { startRedis, startRedisCluster, type RedisCluster, type RedisServer } from '../../helpers/redis.ts'
@@ -39,9 +44,10 @@ async function startWorker(
   id: string,
   storeUrl: string,
   maxQueuePerThread?: number,
+  storeOptions?: PartitionStoreOptions,
 ): Promise<WorkerNode> {
   const backend = await createStateBackend(storeUrl)
-  const store = await openPartitionStore(backend)
+  const store = await openPartitionStore(backend, storeOptions)
   const n = createWorkerNode({
     transport: createMemoryTransport({ nodeId: id, role: 'worker' }),
     coordinator: c.address,
@@ -67,13 +73,21 @@ async function cluster(
   kind: StoreKind,
   workers: number,
   checkpointIntervalMs = 0,
-  opts: { partitions?: number; maxQueuePerThread?: number; batchSize?: number } = {},
+  opts: {
+    partitions?: number
+    maxQueuePerThread?: number
+    batchSize?: number
+    deliveryTimeoutMs?: number
+    storeUrl?: string
+    storeOptions?: PartitionStoreOptions
+  } = {},
 ) {
   let storeName = `memory:durable-${process.pid}-${storeSeq++}`
   if (kind === 'redis') {
     redis ??= await startRedis({ aof: true })
     redis.cli('FLUSHALL')
     storeName = redis.url
+    if (opts.storeUrl !== undefined) storeName = opts.storeUrl
   } else if (kind === 'redis-cluster') {
     redisCluster ??= await startRedisCluster(3)
     for (const n of redisCluster.nodes) n.cli('FLUSHALL')
@@ -92,13 +106,14 @@ async function cluster(
   cleanup.push(() => c.stop({ timeoutMs: 200 }))
   const nodes: WorkerNode[] = []
   for (let i = 0; i < workers; i++)
-    nodes.push(await startWorker(c, `w${i}`, storeName, opts.maxQueuePerThread))
+    nodes.push(await startWorker(c, `w${i}`, storeName, opts.maxQueuePerThread, opts.storeOptions))
   await settled(c, workers)
   const cl = await ShoalClient.connect({
     coordinator: c.address,
     transport: createMemoryTransport({ nodeId: 'client', role: 'client' }),
     retryDelayMs: 20,
     ...(opts.batchSize === undefined ? {} : { batchSize: opts.batchSize }),
+    ...(opts.deliveryTimeoutMs === undefined ? {} : { deliveryTimeoutMs: opts.deliveryTimeoutMs }),
   })
   cleanup.push(() => cl.close())
   return { c, nodes, cl, storeName }
@@ -252,5 +267,44 @@ describe('durable state (in process) when Redis restarts', () => {
     const completed = c.status().checkpoints.completed
     await waitFor(() => c.status().checkpoints.completed > completed + 1, 'checkpoints again')
     await expectExactState(cl, expected)
+  })
+})
+
+describe('durable state (in process) with WAIT for replicas', () => {
+  let primary: RedisServer
+  let replica: RedisServer
+  beforeAll(async () => {
+    ;[primary, replica] = await Promise.all([startRedis(), startRedis()])
+    replica.cli('replicaof', '127.0.0.1', String(primary.port))
+    await waitFor(
+      () => replica.cli('info', 'replication').includes('master_link_status:up'),
+      'replication link',
+    )
+  })
+  afterAll(() => Promise.all([replica?.dispose(), primary?.dispose()]))
+
+  it('acks once the replica has each batch; refuses (retryable DURABILITY_TIMEOUT) when replicas are missing', async () => {
+    primary.cli('FLUSHALL')
+    const ok = await cluster('redis', 1, 0, {
+      storeUrl: primary.url,
+      storeOptions: { durability: { replicas: 1, timeoutMs: 2000 } },
+    })
+    const expected: Totals = new Map()
+    sendCounted(ok.cl, 0, 5000, expected, 300, 'w')
+    await ok.cl.flush()
+    await expectExactState(ok.cl, expected)
+    // The replica holds the partitions' logs.
+    expect(replica.cli('keys', '*log*').trim().split('\n').length).toBeGreaterThan(1)
+    for (const f of cleanup.splice(0).reverse()) await f()
+
+    primary.cli('FLUSHALL')
+    const short = await cluster('redis', 1, 0, {
+      storeUrl: primary.url,
+      storeOptions: { durability: { replicas: 2, timeoutMs: 50 } },
+      deliveryTimeoutMs: 1000,
+    })
+    short.cl.send('w-1', { value: 1 })
+    await expect(short.cl.flush()).rejects.toMatchObject({ code: ErrorCodes.DURABILITY_TIMEOUT })
+    expect(short.nodes[0]!.worker.readiness().ok).toBe(true) // the worker stays up
   })
 })
