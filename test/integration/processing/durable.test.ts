@@ -279,8 +279,9 @@ describe('durable state (in process) with WAIT for replicas', () => {
     await waitFor(
       () => replica.cli('info', 'replication').includes('master_link_status:up'),
       'replication link',
+      30_000,
     )
-  })
+  }, 40_000)
   afterAll(() => Promise.all([replica?.dispose(), primary?.dispose()]))
 
   it('acks once the replica has each batch; refuses (retryable DURABILITY_TIMEOUT) when replicas are missing', async () => {
