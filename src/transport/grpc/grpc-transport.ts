@@ -15,7 +15,6 @@
  */
 import type http2 from 'node:http2'
 import * as grpc from '@grpc/grpc-js'
-import { channels } from '../../diagnostics.ts'
 import {
   AbortedError,
   ConnectTimeoutError,
@@ -28,7 +27,8 @@ import {
 } from '../../errors.ts'
 import { formatHostPort, parseHostPort } from '../address.ts'
 import { LinkConnection } from '../connection.ts'
-import { acceptHandshake, dialHandshake, type HandshakeResult } from '../handshake.ts'
+import { acceptLink } from '../accept.ts'
+import { dialHandshake, type HandshakeResult } from '../handshake.ts'
 import type { Link, LinkHandlers } from '../link.ts'
 import { resolveTransportOptions, type ResolvedTransportOptions } from '../options.ts'
 import type {
@@ -711,36 +711,7 @@ export class GrpcTransport implements Transport {
       call.sendMetadata(new grpc.Metadata())
       const link = new GrpcLink({ kind: 'server', call }, call.getPeer(), opts.maxFrameBytes)
       l.track(link)
-      acceptHandshake(link, opts).then(
-        (hs) => {
-          l.untrack(link)
-          const conn = new LinkConnection({ options: opts, link, handshake: hs })
-          l.connections.add(conn)
-          void conn.closed().then(() => l.connections.delete(conn))
-          if (l.closing) {
-            conn.destroy()
-            return
-          }
-          if (channels.connected.hasSubscribers) {
-            channels.connected.publish({ transport: 'grpc', connectionId: conn.id, peer: conn.peer })
-          }
-          try {
-            onConnection(conn)
-          } catch (err) {
-            conn.destroy(err as Error)
-          }
-        },
-        (err: unknown) => {
-          l.untrack(link)
-          if (channels.handshakeFailed.hasSubscribers) {
-            channels.handshakeFailed.publish({
-              transport: 'grpc',
-              remoteAddress: link.remoteAddress,
-              error: err,
-            })
-          }
-        },
-      )
+      acceptLink(link, opts, l, 'grpc', () => l.untrack(link), onConnection)
     }
     server.addService(connectServiceDefinition, { Connect: connect })
     health.addToServer(server)

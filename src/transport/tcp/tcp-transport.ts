@@ -11,7 +11,8 @@ import type { ProtocolError, ShoalError } from '../../errors.ts'
 import { ConnectTimeoutError, ErrorCodes, TransportError, AbortedError } from '../../errors.ts'
 import { FrameParser } from '../../protocol/framing.ts'
 import { LinkConnection } from '../connection.ts'
-import { acceptHandshake, dialHandshake, type HandshakeResult } from '../handshake.ts'
+import { acceptLink } from '../accept.ts'
+import { dialHandshake, type HandshakeResult } from '../handshake.ts'
 import type { Link, LinkHandlers } from '../link.ts'
 import { resolveTransportOptions, type ResolvedTransportOptions } from '../options.ts'
 import type {
@@ -263,36 +264,7 @@ export class TcpTransport implements Transport {
       configureSocket(socket, opts)
       l.track(socket)
       const link = new SocketLink(socket, opts.maxFrameBytes)
-      acceptHandshake(link, opts).then(
-        (hs) => {
-          l.untrack(socket)
-          const conn = new LinkConnection({ options: opts, link, handshake: hs })
-          l.connections.add(conn)
-          void conn.closed().then(() => l.connections.delete(conn))
-          if (l.closing) {
-            conn.destroy()
-            return
-          }
-          if (channels.connected.hasSubscribers) {
-            channels.connected.publish({ transport: 'tcp', connectionId: conn.id, peer: conn.peer })
-          }
-          try {
-            onConnection(conn)
-          } catch (err) {
-            conn.destroy(err as Error)
-          }
-        },
-        (err: unknown) => {
-          l.untrack(socket)
-          if (channels.handshakeFailed.hasSubscribers) {
-            channels.handshakeFailed.publish({
-              transport: 'tcp',
-              remoteAddress: link.remoteAddress,
-              error: err,
-            })
-          }
-        },
-      )
+      acceptLink(link, opts, l, 'tcp', () => l.untrack(socket), onConnection)
     }
     server.on(t !== undefined ? 'secureConnection' : 'connection', accept)
     // A server-level error after listen (rare: EMFILE on accept) must not crash the process.
