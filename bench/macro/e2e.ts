@@ -45,6 +45,7 @@ import { encodeFrame, decodeEnvelope } from '../../src/protocol/codec.ts'
 import { FrameParser } from '../../src/protocol/framing.ts'
 import type { EventBatchBody } from '../../src/protocol/messages.ts'
 import { partitionForKey } from '../../src/protocol/partition.ts'
+import { onListening } from '../../src/cli/up.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import {
   childMain,
@@ -145,21 +146,7 @@ async function startNode(args: string[]): Promise<NodeProc> {
     }
   })
   proc.info = await new Promise<Listening>((resolve, reject) => {
-    let buf = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      buf += d
-      let i: number
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        try {
-          const j = JSON.parse(line) as { shoal?: string } & Listening
-          if (j.shoal === 'listening') resolve({ address: j.address, http: j.http })
-        } catch {
-          // other output
-        }
-      }
-    })
+    onListening(child.stdout, (j) => resolve({ address: j.address, http: j.http }))
     child.once('exit', (code, signal) =>
       reject(new Error(`shoal ${args[0]} exited (${code ?? signal}) before it listened`)),
     )

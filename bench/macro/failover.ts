@@ -51,6 +51,7 @@ import { ShoalClient } from '../../src/client/client.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
 import { ErrorCodes, ShoalError } from '../../src/errors.ts'
 import { partitionForKey } from '../../src/protocol/partition.ts'
+import { onListening } from '../../src/cli/up.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import { startRedis, type RedisServer } from '../../test/helpers/redis.ts'
 import { Redis } from 'ioredis'
@@ -168,23 +169,9 @@ async function startNode(args: string[]): Promise<NodeProc> {
     }
   })
   await new Promise<void>((resolve, reject) => {
-    let buf = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      buf += d
-      let i: number
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        try {
-          const j = JSON.parse(line) as { shoal?: string; nodeId: string; address: string; http: string }
-          if (j.shoal === 'listening') {
-            Object.assign(proc, { nodeId: j.nodeId, address: j.address, http: j.http })
-            resolve()
-          }
-        } catch {
-          // other output
-        }
-      }
+    onListening(child.stdout, (j) => {
+      Object.assign(proc, { nodeId: j.nodeId, address: j.address, http: j.http })
+      resolve()
     })
     child.once('exit', (code, signal) =>
       reject(

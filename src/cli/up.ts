@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
+import type { Readable } from 'node:stream'
 
 export interface UpOptions {
   workers: number
@@ -35,6 +36,29 @@ export interface RunningCluster {
   crashed: Promise<string>
 }
 
+/**
+ * Watch a node's stdout for the line it prints once it listens ({"shoal":"listening",...});
+ * every other line is ignored. Also used by tests and benchmarks that spawn nodes.
+ */
+export function onListening(stdout: Readable, callback: (info: NodeListening) => void): void {
+  let buf = ''
+  stdout.setEncoding('utf8').on('data', (d: string) => {
+    buf += d
+    let i: number
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i)
+      buf = buf.slice(i + 1)
+      if (!line.startsWith('{')) continue
+      try {
+        const j = JSON.parse(line) as Partial<NodeListening>
+        if (j.shoal === 'listening') callback(j as NodeListening)
+      } catch {
+        // other output
+      }
+    }
+  })
+}
+
 function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<NodeListening> } {
   // Re-run this CLI with the same Node flags (tsx in development, plain node when built).
   const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
@@ -42,21 +66,7 @@ function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<No
     env: process.env,
   })
   const listening = new Promise<NodeListening>((resolve, reject) => {
-    let buf = ''
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      buf += d
-      let i: number
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        try {
-          const j = JSON.parse(line) as NodeListening
-          if (j.shoal === 'listening') resolve(j)
-        } catch {
-          // other output
-        }
-      }
-    })
+    onListening(child.stdout, resolve)
     child.once('exit', (code, signal) =>
       reject(new Error(`shoal ${args[0]} exited (${code ?? signal}) before it listened`)),
     )

@@ -8,6 +8,7 @@ import { createServer } from 'node:net'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { onTestFailed } from 'vitest'
+import { onListening } from '../../src/cli/up.ts'
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
@@ -51,28 +52,14 @@ export async function startShoal(
     signal: signal as NodeJS.Signals | null,
   }))
   const info = await new Promise<NodeInfo>((resolve, reject) => {
-    let buf = ''
     const timer = setTimeout(
       () =>
         reject(new Error(`shoal ${args.join(' ')} did not listen within ${timeoutMs} ms\n${logs.join('')}`)),
       timeoutMs,
     )
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      buf += d
-      let i: number
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i)
-        buf = buf.slice(i + 1)
-        try {
-          const j = JSON.parse(line) as NodeInfo
-          if (j.shoal === 'listening') {
-            clearTimeout(timer)
-            resolve(j)
-          }
-        } catch {
-          // not our line
-        }
-      }
+    onListening(child.stdout, (j) => {
+      clearTimeout(timer)
+      resolve(j)
     })
     void exited.then(({ code, signal }) => {
       clearTimeout(timer)
