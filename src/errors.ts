@@ -81,6 +81,22 @@ export const ErrorCodes = {
   HTTP_NOT_FOUND: 'SHOAL_ERR_HTTP_NOT_FOUND',
   /** HTTP: the route exists but does not accept the request method (only GET and HEAD are served). */
   HTTP_METHOD_NOT_ALLOWED: 'SHOAL_ERR_HTTP_METHOD_NOT_ALLOWED',
+  /** HTTP: a token is set and the request has no `Authorization: Bearer` header or a wrong token. */
+  HTTP_UNAUTHORIZED: 'SHOAL_ERR_HTTP_UNAUTHORIZED',
+  /** HTTP: the request body is malformed (e.g. bad NDJSON lines in POST /events); nothing of it was applied. */
+  HTTP_BAD_REQUEST: 'SHOAL_ERR_HTTP_BAD_REQUEST',
+  /** A sink's system (Redis, Postgres, a file) cannot be written now; retried with backoff. */
+  SINK_UNAVAILABLE: 'SHOAL_ERR_SINK_UNAVAILABLE',
+  /** A sink's system refused a record for good (too large, constraint, type); it goes to the dead letter. */
+  SINK_REJECTED: 'SHOAL_ERR_SINK_REJECTED',
+  /** A sink's target does not fit (a table with missing or wrong columns, a key of another type); a startup error. */
+  SINK_SCHEMA: 'SHOAL_ERR_SINK_SCHEMA',
+  /** A source's system (e.g. Redis) cannot be read now; retried with backoff. */
+  SOURCE_UNAVAILABLE: 'SHOAL_ERR_SOURCE_UNAVAILABLE',
+  /** A source entry cannot be decoded or has no key; it goes to the dead-letter stream. */
+  SOURCE_DECODE: 'SHOAL_ERR_SOURCE_DECODE',
+  /** A worker's job, sources or sinks differ from the cluster's; it is refused at join. */
+  CONFIG_MISMATCH: 'SHOAL_ERR_CONFIG_MISMATCH',
 } as const
 
 export type ErrorCode = (typeof ErrorCodes)[keyof typeof ErrorCodes]

@@ -740,6 +740,18 @@ function createClient(
   }
 }
 
+/**
+ * A lazily connecting ioredis client (standalone, Sentinel or Cluster) configured like the
+ * state backend's: no offline queue, no silent re-sends, bounded waits. For connectors, which
+ * talk to Redis with their own commands; call `connect()` and attach an 'error' listener.
+ */
+export function createRedisClient(options: RedisBackendOptions): Redis | Cluster {
+  const connectTimeoutMs = positive(options.connectTimeoutMs ?? 5000, 'connectTimeoutMs')
+  const commandTimeoutMs = positive(options.commandTimeoutMs ?? 5000, 'commandTimeoutMs')
+  const retryDelay = options.retryDelay ?? exponentialBackoff({ initialDelayMs: 50, maxDelayMs: 2000 })
+  return createClient(options, connectTimeoutMs, commandTimeoutMs, retryDelay)
+}
+
 export function openRedisBackend(options: RedisBackendOptions): Promise<RedisBackend> {
   return RedisBackend.open(options)
 }
