@@ -60,6 +60,11 @@ export interface ShoalClientOptions {
 interface Sealed {
   partition: number
   sequence: number
+  /** sendBatch(): the batch's own producer (else the client's) and first event sequence. */
+  producerId?: string
+  firstSequence?: number
+  /** sendBatch(): settled when the batch is acked or given up on. */
+  settle?: { resolve: () => void; reject: (err: ShoalError) => void }
   count: number
   payload: Uint8Array
   firstTriedAt: number
@@ -481,6 +486,10 @@ export class ShoalClient {
   get partitions(): number {
     return this.#routing.partitions
   }
+  /** The routing table as last received from the coordinator. */
+  get routing(): Readonly<RoutingFields> {
+    return this.#routing
+  }
   /** Events accepted by send() and not yet acknowledged. */
   get unacked(): number {
     return this.#unacked
@@ -514,6 +523,49 @@ export class ShoalClient {
 
   async write(key: string, event: unknown): Promise<void> {
     if (!this.send(key, event)) await this.drain()
+  }
+
+  /**
+   * Send a pre-encoded batch (msgpack [key, event][] of `partition`) under its own producer id
+   * and sequence, for sources that derive them from their input (so a re-delivered input maps
+   * to the same identity and is deduplicated). Batches of a partition leave in call order, one
+   * in flight, retried and re-routed like send()'s; resolves when acked, rejects when given up
+   * (a non-retryable refusal or deliveryTimeoutMs). Such a failure does not fail flush().
+   */
+  sendBatch(batch: {
+    partition: number
+    producerId: string
+    sequence: number
+    firstSequence?: number
+    count: number
+    payload: Uint8Array
+  }): Promise<void> {
+    if (this.#closed) return Promise.reject(new ShoalError(ErrorCodes.CLOSED, 'client is closed'))
+    const q = this.#queues[batch.partition]
+    if (q === undefined) {
+      return Promise.reject(
+        new ShoalError(ErrorCodes.BAD_MESSAGE, `partition ${batch.partition} is out of range`),
+      )
+    }
+    return new Promise<void>((resolve, reject) => {
+      q.sealed.push({
+        partition: batch.partition,
+        sequence: batch.sequence,
+        producerId: batch.producerId,
+        ...(batch.firstSequence === undefined ? {} : { firstSequence: batch.firstSequence }),
+        settle: { resolve, reject },
+        count: batch.count,
+        payload: batch.payload,
+        firstTriedAt: 0,
+        attempts: 0,
+        conn: null,
+        timer: null,
+      })
+      this.#unacked += batch.count
+      this.stats.sent += batch.count
+      this.stats.batches++
+      this.#pump(batch.partition)
+    })
   }
 
   /** Resolves when every event sent so far is acknowledged; rejects if any could not be delivered. */
@@ -604,7 +656,12 @@ export class ShoalClient {
       conns.map((c) => (c.status === 'fulfilled' ? c.value.close({ timeoutMs: 1000 }) : Promise.resolve())),
     )
     await this.#admin.close()
-    this.#fail(new ShoalError(ErrorCodes.CLOSED, 'client closed before every event was acknowledged'))
+    const closed = new ShoalError(ErrorCodes.CLOSED, 'client closed before every event was acknowledged')
+    for (const q of this.#queues) {
+      q.inFlight?.settle?.reject(closed)
+      for (const b of q.sealed) b.settle?.reject(closed)
+    }
+    this.#fail(closed)
   }
 
   // --- batching and delivery ---------------------------------------------------------------------
@@ -689,8 +746,9 @@ export class ShoalClient {
           op: 'batch',
           partition: batch.partition,
           epoch: route.epoch,
-          producerId: this.producerId,
+          producerId: batch.producerId ?? this.producerId,
           sequence: batch.sequence,
+          ...(batch.firstSequence === undefined ? {} : { firstSequence: batch.firstSequence }),
           count: batch.count,
           payload: batch.payload,
         },
@@ -718,15 +776,16 @@ export class ShoalClient {
   }
 
   #onAck(ack: EventAckBody): void {
-    if (ack.producerId !== this.producerId) return
     const q = this.#queues[ack.partition]
     const batch = q?.inFlight
     if (q === undefined || batch == null || batch.sequence !== ack.sequence) return
+    if (ack.producerId !== (batch.producerId ?? this.producerId)) return
     if (batch.timer !== null) clearTimeout(batch.timer)
     batch.timer = null
     if (ack.ok) {
       q.inFlight = null
       this.#onAckHook?.(ack.partition, batch.count)
+      batch.settle?.resolve()
       this.#acked(batch.count)
       this.#pump(ack.partition)
       return
@@ -764,6 +823,12 @@ export class ShoalClient {
   #giveUp(q: PartitionQueue, batch: Sealed, err: ShoalError): void {
     q.inFlight = null
     this.stats.failed += batch.count
+    if (batch.settle !== undefined) {
+      batch.settle.reject(err)
+      this.#acked(batch.count, false)
+      this.#pump(batch.partition)
+      return
+    }
     this.#fail(
       new ShoalError(
         err.code,

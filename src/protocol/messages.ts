@@ -24,6 +24,14 @@ export interface EventBatchBody {
   /** Producer identity and per-(producer, partition) batch sequence: duplicates are dropped by these. */
   producerId: string
   sequence: number
+  /**
+   * Sources whose batches may be re-formed on re-delivery (e.g. Redis Streams entries) number
+   * every event: `firstSequence` is the first event's, `sequence` the last's. A worker refuses a
+   * batch that overlaps what it already applied for the producer (firstSequence <= last <
+   * sequence) with SEQUENCE_OVERLAP instead of applying part of it twice. Absent: the batch is
+   * one unit (`sequence` only).
+   */
+  firstSequence?: number | undefined
   /** Number of events encoded in `payload`. */
   count: number
   /** msgpackr bytes (records on) of an array of events. */

@@ -509,6 +509,21 @@ export class DataPlane implements PartitionHost {
       void rt.tail.then(() => ack(true))
       return
     }
+    const first = b.firstSequence
+    if (first != null && (first > b.sequence || (last !== undefined && first <= last))) {
+      // Part of this batch was applied already (a re-delivery by another reader got there
+      // first): applying it would apply that part twice, so refuse it whole. Its sender is a
+      // stale reader; the entries it holds are re-delivered and deduplicated one by one.
+      ack(
+        false,
+        new ShoalError(
+          ErrorCodes.SEQUENCE_OVERLAP,
+          `batch ${first}..${b.sequence} of ${b.producerId} overlaps what partition ${b.partition} applied (up to ${last ?? 'none'})`,
+          { data: { partition: b.partition, last: last ?? null } },
+        ),
+      )
+      return
+    }
     rt.producers.delete(b.producerId)
     rt.producers.set(b.producerId, b.sequence)
     const maxProducers = this.#opts.maxProducersPerPartition ?? 10_000

@@ -8,6 +8,10 @@ import { ErrorCodes, ShoalError } from '../errors.ts'
 import { DataPlane, type DataPlaneOptions } from './data-plane.ts'
 import { OutputHub } from './outputs.ts'
 import { Worker } from './worker.ts'
+import { ShoalClient } from '../client/client.ts'
+import { createPartitioner } from '../protocol/partition.ts'
+import { SourcePump } from '../connectors/pump.ts'
+import type { Source } from '../connectors/source.ts'
 
 export interface WorkerNodeOptions {
   transport: Transport
@@ -32,6 +36,14 @@ export interface WorkerNodeOptions {
   /** Durable keyed state: replay log and checkpoints (see DataPlaneOptions.store). */
   store?: PartitionStore
   durability?: 'log' | 'none'
+  /**
+   * Sources this worker reads (each as reader `memberId`); their records are routed to the
+   * partitions' owners through a client on `clientTransport` (a transport with role 'client').
+   */
+  sources?: Source[]
+  clientTransport?: Transport
+  /** Source reading: records in flight per source before reading waits. @default 20000 */
+  sourceMaxInFlight?: number
   hooks?: { tick?(): void; heartbeatSent?(): void; heartbeatMissed?(): void }
 }
 
@@ -40,6 +52,8 @@ export interface WorkerNode {
   engine: Engine
   dataPlane: DataPlane
   outputs: OutputHub
+  /** Running source pumps (after start()). */
+  readonly pumps: readonly SourcePump[]
   start(): Promise<void>
   /** Graceful: drain partitions, leave, close everything. */
   drain(timeoutMs: number): Promise<void>
@@ -89,18 +103,67 @@ export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
     onDataConnection: (conn) => void dataPlane.serve(conn),
   })
   dataPlane.bind(worker)
+  const pumps: SourcePump[] = []
+  let sourceClient: ShoalClient | null = null
+  let liveTimer: NodeJS.Timeout | null = null
+  const startSources = async (): Promise<void> => {
+    const sources = o.sources ?? []
+    if (sources.length === 0) return
+    if (o.clientTransport === undefined) {
+      throw new ShoalError(ErrorCodes.INVALID_OPTION, 'sources need a clientTransport to route records')
+    }
+    const client = await ShoalClient.connect({
+      coordinator: o.coordinator,
+      transport: o.clientTransport,
+      producerId: `src:${o.memberId}`,
+      // Never give up on a batch: the next one of its producer would make it look applied.
+      deliveryTimeoutMs: Infinity,
+    })
+    sourceClient = client
+    const partitionOf = createPartitioner(client.partitions)
+    const live = (): void => {
+      const readers = Object.keys(client.routing.addresses)
+      for (const p of pumps) p.source.setLiveReaders(readers)
+    }
+    for (const source of sources) {
+      const pump = new SourcePump({
+        source,
+        target: client,
+        partitionOf,
+        logger: o.logger,
+        ...(o.sourceMaxInFlight === undefined ? {} : { maxInFlightRecords: o.sourceMaxInFlight }),
+      })
+      await pump.start()
+      pumps.push(pump)
+    }
+    live()
+    liveTimer = setInterval(live, 500)
+    liveTimer.unref()
+  }
+  const stopSources = async (timeoutMs: number): Promise<void> => {
+    if (liveTimer !== null) clearInterval(liveTimer)
+    await Promise.all(pumps.map((p) => p.close(timeoutMs).catch(() => {})))
+    await sourceClient?.close().catch(() => {})
+  }
   return {
     worker,
     engine,
     dataPlane,
     outputs,
-    start: () => worker.start(),
+    pumps,
+    async start() {
+      await worker.start()
+      await startSources()
+    },
     async drain(timeoutMs) {
+      // Stop reading first: what was read is applied and acknowledged before partitions leave.
+      await stopSources(Math.min(timeoutMs, 5000))
       await worker.drain({ timeoutMs })
       await engine.close()
       await outputs.close()
     },
     async stop() {
+      await stopSources(0)
       await worker.stop({ timeoutMs: 500 })
       await engine.close()
       await outputs.close()

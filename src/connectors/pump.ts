@@ -1,0 +1,246 @@
+/**
+ * SourcePump: reads a Source, routes each record by key to its partition's owner through a
+ * client (like any producer), and acknowledges records to the source once their batch is
+ * acked, i.e. applied and durable on the owner.
+ *
+ * - Batches: a read is split per partition and per producer identity, keeping read order; a
+ *   batch carries its first and last sequence so an owner can refuse one that overlaps what it
+ *   applied. Re-deliveries leave one record per batch (see source.ts).
+ * - Backpressure: at most `maxInFlightRecords` records read and not yet acked; reading waits
+ *   below that, so a slow cluster (or a paused partition) stops the reading, not memory.
+ * - Failures: reads and acks are retried with jittered backoff. A batch is retried by the
+ *   client until it is acked (no delivery timeout: giving up on one batch and sending the next
+ *   of the same producer would make the first look like a duplicate). A batch refused for good
+ *   is dead-lettered in the source with the reason; one refused as overlapping is left pending
+ *   (another reader re-delivers those records one by one).
+ */
+import type { Logger } from 'pino'
+import { Packr } from 'msgpackr'
+import { ErrorCodes, ShoalError } from '../errors.ts'
+import { exponentialBackoff, type RetryDelay } from '../util/backoff.ts'
+import type { Source, SourceRecord, SourceStatus } from './source.ts'
+
+/** What the pump sends through: a ShoalClient. */
+export interface PumpTarget {
+  sendBatch(batch: {
+    partition: number
+    producerId: string
+    sequence: number
+    firstSequence?: number
+    count: number
+    payload: Uint8Array
+  }): Promise<void>
+}
+
+export interface SourcePumpOptions {
+  source: Source
+  target: PumpTarget
+  partitionOf: (key: string) => number
+  logger?: Logger
+  /** Records read and not yet acked before reading waits. @default 20000 */
+  maxInFlightRecords?: number
+  /** Records per read. @default 1000 */
+  readCount?: number
+  /** How long a read waits for new records. @default 1000 */
+  blockMs?: number
+  /** Acks are sent in groups of up to this many, or after ackDelayMs. @default 1000 */
+  ackBatch?: number
+  /** @default 5 */
+  ackDelayMs?: number
+  retryDelay?: RetryDelay
+}
+
+export interface PumpStatus extends SourceStatus {
+  inFlight: number
+}
+
+const packr = new Packr({ useRecords: true, moreTypes: true })
+
+export class SourcePump {
+  readonly #o: Required<Omit<SourcePumpOptions, 'logger'>> & { logger: Logger | undefined }
+  #inFlight = 0
+  #roomWaiters: (() => void)[] = []
+  #acks: string[] = []
+  #ackTimer: NodeJS.Timeout | null = null
+  #acking: Promise<void> = Promise.resolve()
+  #running: Promise<void> | null = null
+  #closing = false
+  #idle: (() => void)[] = []
+
+  constructor(options: SourcePumpOptions) {
+    this.#o = {
+      source: options.source,
+      target: options.target,
+      partitionOf: options.partitionOf,
+      logger: options.logger,
+      maxInFlightRecords: options.maxInFlightRecords ?? 20_000,
+      readCount: options.readCount ?? 1000,
+      blockMs: options.blockMs ?? 1000,
+      ackBatch: options.ackBatch ?? 1000,
+      ackDelayMs: options.ackDelayMs ?? 5,
+      retryDelay: options.retryDelay ?? exponentialBackoff({ initialDelayMs: 100, maxDelayMs: 5000 }),
+    }
+  }
+
+  get source(): Source {
+    return this.#o.source
+  }
+
+  /** Open the source and start reading in the background. */
+  async start(): Promise<void> {
+    await this.#o.source.open()
+    this.#running = this.#loop()
+  }
+
+  status(): PumpStatus {
+    return { ...this.#o.source.status(), inFlight: this.#inFlight }
+  }
+
+  async #loop(): Promise<void> {
+    let failures = 0
+    while (!this.#closing) {
+      if (this.#inFlight >= this.#o.maxInFlightRecords) {
+        await new Promise<void>((resolve) => this.#roomWaiters.push(resolve))
+        continue
+      }
+      const room = this.#o.maxInFlightRecords - this.#inFlight
+      let read
+      try {
+        read = await this.#o.source.read(Math.min(this.#o.readCount, room), this.#o.blockMs)
+        failures = 0
+      } catch (err) {
+        if (this.#closing) break
+        failures++
+        this.#o.logger?.warn({ err, source: this.#o.source.name }, 'source read failed; retrying')
+        await sleep(this.#o.retryDelay(failures) ?? 5000)
+        continue
+      }
+      if (read.records.length > 0) this.#dispatch(read.records, read.redelivery)
+    }
+  }
+
+  #dispatch(records: readonly SourceRecord[], redelivery: boolean): void {
+    // Per partition, in read order; a batch ends where the producer changes.
+    const byPartition = new Map<number, SourceRecord[][]>()
+    for (const r of records) {
+      const p = this.#o.partitionOf(r.key)
+      let runs = byPartition.get(p)
+      if (runs === undefined) byPartition.set(p, (runs = []))
+      const run = runs[runs.length - 1]
+      if (!redelivery && run !== undefined && run[0]!.producerId === r.producerId) run.push(r)
+      else runs.push([r])
+    }
+    this.#inFlight += records.length
+    for (const [partition, runs] of byPartition) {
+      for (const run of runs) void this.#send(partition, run)
+    }
+  }
+
+  async #send(partition: number, run: SourceRecord[]): Promise<void> {
+    const first = run[0]!
+    const last = run[run.length - 1]!
+    try {
+      await this.#o.target.sendBatch({
+        partition,
+        producerId: first.producerId,
+        sequence: last.sequence,
+        firstSequence: first.sequence,
+        count: run.length,
+        payload: packr.pack(run.map((r) => [r.key, r.event])),
+      })
+      this.#ack(run)
+    } catch (err) {
+      const code = err instanceof ShoalError ? err.code : undefined
+      if (code === ErrorCodes.SEQUENCE_OVERLAP) {
+        // Another reader re-delivered part of these: it owns them now, one by one.
+        this.#o.logger?.info(
+          { partition, producer: first.producerId },
+          'batch overlaps a re-delivery; left to it',
+        )
+      } else if (code === ErrorCodes.CLOSED || this.#closing) {
+        // Left pending in the source: re-delivered after a restart, deduplicated then.
+      } else {
+        await this.#deadLetter(run, err)
+      }
+    } finally {
+      this.#done(run.length)
+    }
+  }
+
+  async #deadLetter(run: SourceRecord[], err: unknown): Promise<void> {
+    const reason = err instanceof ShoalError ? `${err.code}: ${err.message}` : String(err)
+    for (let attempt = 1; !this.#closing; attempt++) {
+      try {
+        await this.#o.source.deadLetter(run, reason)
+        return
+      } catch (e) {
+        this.#o.logger?.warn({ err: e }, 'source dead letter failed; retrying')
+        await sleep(this.#o.retryDelay(attempt) ?? 5000)
+      }
+    }
+  }
+
+  #ack(run: readonly SourceRecord[]): void {
+    for (const r of run) this.#acks.push(r.ack)
+    if (this.#acks.length >= this.#o.ackBatch) this.#flushAcks()
+    else this.#ackTimer ??= setTimeout(() => this.#flushAcks(), this.#o.ackDelayMs)
+  }
+
+  #flushAcks(): void {
+    if (this.#ackTimer !== null) clearTimeout(this.#ackTimer)
+    this.#ackTimer = null
+    const acks = this.#acks
+    if (acks.length === 0) return
+    this.#acks = []
+    this.#acking = this.#acking.then(async () => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          await this.#o.source.ack(acks)
+          return
+        } catch (err) {
+          // Unacked records stay pending and are re-delivered (and deduplicated) later.
+          if (this.#closing && attempt >= 3) return
+          this.#o.logger?.warn({ err, source: this.#o.source.name }, 'source ack failed; retrying')
+          await sleep(this.#o.retryDelay(attempt) ?? 5000)
+        }
+      }
+    })
+  }
+
+  #done(n: number): void {
+    this.#inFlight -= n
+    if (this.#inFlight < this.#o.maxInFlightRecords) {
+      const w = this.#roomWaiters
+      this.#roomWaiters = []
+      for (const r of w) r()
+    }
+    if (this.#inFlight === 0) {
+      const w = this.#idle
+      this.#idle = []
+      for (const r of w) r()
+    }
+  }
+
+  /** Resolves when nothing read is waiting for its ack (for tests and shutdown). */
+  idle(): Promise<void> {
+    if (this.#inFlight === 0) return Promise.resolve()
+    return new Promise((resolve) => this.#idle.push(resolve))
+  }
+
+  /** Stop reading, wait up to `timeoutMs` for in-flight records, send their acks, close the source. */
+  async close(timeoutMs = 5000): Promise<void> {
+    if (this.#closing) return
+    this.#closing = true
+    for (const r of this.#roomWaiters) r()
+    this.#roomWaiters = []
+    await Promise.race([this.idle(), sleep(timeoutMs)])
+    this.#flushAcks()
+    await Promise.race([this.#acking, sleep(timeoutMs)])
+    await this.#o.source.close()
+    await this.#running?.catch(() => {})
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref?.())
+}

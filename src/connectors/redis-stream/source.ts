@@ -1,0 +1,626 @@
+/**
+ * Redis Streams consumer group as a Source (`--source redis://...?stream=S&group=G`).
+ *
+ * Every worker reads as consumer `<worker id>` (stable across restarts) with XREADGROUP ... >,
+ * in batches. Entries are acknowledged (XACK) by the pump only once their event is applied
+ * and durable on its owner. Decoding failures and entries without a key are added to the
+ * dead-letter stream with the reason, the original id and fields, and acknowledged.
+ *
+ * Identity (exactly once across crashes, docs/connectors.md): an entry's dedup identity is
+ * derived from its id and from the reader *incarnation* that first read it:
+ *   producer = rs:<stream>:<group>:<consumer>#<incarnation>:<bucket>
+ *   sequence = (ms mod 2^21) * 2^31 + seq        bucket = floor(ms / 2^21)   (id = ms-seq)
+ * so sequences increase with entry ids within a producer, stay exact integers, and a bucket
+ * (about 35 minutes of ids) changes the producer id. An incarnation is one run of a reader
+ * (and a new one starts after a read whose reply was lost); each records, before its first
+ * read, the group's last-delivered id L: every entry it reads is above L, every entry earlier
+ * incarnations read is at or below it. Entries a reader held
+ * unacknowledged when it died are still pending for its consumer name; one survivor (holding a
+ * lock key) re-reads that consumer's pending list (XREADGROUP with the dead consumer's name and
+ * an id cursor: ownership is not moved, so a survivor that dies too leaves the entries where
+ * the next one finds them), finds each entry's incarnation from those records, and re-delivers
+ * the entries one by one under that incarnation's producer. The owner drops the ones it has
+ * applied already. A restarted reader does the same with its own pending list first.
+ */
+import type { Cluster, Redis } from 'ioredis'
+import { unpack } from 'msgpackr'
+import { ErrorCodes, ShoalError } from '../../errors.ts'
+import { parseStateUrl, redactUrl } from '../../state/index.ts'
+import { createRedisClient, type StateTlsOptions } from '../../state/redis/redis-backend.ts'
+import type { Source, SourceRead, SourceRecord, SourceStatus } from '../source.ts'
+import type { RedisStreamSourceSpec } from '../spec.ts'
+
+export interface RedisStreamSourceOptions {
+  spec: RedisStreamSourceSpec
+  /** This reader's consumer name: the worker's id (stable across restarts). */
+  consumer: string
+  tls?: StateTlsOptions
+  /** How long a survivor's lock on a dead reader's pending list lasts unless renewed. @default 15000 */
+  lockTtlMs?: number
+  /** How often the group's consumers are checked for dead readers with pending entries. @default 1000 */
+  scanIntervalMs?: number
+  /** Non-blocking commands fail after this long. @default 5000 */
+  commandTimeoutMs?: number
+}
+
+type Client = Redis | Cluster
+
+/** ms values below 2^21 per bucket, seq values below 2^31: 52 bits, exact as a JS number. */
+const MS_BITS = 2 ** 21
+const SEQ_LIMIT = 2 ** 31
+
+/** Parse an entry id `ms-seq` into numbers; null when out of the exactly-representable range. */
+export function parseEntryId(id: string): [ms: number, seq: number] | null {
+  const dash = id.indexOf('-')
+  if (dash <= 0) return null
+  const ms = Number(id.slice(0, dash))
+  const seq = Number(id.slice(dash + 1))
+  if (!Number.isSafeInteger(ms) || !Number.isSafeInteger(seq) || ms < 0 || seq < 0) return null
+  return [ms, seq]
+}
+
+export function compareEntryIds(a: string, b: string): number {
+  const x = parseEntryId(a)
+  const y = parseEntryId(b)
+  if (x === null || y === null) return a < b ? -1 : a > b ? 1 : 0
+  return x[0] - y[0] || x[1] - y[1]
+}
+
+/** The (bucket, sequence) identity of an entry id, or null when its seq part is too large. */
+export function entrySequence(id: string): { bucket: number; sequence: number } | null {
+  const p = parseEntryId(id)
+  if (p === null || p[1] >= SEQ_LIMIT) return null
+  return { bucket: Math.floor(p[0] / MS_BITS), sequence: (p[0] % MS_BITS) * SEQ_LIMIT + p[1] }
+}
+
+/** One entry's event, or why it cannot be one. */
+export function decodeEntry(
+  fields: readonly Buffer[] | null,
+  spec: Pick<RedisStreamSourceSpec, 'dataField' | 'keyField' | 'format'>,
+): { key: string; event: unknown } | { error: string } {
+  if (fields === null) return { error: 'the entry was deleted from the stream before it was processed' }
+  let data: Buffer | undefined
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    if (fields[i]!.toString('utf8') === spec.dataField) data = fields[i + 1]
+  }
+  if (data === undefined) return { error: `the entry has no field '${spec.dataField}'` }
+  let event: unknown
+  try {
+    event = spec.format === 'msgpack' ? unpack(data) : JSON.parse(data.toString('utf8'))
+  } catch (err) {
+    return { error: `field '${spec.dataField}' is not valid ${spec.format}: ${(err as Error).message}` }
+  }
+  if (typeof event !== 'object' || event === null || Array.isArray(event)) {
+    return { error: `field '${spec.dataField}' must hold an object (got ${describe(event)})` }
+  }
+  const key = (event as Record<string, unknown>)[spec.keyField]
+  if (typeof key === 'string' && key.length > 0) return { key, event }
+  if (typeof key === 'number' && Number.isFinite(key)) return { key: String(key), event }
+  return { error: `the event has no key: field '${spec.keyField}' must be a non-empty string or a number` }
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null'
+  if (Array.isArray(v)) return 'an array'
+  return typeof v
+}
+
+interface PendingJob {
+  consumer: string
+  cursor: string
+  lockKey: string
+  /** Incarnation starts of this consumer, ascending: [incarnation, group's last id before it]. */
+  incarnations: [number, string][]
+  /** This reader's own list: stop at this id (what is above belongs to the live incarnation). */
+  until: string | null
+  /** Entries of this job handed out and not yet acknowledged. */
+  outstanding: number
+  exhausted: boolean
+  renew: NodeJS.Timeout | null
+  lost: boolean
+}
+
+/** Compare-and-delete / compare-and-extend of a lock held by value. */
+const UNLOCK = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0`
+const RENEW = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0`
+
+export class RedisStreamSource implements Source {
+  readonly name: string
+  readonly #spec: RedisStreamSourceSpec
+  readonly #me: string
+  readonly #opts: RedisStreamSourceOptions
+  #client: Client | null = null
+  #blocking: Client | null = null
+  #incarnation = 0
+  /** A read's reply was lost: entries may be pending here unseen, start a new incarnation. */
+  #renewIncarnation = false
+  readonly #metaKey: string
+  #jobs: PendingJob[] = []
+  /** Ack value -> the re-delivery job it belongs to. */
+  readonly #jobOf = new Map<string, PendingJob>()
+  #live: Set<string> | null = null
+  #scanTimer: NodeJS.Timeout | null = null
+  #scanning = false
+  readonly #lockValue = `${process.pid}:${Math.random().toString(36).slice(2)}`
+  #state: SourceStatus['state'] = 'starting'
+  #read = 0
+  #acked = 0
+  #deadLettered = 0
+  #redelivered = 0
+  #backlog: number | null = null
+  #errors = 0
+  #lastError: string | null = null
+
+  constructor(options: RedisStreamSourceOptions) {
+    this.#opts = options
+    this.#spec = options.spec
+    this.#me = options.consumer
+    if (this.#me.length === 0) throw new ShoalError(ErrorCodes.INVALID_OPTION, 'consumer name is empty')
+    this.name = `redis:${options.spec.stream}/${options.spec.group}`
+    // Reader bookkeeping beside the stream; one hash per group.
+    this.#metaKey = `${options.spec.stream}:shoal:${options.spec.group}:readers`
+  }
+
+  get consumer(): string {
+    return this.#me
+  }
+  get incarnation(): number {
+    return this.#incarnation
+  }
+
+  async open(): Promise<void> {
+    if (this.#client !== null) return
+    const target = parseRedisTarget(this.#spec.redis)
+    const common = {
+      target,
+      ...(this.#opts.tls === undefined ? {} : { tls: this.#opts.tls }),
+    }
+    const client = createRedisClient({ ...common, commandTimeoutMs: this.#opts.commandTimeoutMs ?? 5000 })
+    // Blocking reads wait up to their BLOCK time: they get a connection (and timeout) of their own.
+    const blocking = createRedisClient({ ...common, commandTimeoutMs: 60_000 })
+    for (const c of [client, blocking]) c.on('error', (err: Error) => this.#noteError(err))
+    try {
+      await Promise.all([client.connect(), blocking.connect()])
+      const type = await client.type(this.#spec.stream)
+      if (type !== 'none' && type !== 'stream') {
+        throw new ShoalError(
+          ErrorCodes.INVALID_OPTION,
+          `--source: key '${this.#spec.stream}' holds a ${type}, not a stream`,
+        )
+      }
+      await this.#ensureGroup(client)
+    } catch (err) {
+      client.disconnect()
+      blocking.disconnect()
+      throw toSourceError(err, `open ${this.name}`)
+    }
+    this.#client = client
+    this.#blocking = blocking
+    try {
+      // This reader's own pending entries (from before a restart) come first.
+      await this.#newIncarnation(client)
+    } catch (err) {
+      await this.close()
+      throw toSourceError(err, `open ${this.name}`)
+    }
+    this.#state = 'reading'
+    const interval = this.#opts.scanIntervalMs ?? 1000
+    this.#scanTimer = setInterval(() => void this.#scan(), interval)
+    this.#scanTimer.unref()
+  }
+
+  async #ensureGroup(client: Client): Promise<void> {
+    try {
+      await client.xgroup(
+        'CREATE',
+        this.#spec.stream,
+        this.#spec.group,
+        this.#spec.start === 'latest' ? '$' : '0',
+        'MKSTREAM',
+      )
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('BUSYGROUP')) throw err
+    }
+  }
+
+  /** Start an incarnation (see the header) and re-deliver what earlier ones left pending. */
+  async #newIncarnation(client: Client): Promise<void> {
+    const inc = Number(await client.hincrby(this.#metaKey, `${this.#me}#inc`, 1))
+    const groups = (await client.xinfo('GROUPS', this.#spec.stream)) as unknown[][]
+    let last = '0-0'
+    for (const g of groups) {
+      const info = pairs(g)
+      if (info.get('name') === this.#spec.group) last = String(info.get('last-delivered-id'))
+    }
+    await client.hset(this.#metaKey, `${this.#me}@${inc}`, last)
+    this.#incarnation = inc
+    const own = this.#jobs.find((j) => j.consumer === this.#me)
+    if (own !== undefined) {
+      own.until = last
+      own.exhausted = false
+      own.incarnations.push([inc, last])
+    } else {
+      await this.#startJob(this.#me, last)
+    }
+  }
+
+  setLiveReaders(readers: readonly string[]): void {
+    this.#live = new Set(readers)
+  }
+
+  async read(max: number, blockMs: number): Promise<SourceRead> {
+    const client = this.#ready()
+    if (this.#renewIncarnation) {
+      try {
+        await this.#newIncarnation(client)
+      } catch (err) {
+        throw this.#fail(err, 'new incarnation')
+      }
+      this.#renewIncarnation = false
+    }
+    for (const job of this.#jobs) {
+      if (job.exhausted || job.lost) continue
+      const r = await this.#readPending(client, job, max)
+      if (r !== null) return r
+    }
+    this.#reapJobs()
+    let reply: unknown
+    try {
+      reply = await this.#blocking!.callBuffer(
+        'XREADGROUP',
+        'GROUP',
+        this.#spec.group,
+        this.#me,
+        'COUNT',
+        String(Math.max(1, max)),
+        'BLOCK',
+        String(Math.max(1, blockMs)),
+        'STREAMS',
+        this.#spec.stream,
+        '>',
+      )
+    } catch (err) {
+      if (err instanceof Error && err.message.startsWith('NOGROUP')) {
+        // The group (or the stream) was deleted under us: create it again and read on.
+        await this.#ensureGroup(client).catch(() => {})
+      }
+      // The server may have delivered entries whose reply never arrived: they are pending here
+      // and above everything this incarnation sent. A new incarnation re-delivers them.
+      this.#renewIncarnation = true
+      throw this.#fail(err, 'XREADGROUP')
+    }
+    this.#state = 'reading'
+    const entries = streamEntries(reply)
+    if (entries.length === 0) return { records: [], redelivery: false }
+    return {
+      records: await this.#toRecords(entries, this.#me, this.#incarnation, null),
+      redelivery: false,
+    }
+  }
+
+  async #readPending(client: Client, job: PendingJob, max: number): Promise<SourceRead | null> {
+    let reply: unknown
+    try {
+      // The consumer's own pending entries after the cursor; reading as that consumer does not
+      // move them to this one.
+      reply = await client.callBuffer(
+        'XREADGROUP',
+        'GROUP',
+        this.#spec.group,
+        job.consumer,
+        'COUNT',
+        String(Math.max(1, max)),
+        'STREAMS',
+        this.#spec.stream,
+        job.cursor,
+      )
+    } catch (err) {
+      throw this.#fail(err, 'XREADGROUP (pending)')
+    }
+    let entries = streamEntries(reply)
+    if (job.until !== null) entries = entries.filter(([id]) => compareEntryIds(id, job.until!) <= 0)
+    if (entries.length === 0) {
+      job.exhausted = true
+      this.#reapJobs()
+      return null
+    }
+    job.cursor = entries[entries.length - 1]![0]
+    const records = await this.#toRecords(entries, job.consumer, null, job)
+    this.#redelivered += records.length
+    return { records, redelivery: true }
+  }
+
+  /** Decode entries; dead-letter (and ack) the bad ones. */
+  async #toRecords(
+    entries: [string, Buffer[] | null][],
+    consumer: string,
+    incarnation: number | null,
+    job: PendingJob | null,
+  ): Promise<SourceRecord[]> {
+    const records: SourceRecord[] = []
+    const bad: { id: string; fields: Buffer[] | null; reason: string }[] = []
+    for (const [id, fields] of entries) {
+      const ident = entrySequence(id)
+      if (ident === null) {
+        bad.push({ id, fields, reason: `entry id ${id} is outside the range Shoal numbers exactly` })
+        continue
+      }
+      const decoded = decodeEntry(fields, this.#spec)
+      if ('error' in decoded) {
+        bad.push({ id, fields, reason: decoded.error })
+        continue
+      }
+      const inc = incarnation ?? incarnationOf(job!.incarnations, id)
+      records.push({
+        key: decoded.key,
+        event: decoded.event,
+        producerId: `rs:${this.#spec.stream}:${this.#spec.group}:${consumer}#${inc}:${ident.bucket}`,
+        sequence: ident.sequence,
+        ack: id,
+      })
+      if (job !== null) {
+        job.outstanding++
+        this.#jobOf.set(id, job)
+      }
+    }
+    this.#read += records.length
+    if (bad.length > 0) await this.#toDeadLetter(bad, consumer)
+    return records
+  }
+
+  async #toDeadLetter(
+    bad: readonly { id: string; fields: readonly Buffer[] | null; reason: string }[],
+    consumer: string,
+  ): Promise<void> {
+    const client = this.#ready()
+    try {
+      // Stream and dead letter may live in different cluster slots: separate commands.
+      for (const b of bad) {
+        await client.xadd(
+          this.#spec.dlq,
+          '*',
+          'id',
+          b.id,
+          'reason',
+          b.reason,
+          'stream',
+          this.#spec.stream,
+          'consumer',
+          consumer,
+          ...(b.fields ?? []),
+        )
+      }
+      await client.xack(this.#spec.stream, this.#spec.group, ...bad.map((b) => b.id))
+    } catch (err) {
+      // Not acknowledged: the entries stay pending and are dead-lettered again on re-delivery.
+      throw this.#fail(err, 'dead letter')
+    }
+    this.#deadLettered += bad.length
+  }
+
+  async ack(acks: readonly string[]): Promise<void> {
+    if (acks.length === 0) return
+    const client = this.#ready()
+    try {
+      await client.xack(this.#spec.stream, this.#spec.group, ...acks)
+    } catch (err) {
+      throw this.#fail(err, 'XACK')
+    }
+    this.#acked += acks.length
+    for (const id of acks) {
+      const job = this.#jobOf.get(id)
+      if (job === undefined) continue
+      this.#jobOf.delete(id)
+      job.outstanding--
+    }
+    this.#reapJobs()
+  }
+
+  async deadLetter(records: readonly SourceRecord[], reason: string): Promise<void> {
+    if (records.length === 0) return
+    const client = this.#ready()
+    try {
+      for (const r of records) {
+        await client.xadd(
+          this.#spec.dlq,
+          '*',
+          'id',
+          r.ack,
+          'reason',
+          reason,
+          'stream',
+          this.#spec.stream,
+          'consumer',
+          this.#me,
+          this.#spec.dataField,
+          JSON.stringify(r.event),
+        )
+      }
+    } catch (err) {
+      throw this.#fail(err, 'dead letter')
+    }
+    this.#deadLettered += records.length
+    await this.ack(records.map((r) => r.ack))
+  }
+
+  /** Finished jobs release their lock. */
+  #reapJobs(): void {
+    const done = this.#jobs.filter((j) => j.lost || (j.exhausted && j.outstanding === 0))
+    if (done.length === 0) return
+    this.#jobs = this.#jobs.filter((j) => !done.includes(j))
+    for (const job of done) {
+      if (job.renew !== null) clearInterval(job.renew)
+      if (!job.lost) void this.#client?.eval(UNLOCK, 1, job.lockKey, this.#lockValue).catch(() => {})
+    }
+  }
+
+  /** Take over a consumer's pending list if nobody else holds it. */
+  async #startJob(consumer: string, until: string | null = null): Promise<boolean> {
+    const client = this.#ready()
+    if (this.#jobs.some((j) => j.consumer === consumer)) return false
+    const lockKey = `${this.#spec.stream}:shoal:${this.#spec.group}:pel:${consumer}`
+    const ttl = this.#opts.lockTtlMs ?? 15_000
+    const got = await client.set(lockKey, this.#lockValue, 'PX', ttl, 'NX')
+    if (got !== 'OK') return false
+    const meta = await client.hgetall(this.#metaKey)
+    const incarnations: [number, string][] = []
+    for (const [field, value] of Object.entries(meta)) {
+      const at = field.lastIndexOf('@')
+      if (at <= 0 || field.slice(0, at) !== consumer) continue
+      const inc = Number(field.slice(at + 1))
+      if (Number.isSafeInteger(inc)) incarnations.push([inc, value])
+    }
+    incarnations.sort((a, b) => compareEntryIds(a[1], b[1]) || a[0] - b[0])
+    const job: PendingJob = {
+      consumer,
+      cursor: '0',
+      lockKey,
+      incarnations,
+      until,
+      outstanding: 0,
+      exhausted: false,
+      renew: null,
+      lost: false,
+    }
+    job.renew = setInterval(
+      () => {
+        void this.#client
+          ?.eval(RENEW, 1, lockKey, this.#lockValue, String(ttl))
+          .then((ok) => {
+            // Lost (expired while this process stalled): another survivor may own it now.
+            if (ok !== 1) job.lost = true
+          })
+          .catch(() => {})
+      },
+      Math.max(100, Math.floor(ttl / 3)),
+    )
+    job.renew.unref()
+    this.#jobs.push(job)
+    return true
+  }
+
+  /** Dead readers (not live, entries pending) are taken over; idle empty ones removed. */
+  async #scan(): Promise<void> {
+    const client = this.#client
+    if (client === null || this.#scanning) return
+    this.#scanning = true
+    try {
+      const groups = (await client.xinfo('GROUPS', this.#spec.stream)) as unknown[][]
+      for (const g of groups) {
+        const info = pairs(g)
+        if (info.get('name') === this.#spec.group) {
+          const lag = info.get('lag')
+          this.#backlog = typeof lag === 'number' ? lag : null
+        }
+      }
+      const live = this.#live
+      if (live === null) return
+      const consumers = (await client.xinfo('CONSUMERS', this.#spec.stream, this.#spec.group)) as unknown[][]
+      for (const c of consumers) {
+        const info = pairs(c)
+        const name = String(info.get('name'))
+        const pending = Number(info.get('pending'))
+        if (name === this.#me || live.has(name)) continue
+        if (pending > 0) await this.#startJob(name)
+        else if (Number(info.get('idle')) > 60_000) {
+          // A reader gone for a minute with nothing pending: tidy the group's consumer list.
+          await client.xgroup('DELCONSUMER', this.#spec.stream, this.#spec.group, name)
+        }
+      }
+    } catch (err) {
+      this.#noteError(err)
+    } finally {
+      this.#scanning = false
+    }
+  }
+
+  status(): SourceStatus {
+    return {
+      name: this.name,
+      state: this.#state,
+      read: this.#read,
+      acked: this.#acked,
+      deadLettered: this.#deadLettered,
+      redelivered: this.#redelivered,
+      backlog: this.#backlog,
+      errors: this.#errors,
+      lastError: this.#lastError,
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#state === 'closed') return
+    this.#state = 'closed'
+    if (this.#scanTimer !== null) clearInterval(this.#scanTimer)
+    for (const job of this.#jobs) job.lost = true
+    this.#reapJobs()
+    const clients = [this.#client, this.#blocking]
+    this.#client = null
+    this.#blocking = null
+    await Promise.all(
+      clients.map(async (c) => {
+        if (c === null) return
+        try {
+          await c.quit()
+        } catch {
+          c.disconnect()
+        }
+      }),
+    )
+  }
+
+  #ready(): Client {
+    if (this.#client === null) throw new ShoalError(ErrorCodes.CLOSED, `${this.name} is not open`)
+    return this.#client
+  }
+
+  #fail(err: unknown, what: string): ShoalError {
+    this.#noteError(err)
+    this.#state = 'retrying'
+    return toSourceError(err, `${what} on ${this.name}`)
+  }
+
+  #noteError(err: unknown): void {
+    this.#errors++
+    this.#lastError = err instanceof Error ? err.message : String(err)
+  }
+}
+
+function parseRedisTarget(url: string) {
+  const parsed = parseStateUrl(url)
+  if (parsed.kind !== 'redis') {
+    throw new ShoalError(ErrorCodes.INVALID_OPTION, `--source: ${redactUrl(url)} is not a Redis URL`)
+  }
+  return parsed.target
+}
+
+/** The incarnation that read `id`: the last one whose start mark is below it (0: none). */
+function incarnationOf(incarnations: readonly [number, string][], id: string): number {
+  let found = 0
+  for (const [inc, last] of incarnations) {
+    if (compareEntryIds(last, id) < 0) found = inc
+    else break
+  }
+  return found
+}
+
+/** [[stream, [[id, fields|null], ...]]] (buffers) -> [id, fields|null][]. */
+function streamEntries(reply: unknown): [string, Buffer[] | null][] {
+  if (!Array.isArray(reply) || reply.length === 0) return []
+  const stream = reply[0] as [Buffer, [Buffer, Buffer[] | null][]]
+  const out: [string, Buffer[] | null][] = []
+  for (const [id, fields] of stream[1] ?? []) out.push([id.toString('latin1'), fields ?? null])
+  return out
+}
+
+function pairs(flat: unknown[]): Map<string, unknown> {
+  const m = new Map<string, unknown>()
+  for (let i = 0; i + 1 < flat.length; i += 2) m.set(String(flat[i]), flat[i + 1])
+  return m
+}
+
+function toSourceError(err: unknown, what: string): ShoalError {
+  if (err instanceof ShoalError) return err
+  const message = err instanceof Error ? err.message : String(err)
+  return new ShoalError(ErrorCodes.SOURCE_UNAVAILABLE, `${what}: ${message}`, { retryable: true, cause: err })
+}
