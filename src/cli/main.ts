@@ -446,7 +446,7 @@ async function runUp(cfg: UpConfig): Promise<void> {
   // partition, shared by the workers of this host). --state file:DIR keeps it across runs.
   let ephemeralState: string | null = null
   let stateUrl = cfg.state.url
-  if (cfg.sources.state === undefined || cfg.sources.state === 'default') {
+  if (cfg.origins.state === undefined || cfg.origins.state === 'default') {
     ephemeralState = await mkdtemp(join(tmpdir(), 'shoal-up-'))
     stateUrl = `file:${ephemeralState}`
   }

@@ -49,6 +49,8 @@ import net from 'node:net'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { ConnectorUrlError, describeSpec, parseSinkUrl, parseSourceUrl } from '../connectors/url.ts'
+import type { SinkSpec, SourceSpec } from '../connectors/spec.ts'
 import { ErrorCodes, InvalidOptionError, ShoalError } from '../errors.ts'
 import { DEFAULT_PARTITIONS, MAX_PARTITIONS } from '../protocol/partition.ts'
 import { formatHostPort, parseHostPort } from '../transport/address.ts'
@@ -146,8 +148,11 @@ interface BaseConfig {
   readonly help: boolean
   /** Arguments that are not flags, in order (only client commands accept them). */
   readonly positionals: readonly string[]
-  /** Where each field's value came from. */
-  readonly sources: Readonly<Partial<Record<ConfigKey, ConfigSource>>>
+  /**
+   * Where each field's value came from. (Named `origins`, not `sources`: `sources` is the
+   * --source URLs of workers.)
+   */
+  readonly origins: Readonly<Partial<Record<ConfigKey, ConfigSource>>>
 }
 
 interface NodeConfigBase extends BaseConfig {
@@ -186,6 +191,10 @@ export interface WorkerConfig extends NodeConfigBase {
   readonly durabilityAof: boolean
   /** How long WAIT/WAITAOF may take before the batch is refused (retryable). */
   readonly durabilityTimeoutMs: number
+  /** Parsed --source URLs (SHOAL_SOURCE), in order; empty: events come from clients only. */
+  readonly sources: readonly SourceSpec[]
+  /** Parsed --sink URLs (SHOAL_SINK), in order. */
+  readonly sinks: readonly SinkSpec[]
 }
 
 export interface UpConfig extends BaseConfig {
@@ -206,6 +215,10 @@ export interface UpConfig extends BaseConfig {
   readonly checkpointIntervalMs: number
   /** Feed the cluster demo events. */
   readonly demo: boolean
+  /** Parsed --source URLs, given to every worker. */
+  readonly sources: readonly SourceSpec[]
+  /** Parsed --sink URLs, given to every worker. */
+  readonly sinks: readonly SinkSpec[]
 }
 
 export interface ClientConfig extends BaseConfig {
@@ -264,7 +277,8 @@ export class ConfigError extends ShoalError {
 // ---------------------------------------------------------------------------------------------
 // The field table
 
-type ValueType = 'string' | 'boolean'
+/** 'list': a repeatable flag; its environment variable holds several values separated by spaces. */
+type ValueType = 'string' | 'boolean' | 'list'
 
 export interface ConfigFieldSpec {
   /** Flag name without dashes. */
@@ -419,6 +433,22 @@ export const CONFIG_FIELDS = Object.freeze({
     'require client certificates (mTLS)',
     'false',
   ),
+  sources: f(
+    'source',
+    'SHOAL_SOURCE',
+    'list',
+    ['worker', 'up'],
+    true,
+    'source URL, redis://HOST:PORT?stream=NAME&group=NAME (repeatable; env: separated by spaces)',
+  ),
+  sinks: f(
+    'sink',
+    'SHOAL_SINK',
+    'list',
+    ['worker', 'up'],
+    true,
+    'sink URL: redis://...?stream=NAME, postgres://...?table=NAME, file:PATH (repeatable)',
+  ),
   workers: f('workers', 'SHOAL_WORKERS', 'string', ['up'], true, 'number of workers', '3'),
   demo: f('demo', 'SHOAL_DEMO', 'boolean', ['up'], true, 'feed demo events', 'false'),
   json: f('json', 'SHOAL_JSON', 'boolean', ['client'], true, 'print JSON', 'false'),
@@ -482,7 +512,7 @@ export function formatFlagHelp(role: ConfigRole): string[] {
     .map(
       (s) =>
         [
-          `--${s.flag}${s.type === 'string' ? ' VALUE' : ''}`,
+          `--${s.flag}${s.type === 'string' ? ' VALUE' : s.type === 'list' ? ' URL' : ''}`,
           s.env ?? '',
           `${s.description}${s.defaultText !== undefined ? ` (default ${s.defaultText})` : ''}`,
         ] as const,
@@ -500,6 +530,8 @@ export interface ArgvSpec {
   readonly strings: ReadonlySet<string>
   /** Flags (without dashes) that are switches. */
   readonly booleans: ReadonlySet<string>
+  /** Repeatable flags (without dashes) that take a value; their values collect in an array. */
+  readonly lists?: ReadonlySet<string>
   /** Single-letter aliases, e.g. { h: 'help' }. */
   readonly short?: Readonly<Record<string, string>>
 }
@@ -512,8 +544,8 @@ export interface ArgvProblem {
 }
 
 export interface ParsedArgv {
-  /** Last occurrence wins. */
-  readonly flags: ReadonlyMap<string, string | boolean>
+  /** Last occurrence wins; a repeatable flag (ArgvSpec.lists) maps to all its values in order. */
+  readonly flags: ReadonlyMap<string, string | boolean | readonly string[]>
   readonly positionals: readonly string[]
   readonly problems: readonly ArgvProblem[]
 }
@@ -528,9 +560,18 @@ const FALSE_WORDS = new Set(['false', '0', 'no', 'off'])
  * A switch never consumes the next argument. Problems are collected, never thrown.
  */
 export function parseArgv(argv: readonly string[], spec: ArgvSpec): ParsedArgv {
-  const flags = new Map<string, string | boolean>()
+  const flags = new Map<string, string | boolean | string[]>()
   const positionals: string[] = []
   const problems: ArgvProblem[] = []
+  const set = (name: string, value: string): void => {
+    if (spec.lists?.has(name) !== true) {
+      flags.set(name, value)
+      return
+    }
+    const list = flags.get(name)
+    if (Array.isArray(list)) list.push(value)
+    else flags.set(name, [value])
+  }
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
     if (arg === '--') {
@@ -541,15 +582,15 @@ export function parseArgv(argv: readonly string[], spec: ArgvSpec): ParsedArgv {
       const eq = arg.indexOf('=')
       const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq)
       const inline = eq < 0 ? undefined : arg.slice(eq + 1)
-      if (spec.strings.has(name)) {
+      if (spec.strings.has(name) || spec.lists?.has(name) === true) {
         if (inline !== undefined) {
-          flags.set(name, inline)
+          set(name, inline)
         } else {
           const next = argv[i + 1]
           if (next === undefined || next.startsWith('--')) {
             problems.push({ flag: `--${name}`, kind: 'missing-value', message: `--${name} requires a value` })
           } else {
-            flags.set(name, next)
+            set(name, next)
             i++
           }
         }
@@ -673,7 +714,7 @@ class Loader {
   readonly #o: LoadConfigOptions
   readonly #problems: ConfigProblem[] = []
   readonly #sources: Partial<Record<ConfigKey, ConfigSource>> = {}
-  #flags: ReadonlyMap<string, string | boolean> = new Map()
+  #flags: ReadonlyMap<string, string | boolean | readonly string[]> = new Map()
   #file: { path: string; dir: string; values: Record<string, unknown> } | undefined
 
   constructor(role: ConfigRole, o: LoadConfigOptions) {
@@ -692,8 +733,8 @@ class Loader {
     const token = this.#token()
     const logLevel = this.#oneOf('logLevel', LOG_LEVELS, role === 'client' ? D.clientLogLevel : D.logLevel)
     const tls = this.#tls()
-    // `sources` fills in as the fields below are resolved; it is frozen with the rest.
-    const base = { transport, token, tls, logLevel, configFile, help, positionals, sources: this.#sources }
+    // `origins` fills in as the fields below are resolved; it is frozen with the rest.
+    const base = { transport, token, tls, logLevel, configFile, help, positionals, origins: this.#sources }
 
     let config: ShoalConfig
     switch (role) {
@@ -725,6 +766,8 @@ class Loader {
             durabilityReplicas: this.#int('durabilityReplicas', 0),
             durabilityAof: this.#bool('durabilityAof', false),
             durabilityTimeoutMs: this.#int('durabilityTimeoutMs', 1000),
+            sources: this.#urls('sources', parseSourceUrl),
+            sinks: this.#urls('sinks', parseSinkUrl),
           }
         } else {
           config = {
@@ -757,6 +800,8 @@ class Loader {
           drainTimeoutMs: this.#drainTimeout(),
           checkpointIntervalMs: this.#int('checkpointIntervalMs', D.checkpointIntervalMs),
           demo: this.#bool('demo', false),
+          sources: this.#urls('sources', parseSourceUrl),
+          sinks: this.#urls('sinks', parseSinkUrl),
         }
         break
       }
@@ -782,15 +827,16 @@ class Loader {
     const role = this.#role
     const strings = new Set<string>()
     const booleans = new Set<string>()
+    const lists = new Set<string>()
     // Parse every known flag so one belonging to another command gets a precise message.
     for (const k of FIELD_KEYS) {
       const s: ConfigFieldSpec = CONFIG_FIELDS[k]
-      ;(s.type === 'string' ? strings : booleans).add(s.flag)
+      ;(s.type === 'string' ? strings : s.type === 'list' ? lists : booleans).add(s.flag)
     }
-    const parsed = parseArgv(this.#o.argv, { strings, booleans, short: { h: 'help' } })
+    const parsed = parseArgv(this.#o.argv, { strings, booleans, lists, short: { h: 'help' } })
     for (const p of parsed.problems)
       this.#problem(p.flag, 'argv', p.kind === 'unknown' ? `${p.message} for ${ROLE_LABEL[role]}` : p.message)
-    const flags = new Map<string, string | boolean>()
+    const flags = new Map<string, string | boolean | readonly string[]>()
     for (const [name, value] of parsed.flags) {
       const key = BY_FLAG.get(name)!
       const spec: ConfigFieldSpec = CONFIG_FIELDS[key]
@@ -1145,6 +1191,52 @@ class Loader {
     return file
   }
 
+  /**
+   * A repeatable URL field: the flag's values, or the environment variable's (separated by
+   * whitespace), or the file's (an array of strings, or one string separated like the
+   * environment). Every URL is parsed; each bad one is a problem of its own, and so is the
+   * same source or sink given twice. Relative file: sink paths resolve like other paths.
+   */
+  #urls<T extends SourceSpec | SinkSpec>(
+    key: 'sources' | 'sinks',
+    parse: (url: string, flag: string, options: { baseDir: string }) => T,
+  ): T[] {
+    const raw = this.#raw(key)
+    if (raw === undefined) return []
+    const v = raw.value
+    let urls: string[]
+    if (typeof v === 'string') urls = v.split(/\s+/).filter((u) => u !== '')
+    else if (Array.isArray(v) && v.every((u): u is string => typeof u === 'string')) {
+      urls = raw.source === 'file' ? v.flatMap((u) => u.split(/\s+/)).filter((u) => u !== '') : v
+    } else {
+      this.#bad(key, raw, 'must be a URL string or an array of URL strings', show(v))
+      return []
+    }
+    const flag = `--${CONFIG_FIELDS[key].flag}`
+    const out: T[] = []
+    const seen = new Set<string>()
+    for (const url of urls) {
+      try {
+        const spec = parse(url, flag, { baseDir: raw.baseDir })
+        const described = describeSpec(spec)
+        if (seen.has(described)) {
+          this.#problem(
+            flag,
+            raw.source,
+            `${raw.label} names the same ${key.slice(0, -1)} twice: ${described}`,
+          )
+          continue
+        }
+        seen.add(described)
+        out.push(spec)
+      } catch (err) {
+        if (!(err instanceof ConnectorUrlError)) throw err
+        this.#problem(flag, raw.source, `${raw.label} ${show(err.url)}: ${err.detail}`)
+      }
+    }
+    return out
+  }
+
   #tls(): TlsFilesConfig | undefined {
     const file = (key: 'tlsCert' | 'tlsKey' | 'tlsCa'): { path: string; raw: Raw } | undefined => {
       const s = this.#string(key)
@@ -1346,6 +1438,10 @@ export function parseStateUrl(value: string, baseDir: string): StateConfig | str
 export function describeConfig(config: ShoalConfig): Record<string, unknown> {
   const out: Record<string, unknown> = { ...config }
   if (config.token !== undefined) out.token = '***'
+  if (config.role === 'worker' || config.role === 'up') {
+    out.sources = config.sources.map(describeSpec)
+    out.sinks = config.sinks.map(describeSpec)
+  }
   if ('state' in config && config.state.kind === 'redis') {
     out.state = {
       ...config.state,

@@ -90,7 +90,7 @@ describe('defaults', () => {
       positionals: [],
       configFile: undefined,
     })
-    expect(c.sources.partitions).toBe('default')
+    expect(c.origins.partitions).toBe('default')
   })
 
   it('worker: ephemeral ports, CPU threads, the count job', () => {
@@ -145,7 +145,7 @@ describe('defaults', () => {
     expect(Object.isFrozen(c)).toBe(true)
     expect(Object.isFrozen(c.listen)).toBe(true)
     expect(Object.isFrozen(c.state)).toBe(true)
-    expect(Object.isFrozen(c.sources)).toBe(true)
+    expect(Object.isFrozen(c.origins)).toBe(true)
     expect(Object.isFrozen(c.positionals)).toBe(true)
     expect(() => {
       ;(c as { threads: number }).threads = 1
@@ -168,7 +168,7 @@ describe('precedence: flags > env > file > defaults', () => {
     expect(c.heartbeatMisses).toBe(5)
     expect(c.transport).toBe('grpc')
     expect(c.drainTimeoutMs).toBe(20000)
-    expect(c.sources).toMatchObject({
+    expect(c.origins).toMatchObject({
       partitions: 'flag',
       heartbeatIntervalMs: 'env',
       heartbeatMisses: 'file',
@@ -245,7 +245,7 @@ describe('precedence: flags > env > file > defaults', () => {
     for (const k of Object.keys(env)) {
       const field = Object.entries(CONFIG_FIELDS).find(([, s]) => s.env === k)
       expect(field, k).toBeDefined()
-      if (k !== 'SHOAL_CONFIG') expect(w.sources[field![0] as keyof typeof w.sources], k).toBe('env')
+      if (k !== 'SHOAL_CONFIG') expect(w.origins[field![0] as keyof typeof w.origins], k).toBe('env')
     }
     const c = loadConfig(
       'coordinator',
@@ -476,7 +476,7 @@ describe('validation', () => {
   it('durability: log by default, none to turn the replay log off; workers only', () => {
     expect(loadConfig('worker', opts(COORD)).durability).toBe('log')
     const w = loadConfig('worker', opts([...COORD, '--durability', 'NONE']))
-    expect([w.durability, w.sources.durability]).toEqual(['none', 'flag'])
+    expect([w.durability, w.origins.durability]).toEqual(['none', 'flag'])
     expect(loadConfig('worker', opts(COORD, { SHOAL_DURABILITY: 'none' })).durability).toBe('none')
     expect(problem('worker', COORD, { SHOAL_DURABILITY: 'fsync' })).toBe(
       '--durability (from SHOAL_DURABILITY) must be one of log, none, got "fsync"',
