@@ -47,6 +47,7 @@ import { createTransport } from '../transport/index.ts'
 import type { Role } from '../protocol/messages.ts'
 import type { Transport, TlsOptions } from '../transport/transport.ts'
 import { createWorkerNode } from '../worker/node.ts'
+import { joinIdentity } from './join-identity.ts'
 import { createStateBackend } from '../state/index.ts'
 import { PartitionedFileStore, openPartitionStore } from '../state/checkpoint/partition-store.ts'
 import { formatStatus } from './format.ts'
@@ -329,7 +330,21 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   const started = node
   await started.worker.startListening()
   started.worker.setAdvertise(advertiseAddress(cfg, started.worker.listener!.port))
-  await started.start()
+  // The coordinator refuses a worker whose job, sources or sinks differ from the cluster's
+  // (CONFIG_MISMATCH): retrying cannot help, so say why and exit 1.
+  started.worker.setJoinIdentity(joinIdentity(cfg))
+  started.worker.on('refused', (e) => {
+    err(`shoal worker: ${e.code}: ${e.message}`)
+    const exit = (): never => process.exit(1)
+    setTimeout(exit, 2000).unref()
+    void started.stop().then(exit, exit)
+  })
+  try {
+    await started.start()
+  } catch (e) {
+    if (started.worker.refusal !== null) return // the 'refused' handler exits
+    throw e
+  }
   const setServing = (ok: boolean): void =>
     (started.worker.listener as Partial<GrpcListener> | null)?.setServing?.(ok)
   const readyTimer = setInterval(() => setServing(started.worker.readiness().ok), 200)

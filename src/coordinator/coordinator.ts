@@ -114,7 +114,22 @@ export interface MemberStatus {
   joinedAt: string
 }
 
+/**
+ * What every worker of the cluster must share: its job and its sources and sinks (canonical,
+ * password-redacted descriptions). A null field is not known yet (only workers older than these
+ * fields have joined). Taken from the first worker that joins while no other worker is live.
+ */
+export interface ClusterDefinition {
+  jobId: string | null
+  sources: string[] | null
+  sinks: string[] | null
+  /** The member whose join set it. */
+  definedBy: string
+}
+
 export interface ClusterStatus {
+  /** The job, sources and sinks every worker must have; null until a worker joins. */
+  definition: ClusterDefinition | null
   coordinator: {
     nodeId: string
     address: string
@@ -159,6 +174,31 @@ interface Member {
 }
 
 const LIVE: ReadonlySet<MemberState> = new Set(['alive', 'suspect'])
+
+/** How a joining worker's job, sources and sinks differ from the cluster's (unknown fields never differ). */
+export function definitionDifferences(
+  cluster: Pick<ClusterDefinition, 'jobId' | 'sources' | 'sinks'>,
+  worker: Pick<ClusterDefinition, 'jobId' | 'sources' | 'sinks'>,
+): string[] {
+  const out: string[] = []
+  if (cluster.jobId !== null && worker.jobId !== null && cluster.jobId !== worker.jobId) {
+    out.push(`job differs: cluster has ${cluster.jobId}, this worker has ${worker.jobId}`)
+  }
+  const list = (xs: readonly string[]): string => `[${xs.join(', ')}]`
+  const same = (a: readonly string[], b: readonly string[]): boolean => {
+    const x = [...a].sort()
+    const y = [...b].sort()
+    return x.length === y.length && x.every((v, i) => v === y[i])
+  }
+  for (const k of ['sources', 'sinks'] as const) {
+    const c = cluster[k]
+    const w = worker[k]
+    if (c !== null && w !== null && !same(c, w)) {
+      out.push(`${k} differ: cluster has ${list(c)}, this worker has ${list(w)}`)
+    }
+  }
+  return out
+}
 /** Dead and departed members stay listed this long, for status and post-mortems. */
 const FORGET_AFTER_MS = 10 * 60_000
 
@@ -193,6 +233,7 @@ export class Coordinator extends EventEmitter<{
   #lastCheckpoint: CheckpointRecord | null = null
   #partitionCheckpoint: number[] = []
   #rebalanceAgain = false
+  #definition: ClusterDefinition | null = null
 
   constructor(options: CoordinatorOptions) {
     super()
@@ -378,6 +419,14 @@ export class Coordinator extends EventEmitter<{
     const owned = new Map<string, number>()
     for (const o of a.owners) if (o !== null) owned.set(o, (owned.get(o) ?? 0) + 1)
     return {
+      definition:
+        this.#definition === null
+          ? null
+          : {
+              ...this.#definition,
+              sources: this.#definition.sources && [...this.#definition.sources],
+              sinks: this.#definition.sinks && [...this.#definition.sinks],
+            },
       coordinator: {
         nodeId: 'coordinator',
         address: this.#listener?.address ?? '',
@@ -548,7 +597,55 @@ export class Coordinator extends EventEmitter<{
     )
   }
 
+  /**
+   * The cluster's definition is the job, sources and sinks of the first worker to join while no
+   * other worker is live (so a cluster can change them by restarting all its workers); a worker
+   * joining a live cluster must match it, or it is refused with CONFIG_MISMATCH naming every
+   * difference, before anything about it is recorded. Fields a worker does not report (a
+   * version older than them) are unknown: accepted unchecked, and filled in by the next worker
+   * that reports them.
+   */
+  #checkDefinition(join: JoinFields): void {
+    const others = [...this.#members.values()].some((m) => m.id !== join.memberId && LIVE.has(m.state))
+    const current = this.#definition
+    const unknown = (['jobId', 'sources', 'sinks'] as const).filter((k) => join[k] === null)
+    if (unknown.length > 0) {
+      this.#log.warn(
+        { member: join.memberId, version: join.version, unknown },
+        'worker did not report its job, sources or sinks (an older version?): accepted unchecked',
+      )
+    }
+    if (current === null || !others) {
+      const next: ClusterDefinition = {
+        jobId: join.jobId,
+        sources: join.sources,
+        sinks: join.sinks,
+        definedBy: join.memberId,
+      }
+      if (current !== null && definitionDifferences(current, join).length > 0) {
+        this.#log.info(
+          { previous: current, definition: next },
+          "no other live worker: the cluster takes the joining worker's job, sources and sinks",
+        )
+      }
+      this.#definition = next
+      return
+    }
+    const differences = definitionDifferences(current, join)
+    if (differences.length > 0) {
+      throw new ShoalError(
+        ErrorCodes.CONFIG_MISMATCH,
+        `worker ${join.memberId} refused: ${differences.join('; ')}. Every worker of a cluster needs the same --job, --source and --sink (SHOAL_JOB, SHOAL_SOURCE, SHOAL_SINK); the cluster's are those of ${current.definedBy}`,
+        { data: { memberId: join.memberId, differences, definedBy: current.definedBy } },
+      )
+    }
+    current.jobId ??= join.jobId
+    current.sources ??= join.sources
+    current.sinks ??= join.sinks
+  }
+
   #onJoin(conn: Connection, join: JoinFields, env: Envelope): Member {
+    this.#checkDefinition(join)
     const a = this.#assignment
     const previous = this.#members.get(join.memberId)
     const now = performance.now()

@@ -181,6 +181,13 @@ function validateControl(body: Record<string, unknown>): void {
       field(body, 'control.error', 'message', isString, 'a string')
       field(body, 'control.error', 'fatal', isBool, 'a boolean')
       return
+    case 'join':
+      // The job identity a worker joins with (checked by the coordinator). Optional: workers
+      // older than these fields leave them out. The other join fields: control.ts parseJoin.
+      optional(body, 'jobId', isString, 'a string')
+      optional(body, 'sources', isStringArray, 'an array of strings')
+      optional(body, 'sinks', isStringArray, 'an array of strings')
+      return
     default:
       requireOp(body, 'control', CONTROL_COMMAND_OPS)
   }
@@ -211,6 +218,9 @@ function isObject(v: unknown): v is Record<string, unknown> {
 }
 function isUintArray(v: unknown): v is number[] {
   return Array.isArray(v) && v.every(isUint)
+}
+function isStringArray(v: unknown): v is string[] {
+  return Array.isArray(v) && v.every(isString)
 }
 function isRole(v: unknown): boolean {
   return typeof v === 'string' && (ROLES as readonly string[]).includes(v)

@@ -32,6 +32,16 @@ export interface JoinFields {
   epoch: number
   /** Partitions the worker holds right now (non-empty when it rejoins a restarted coordinator). */
   owned: OwnedPartition[]
+  /**
+   * The worker's job: the built-in name, or the job file's path and a content hash
+   * (`/app/job.mjs sha256:0123456789abcdef`). Null: not reported (a worker older than the
+   * field); the coordinator then accepts it without checking.
+   */
+  jobId: string | null
+  /** Canonical redacted descriptions of the worker's --source URLs (connectors/url.ts describeSpec); null: not reported. */
+  sources: string[] | null
+  /** The same for its --sink URLs; null: not reported. */
+  sinks: string[] | null
 }
 
 export interface JoinedFields {
@@ -131,6 +141,20 @@ function owned(body: ControlBody, field: string): OwnedPartition[] {
   })
 }
 
+/** An optional array of strings (absent or null: null). */
+function optStrs(body: ControlBody, field: string, max = 64, maxLength = 4096): string[] | null {
+  const v = (body as Record<string, unknown>)[field]
+  if (v === null || v === undefined) return null
+  if (
+    !Array.isArray(v) ||
+    v.length > max ||
+    !v.every((x) => typeof x === 'string' && x.length > 0 && x.length <= maxLength)
+  ) {
+    throw bad(body.op, field, `an array of at most ${max} non-empty strings`, v)
+  }
+  return v as string[]
+}
+
 function ints(body: ControlBody, field: string, nullable: boolean): number[] | null {
   const v = (body as Record<string, unknown>)[field]
   if (nullable && (v === null || v === undefined)) return null
@@ -149,6 +173,9 @@ export function parseJoin(body: ControlBody): JoinFields {
     version: str(body, 'version', 64),
     epoch: int(body, 'epoch'),
     owned: owned(body, 'owned'),
+    jobId: optStr(body, 'jobId', 4096),
+    sources: optStrs(body, 'sources'),
+    sinks: optStrs(body, 'sinks'),
   }
 }
 

@@ -79,6 +79,23 @@ export interface WorkerOptions {
   onDataConnection?: (conn: Connection) => void
   /** Observers (metrics). */
   hooks?: { tick?(): void; heartbeatSent?(): void; heartbeatMissed?(): void }
+  /**
+   * The job identity announced at join: the built-in job name, or `PATH sha256:<16 hex>` of
+   * the job file. The coordinator refuses a worker whose job, sources or sinks differ from the
+   * cluster's (CONFIG_MISMATCH). Unset: none is announced and the coordinator does not check.
+   */
+  jobId?: string
+  /** Canonical redacted descriptions of the worker's sources (connectors/url.ts describeSpec). */
+  sources?: readonly string[]
+  /** Canonical redacted descriptions of the worker's sinks. */
+  sinks?: readonly string[]
+}
+
+/** What a worker announces at join for the coordinator to compare (see WorkerOptions.jobId). */
+export interface JoinIdentity {
+  jobId: string
+  sources: readonly string[]
+  sinks: readonly string[]
 }
 
 interface Owned {
@@ -97,6 +114,12 @@ const idleHost: PartitionHost = {
 
 export class Worker extends EventEmitter<{
   joined: []
+  /**
+   * The coordinator refused this worker for good (CONFIG_MISMATCH: its job, sources or sinks
+   * differ from the cluster's). The worker stops trying to join; start() rejects with the error
+   * when it happens on the first join.
+   */
+  refused: [err: ShoalError]
   assigned: [partitions: number[]]
   revoked: [partitions: number[]]
   fenced: [partitions: number[], reason: string]
@@ -126,6 +149,8 @@ export class Worker extends EventEmitter<{
   #missed = 0
   #lastTickAt = performance.now()
   #fencedTotal = 0
+  #identity: JoinIdentity | null = null
+  #refused: ShoalError | null = null
   /** Serializes assign/revoke/fence handling so they apply in the order the coordinator sent them. */
   #work: Promise<void> = Promise.resolve()
 
@@ -136,6 +161,13 @@ export class Worker extends EventEmitter<{
     this.#host = options.host ?? idleHost
     this.#interval = options.heartbeatIntervalMs ?? 500
     this.#misses = options.heartbeatMisses ?? 3
+    if (options.jobId !== undefined) {
+      this.#identity = {
+        jobId: options.jobId,
+        sources: [...(options.sources ?? [])],
+        sinks: [...(options.sinks ?? [])],
+      }
+    }
   }
 
   get memberId(): string {
@@ -183,6 +215,16 @@ export class Worker extends EventEmitter<{
     this.#dataAddress = address
   }
 
+  /** The job identity announced at join (instead of WorkerOptions.jobId/sources/sinks); set before start(). */
+  setJoinIdentity(identity: JoinIdentity): void {
+    this.#identity = { jobId: identity.jobId, sources: [...identity.sources], sinks: [...identity.sinks] }
+  }
+
+  /** The error the coordinator refused this worker with, if it did (see the 'refused' event). */
+  get refusal(): ShoalError | null {
+    return this.#refused
+  }
+
   async start(): Promise<void> {
     await this.startListening()
     this.#conn = await this.#opts.transport.connect(this.#opts.coordinator, {
@@ -193,6 +235,10 @@ export class Worker extends EventEmitter<{
     this.#ticker = setInterval(() => this.#tick(), this.#interval)
     this.#ticker.unref()
     await this.#join()
+    if (this.#refused !== null) {
+      await this.stop()
+      throw this.#refused
+    }
   }
 
   readiness(): { ok: boolean; detail: Record<string, unknown> } {
@@ -292,7 +338,7 @@ export class Worker extends EventEmitter<{
 
   async #join(): Promise<void> {
     const conn = this.#conn
-    if (conn === null || this.#joining || this.#stopped || this.#draining) return
+    if (conn === null || this.#joining || this.#stopped || this.#draining || this.#refused !== null) return
     this.#joining = true
     try {
       const owned = [...this.#owned].map(([partition, o]) => ({ partition, epoch: o.epoch }))
@@ -309,6 +355,13 @@ export class Worker extends EventEmitter<{
             version: this.#opts.version,
             epoch: this.#epoch,
             owned,
+            ...(this.#identity === null
+              ? {}
+              : {
+                  jobId: this.#identity.jobId,
+                  sources: [...this.#identity.sources],
+                  sinks: [...this.#identity.sinks],
+                }),
           },
         },
         this.#opts.requestTimeoutMs ?? 5000,
@@ -339,7 +392,14 @@ export class Worker extends EventEmitter<{
       )
       this.emit('joined')
     } catch (err) {
-      if (!this.#stopped) {
+      if (err instanceof ShoalError && err.code === ErrorCodes.CONFIG_MISMATCH) {
+        // Retrying cannot help: the configuration must change. Stop serving and say why.
+        this.#refused = err
+        this.#registered = false
+        if (this.#owned.size > 0) this.#fence([...this.#owned.keys()], 'refused by the coordinator')
+        this.#log.error({ err }, 'the coordinator refused this worker')
+        this.emit('refused', err)
+      } else if (!this.#stopped) {
         this.#log.warn({ err }, 'join failed; retrying')
         setTimeout(() => void this.#join(), this.#interval).unref()
       }
