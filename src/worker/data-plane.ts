@@ -31,6 +31,19 @@ import type { LogEntry, PartitionStore } from '../state/checkpoint/partition-sto
 import type { Connection } from '../transport/transport.ts'
 import { isReplyOrError } from '../transport/requests.ts'
 import type { PartitionCheckpoint, PartitionHost } from './worker.ts'
+import type { StateBatch } from '../connectors/sink.ts'
+
+/** Where emitted records and committed state go (the worker's OutputHub). */
+export interface OutputsView {
+  /** A sink's buffer is full: stop reading batches until room(). */
+  readonly full: boolean
+  room(): Promise<void>
+  /** Everything emitted so far is written by the sinks. */
+  flushed(): Promise<void>
+  /** Some sink takes committed state. */
+  readonly wantsState: boolean
+  deliverState(batch: StateBatch): void
+}
 
 export interface OwnershipView {
   serves(partition: number, epoch?: number): boolean
@@ -46,8 +59,18 @@ export interface DataPlaneOptions {
   maxProducersPerPartition?: number
   /** Receives dead-lettered events (a job threw). */
   onDeadLetter?: (partition: number, letters: DeadLetter[]) => void
-  /** Receives emitted events: msgpack [stream, key, event][] per batch. */
-  onEmitted?: (partition: number, emitted: Uint8Array) => void
+  /**
+   * Receives emitted events: msgpack [stream, key, event][] per batch, with the batch's replay-log
+   * offset (its identity across replays; null without a log).
+   */
+  onEmitted?: (partition: number, offset: number | null, emitted: Uint8Array) => void
+  /**
+   * Sinks: backpressure, and a checkpoint commits only once what the batches before its cut
+   * emitted is written (so a replay from it cannot skip records a sink never got).
+   */
+  outputs?: OutputsView
+  /** How long a checkpoint waits for sinks before it is aborted (retried next time). @default 10000 */
+  sinkFlushTimeoutMs?: number
   /** Control messages on the data port (e.g. `subscribe`); throw a ShoalError to refuse one. */
   onControl?: (conn: Connection, env: Envelope) => void
   /**
@@ -112,6 +135,18 @@ const REPLAY_WINDOW = 64
 const REPLAY_SLOTS = 256
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
+/** Checkpointed state values: plain msgpack (no records), see PackedStates. */
+const stateUnpackr = new Packr({ useRecords: false, moreTypes: true })
+
+function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  return Promise.race([
+    p.finally(() => clearTimeout(timer)),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(onTimeout()), ms)
+    }),
+  ])
+}
 
 export class DataPlane implements PartitionHost {
   readonly #engine: Engine
@@ -192,9 +227,18 @@ export class DataPlane implements PartitionHost {
     const cp = await store.loadCheckpoint(partition)
     await this.#engine.drop(partition)
     let keys = 0
+    const outputs = this.#opts.outputs
+    const whole: (readonly [string, unknown])[] | null =
+      outputs?.wantsState === true && cp.checkpointId !== undefined ? [] : null
     for await (const chunk of cp.entries()) {
       keys += chunk.length
       await this.#engine.load(partition, packEntries(chunk), false)
+      if (whole !== null) for (const [k, v] of chunk) whole.push([k, stateUnpackr.unpack(v)])
+    }
+    if (whole !== null) {
+      // The previous owner may have died between committing this checkpoint and writing it
+      // behind: write it whole again (sinks skip what they have by version).
+      outputs!.deliverState({ partition, version: cp.logOffset, upserts: whole, deletes: [], full: true })
     }
     for (const [producer, seq] of Object.entries(cp.dedup)) {
       rt.applied.set(producer, seq)
@@ -238,7 +282,7 @@ export class DataPlane implements PartitionHost {
     return this.#engine
       .batch(partition, e.payload)
       .then(
-        (res) => this.#afterBatch(partition, res),
+        (res) => this.#afterBatch(partition, res, e.offset),
         (err: unknown) => {
           // A batch the job could not apply at all (not msgpack, init threw) failed the same way
           // when it was first accepted and was never acked: skipping it reproduces that. Any
@@ -352,7 +396,20 @@ export class DataPlane implements PartitionHost {
       for (let i = 0; i < kv.keys.length; i++) {
         changed[i] = [kv.keys[i]!, kv.data.subarray(i === 0 ? 0 : kv.ends[i - 1], kv.ends[i])]
       }
+      const outputs = this.#opts.outputs
       try {
+        if (outputs !== undefined) {
+          // Records emitted before the cut must be in the sinks before the log can be replayed
+          // from after it.
+          await withTimeout(
+            outputs.flushed(),
+            this.#opts.sinkFlushTimeoutMs ?? 10_000,
+            () =>
+              new ShoalError(ErrorCodes.CHECKPOINT_ABORTED, 'sinks are behind: checkpoint postponed', {
+                retryable: true,
+              }),
+          )
+        }
         await store.writeCheckpoint(partition, rt.epoch, { checkpointId, changed, logOffset, dedup, full })
       } catch (err) {
         // The snapshot cleared the threads' dirty flags; keep those keys by writing all next time.
@@ -363,6 +420,17 @@ export class DataPlane implements PartitionHost {
       rt.needFull = false
       rt.checkpointedOffset = logOffset
       this.#checkpointsDone++
+      if (outputs?.wantsState === true && changed.length > 0) {
+        // Committed: write it behind. The log offset is the version: the state at a cut is a
+        // function of the log up to it, and offsets only grow, across owners too.
+        outputs.deliverState({
+          partition,
+          version: logOffset,
+          upserts: changed.map(([k, v]) => [k, stateUnpackr.unpack(v)] as const),
+          deletes: [],
+          full,
+        })
+      }
       return { partition, epoch: rt.epoch, logOffset, keys: kv.keys.length }
     })
     rt.checkpoints = run.catch(() => undefined)
@@ -430,6 +498,7 @@ export class DataPlane implements PartitionHost {
         try {
           if (env.kind === 'event' && env.body.op === 'batch') {
             if (this.#engine.inFlight >= this.#maxInFlight) await this.#waitForRoom()
+            if (this.#opts.outputs?.full === true) await this.#waitForSinks()
             this.#onBatch(conn, env.body)
           } else if (env.kind === 'state') {
             await this.#onState(conn, env, env.body)
@@ -464,6 +533,12 @@ export class DataPlane implements PartitionHost {
         resolve()
       }),
     )
+  }
+
+  async #waitForSinks(): Promise<void> {
+    const since = performance.now()
+    await this.#opts.outputs!.room()
+    this.#backpressuredMs += performance.now() - since
   }
 
   #room(): void {
@@ -538,6 +613,7 @@ export class DataPlane implements PartitionHost {
     }
     const store = this.#opts.store
     let processed: Promise<BatchResult>
+    let batchOffset: number | null = null
     if (store === undefined) {
       processed = this.#engine.batch(b.partition, b.payload)
     } else {
@@ -560,6 +636,7 @@ export class DataPlane implements PartitionHost {
         rt.applied.set(b.producerId, b.sequence)
         if (rt.applied.size > maxProducers) rt.applied.delete(rt.applied.keys().next().value!)
         rt.appliedOffset = offset
+        if (logged !== null) batchOffset = offset
         return { res: this.#engine.batch(b.partition, b.payload) }
       })
       rt.chain = handed.then(
@@ -570,7 +647,7 @@ export class DataPlane implements PartitionHost {
     }
     const done = processed.then(
       (res) => {
-        this.#afterBatch(b.partition, res)
+        this.#afterBatch(b.partition, res, batchOffset)
         ack(true)
       },
       (err: unknown) => {
@@ -585,7 +662,7 @@ export class DataPlane implements PartitionHost {
     })
   }
 
-  #afterBatch(partition: number, res: BatchResult): void {
+  #afterBatch(partition: number, res: BatchResult, offset: number | null): void {
     if (res.deadLetters !== null) {
       this.#deadLettered += res.deadLetters.length
       for (const d of res.deadLetters.slice(0, 3)) {
@@ -593,7 +670,7 @@ export class DataPlane implements PartitionHost {
       }
       this.#opts.onDeadLetter?.(partition, res.deadLetters)
     }
-    if (res.emitted !== null) this.#opts.onEmitted?.(partition, res.emitted)
+    if (res.emitted !== null) this.#opts.onEmitted?.(partition, offset, res.emitted)
   }
 
   async #onState(conn: Connection, env: Envelope, body: StateBody): Promise<void> {

@@ -2,7 +2,8 @@
 import type { Logger } from 'pino'
 import { Engine } from '../processing/engine.ts'
 import type { ListenAddress, Transport } from '../transport/transport.ts'
-import type { Sink } from '../processing/sinks.ts'
+import type { Sink } from '../connectors/sink.ts'
+import type { SinkRunnerOptions } from '../connectors/runner.ts'
 import type { PartitionStore } from '../state/checkpoint/partition-store.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import { DataPlane, type DataPlaneOptions } from './data-plane.ts'
@@ -31,8 +32,13 @@ export interface WorkerNodeOptions {
   heartbeatMisses?: number
   logger: Logger
   dataPlane?: Partial<Pick<DataPlaneOptions, 'maxInFlightBatches' | 'onDeadLetter' | 'onEmitted'>>
-  /** Where emitted events go besides live subscribers. */
-  sinks?: Sink[]
+  /**
+   * Where emitted events (and, for state sinks, committed state) go besides live subscribers.
+   * State sinks need durable state with the replay log (`store`, durability 'log').
+   */
+  sinks?: readonly Sink[]
+  /** Buffering, retries and dead letters of every sink. */
+  sinkRunner?: SinkRunnerOptions
   /** Durable keyed state: replay log and checkpoints (see DataPlaneOptions.store). */
   store?: PartitionStore
   durability?: 'log' | 'none'
@@ -67,16 +73,29 @@ export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
     threads: o.threads,
     ...(o.maxQueuePerThread === undefined ? {} : { maxQueuePerThread: o.maxQueuePerThread }),
   })
-  const outputs = new OutputHub({ sinks: o.sinks, logger: o.logger, memberId: o.memberId })
+  const outputs = new OutputHub({
+    ...(o.sinks === undefined ? {} : { sinks: o.sinks }),
+    logger: o.logger,
+    memberId: o.memberId,
+    ...(o.sinkRunner === undefined ? {} : { runner: o.sinkRunner }),
+  })
+  if (outputs.wantsState && (o.store === undefined || o.durability === 'none')) {
+    throw new ShoalError(
+      ErrorCodes.INVALID_OPTION,
+      'a state sink (postgres mode=state) writes committed checkpoints behind: it needs durable state ' +
+        '(--state file:DIR or redis://...) with --durability log',
+    )
+  }
   const userOnEmitted = o.dataPlane?.onEmitted
   const dataPlane = new DataPlane({
     engine,
     logger: o.logger,
     ...o.dataPlane,
     ...(o.store === undefined ? {} : { store: o.store, durability: o.durability ?? 'log' }),
-    onEmitted(partition, emitted) {
-      userOnEmitted?.(partition, emitted)
-      outputs.deliver(partition, emitted)
+    ...(outputs.runners.length === 0 ? {} : { outputs }),
+    onEmitted(partition, offset, emitted) {
+      userOnEmitted?.(partition, offset, emitted)
+      outputs.deliver(partition, offset, emitted)
     },
     onControl(conn, env) {
       if (env.kind === 'control' && env.body.op === 'subscribe') return outputs.subscribe(conn, env)
@@ -152,6 +171,7 @@ export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
     outputs,
     pumps,
     async start() {
+      await outputs.start()
       await worker.start()
       await startSources()
     },

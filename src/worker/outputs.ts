@@ -1,34 +1,60 @@
 /**
- * Emitted events, fanned out to the worker's sinks and to live subscribers. A subscriber is a
- * client connection that sent Control `subscribe` {streams} to the worker's data port; it then
- * receives Event `batch` messages whose payload is msgpack [stream, key, event][] (producerId
- * `emit:<worker>`, partition of origin, increasing sequence). A subscriber that falls so far
- * behind that its connection's queue is full is disconnected with SHOAL_ERR_QUEUE_FULL (it
- * resubscribes); nothing is dropped silently.
+ * What leaves a worker: emitted events (to its sinks and to live subscribers) and committed
+ * state (to state sinks, after each checkpoint). Each sink runs behind a SinkRunner (buffer,
+ * retries with backoff, dead letters, metrics; src/connectors/runner.ts).
+ *
+ * - Emitted records are pushed to the runners synchronously, in the order batches are applied,
+ *   with their identity (partition, log offset, index), so a checkpoint can wait until what
+ *   the batches before its cut emitted is written (flushed()): a record is never lost between
+ *   a sink that failed and a checkpoint that moved past the batch that emitted it.
+ * - Backpressure: while any runner's buffer is full (`full`), the data plane stops reading
+ *   batches, so a sink that is down slows the sources and clients instead of filling memory.
+ * - A subscriber is a client connection that sent Control `subscribe` {streams} to the worker's
+ *   data port; it then receives Event `batch` messages whose payload is msgpack
+ *   [stream, key, event][] (producerId `emit:<worker>`, partition of origin, increasing
+ *   sequence). A subscriber so far behind that its connection's queue is full is disconnected
+ *   with SHOAL_ERR_QUEUE_FULL (it resubscribes); nothing is dropped silently.
  */
 import { Packr } from 'msgpackr'
 import type { Logger } from 'pino'
+import { SinkRunner, type SinkRunnerOptions, type SinkStatus } from '../connectors/runner.ts'
+import type { EmittedRecord, Sink, StateBatch } from '../connectors/sink.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import type { Envelope } from '../protocol/messages.ts'
-import type { EmittedRecord, Sink } from '../processing/sinks.ts'
 import type { Connection } from '../transport/transport.ts'
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
 
+export interface OutputHubOptions {
+  sinks?: readonly Sink[]
+  logger: Logger
+  memberId: string
+  runner?: SinkRunnerOptions
+  /** How long start() waits for sinks to open before going on while they keep retrying. @default 10000 */
+  openWaitMs?: number
+}
+
 export class OutputHub {
-  readonly #sinks: Sink[]
+  readonly #runners: SinkRunner[]
+  readonly #eventRunners: SinkRunner[]
+  readonly #stateRunners: SinkRunner[]
   readonly #subscribers = new Map<Connection, Set<string> | null>()
   readonly #log: Logger
   readonly #producerId: string
+  readonly #openWaitMs: number
   #sequence = 0
   #emitted = 0
-  #tail: Promise<void> = Promise.resolve()
   #closed = false
 
-  constructor(options: { sinks?: Sink[]; logger: Logger; memberId: string }) {
-    this.#sinks = options.sinks ?? []
+  constructor(options: OutputHubOptions) {
     this.#log = options.logger
     this.#producerId = `emit:${options.memberId}`
+    this.#openWaitMs = options.openWaitMs ?? 10_000
+    this.#runners = (options.sinks ?? []).map(
+      (s) => new SinkRunner(s, { logger: options.logger, ...options.runner }),
+    )
+    this.#eventRunners = this.#runners.filter((r) => r.sink.accepts.events)
+    this.#stateRunners = this.#runners.filter((r) => r.sink.accepts.state)
   }
 
   get emitted(): number {
@@ -36,6 +62,57 @@ export class OutputHub {
   }
   get subscribers(): number {
     return this.#subscribers.size
+  }
+  get runners(): readonly SinkRunner[] {
+    return this.#runners
+  }
+  /** Some state sink is configured: checkpoints hand it their keys. */
+  get wantsState(): boolean {
+    return this.#stateRunners.length > 0
+  }
+
+  /**
+   * Open every sink. A sink whose target does not fit (SINK_SCHEMA) fails this; one that cannot
+   * be reached yet keeps retrying in the background after `openWaitMs` (its buffer fills and
+   * pushes back meanwhile).
+   */
+  async start(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    const waited = new Promise<'waiting'>((resolve) => {
+      timer = setTimeout(() => resolve('waiting'), this.#openWaitMs)
+    })
+    try {
+      await Promise.all(
+        this.#runners.map(async (r) => {
+          const started = r.start()
+          if ((await Promise.race([started, waited])) === 'waiting') {
+            this.#log.warn({ sink: r.name, error: r.status().lastError }, 'sink not reachable yet; retrying')
+            started.catch((err: unknown) => this.#log.error({ err, sink: r.name }, 'sink failed to open'))
+          }
+        }),
+      )
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /** Any sink's buffer is full: stop taking batches until room(). */
+  get full(): boolean {
+    for (const r of this.#runners) if (r.full) return true
+    return false
+  }
+
+  async room(): Promise<void> {
+    while (this.full) await Promise.all(this.#runners.map((r) => r.room()))
+  }
+
+  /** Everything handed to the sinks so far is written (or dead-lettered). */
+  flushed(): Promise<void> {
+    return Promise.all(this.#runners.map((r) => r.flushed())).then(() => undefined)
+  }
+
+  sinkStatus(): SinkStatus[] {
+    return this.#runners.map((r) => r.status())
   }
 
   /** Handle Control `subscribe` from a data-port connection: `streams` null or absent means all. */
@@ -59,26 +136,21 @@ export class OutputHub {
   }
 
   /**
-   * A batch emitted `payload` (msgpack [stream, key, event][]) from `partition`. Deliveries are
-   * serialized, so sinks and subscribers see a partition's records in the order they were
-   * emitted; close() waits for the queued ones.
+   * A batch applied at log `offset` (null without a replay log) emitted `payload` (msgpack
+   * [stream, key, event][]) from `partition`. Called in application order per partition.
    */
-  deliver(partition: number, payload: Uint8Array): void {
-    this.#tail = this.#tail
-      .then(() => this.#deliver(partition, payload))
-      .catch((err: unknown) => this.#log.error({ err, partition }, 'could not deliver emitted events'))
-  }
-
-  async #deliver(partition: number, payload: Uint8Array): Promise<void> {
-    const records = packr.unpack(payload) as EmittedRecord[]
-    this.#emitted += records.length
-    for (const sink of this.#sinks) {
-      try {
-        await sink.write(partition, records)
-      } catch (err) {
-        this.#log.error({ err, partition }, 'sink write failed')
-      }
+  deliver(partition: number, offset: number | null, payload: Uint8Array): void {
+    if (this.#closed) return
+    let records: EmittedRecord[]
+    try {
+      records = packr.unpack(payload) as EmittedRecord[]
+    } catch (err) {
+      // The processing thread packed it: this is a bug, not bad input. Say so loudly.
+      this.#log.error({ err, partition, offset }, 'emitted records could not be decoded')
+      return
     }
+    this.#emitted += records.length
+    for (const r of this.#eventRunners) r.pushEvents({ partition, offset, firstIndex: 0, records })
     for (const [conn, streams] of this.#subscribers) {
       const mine = streams === null ? records : records.filter((r) => streams.has(r[0]))
       if (mine.length === 0) continue
@@ -104,10 +176,20 @@ export class OutputHub {
     }
   }
 
-  async close(): Promise<void> {
+  /** Committed state of a partition behind a checkpoint (or restored whole, `full`). */
+  deliverState(batch: StateBatch): void {
+    if (this.#closed) return
+    for (const r of this.#stateRunners) r.pushState(batch)
+  }
+
+  /** Flush what is buffered (up to `timeoutMs`), then close the sinks. */
+  async close(timeoutMs = 10_000): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    await this.#tail
-    await Promise.all(this.#sinks.map((s) => s.close()))
+    const results = await Promise.allSettled(this.#runners.map((r) => r.close({ timeoutMs })))
+    for (const r of results) {
+      if (r.status === 'rejected')
+        this.#log.error({ err: r.reason as unknown }, 'sink closed with records unwritten')
+    }
   }
 }

@@ -35,7 +35,7 @@ sinkConformance(
 )
 
 describe('NdjsonFileSink', () => {
-  it('writes the processing/sinks.ts line format plus the identity', async () => {
+  it('writes the original line format plus the identity', async () => {
     const path = join(root, 'format.ndjson')
     const sink = new NdjsonFileSink(path)
     await sink.open()

@@ -5,7 +5,7 @@
  * {"stream":"clicks","key":"user-1","partition":3,"event":{...},"offset":17,"index":0}
  * ```
  *
- * The first four fields are the format of the older processing/sinks.ts NdjsonFileSink;
+ * The first four fields are the format of the first NdjsonFileSink (before the Sink contract);
  * `offset` (null without a replay log) and `index` are the record's identity.
  *
  * At least once: a batch replayed after a crash appends its records again. Consumers that need

@@ -10,7 +10,8 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { ShoalClient } from '../../../src/client/client.ts'
 import { Subscriber, type EmittedEvent } from '../../../src/client/subscriber.ts'
 import { Coordinator } from '../../../src/coordinator/coordinator.ts'
-import { MemorySink, type Sink } from '../../../src/processing/sinks.ts'
+import { MemorySink } from '../../../src/connectors/memory/sink.ts'
+import type { Sink } from '../../../src/connectors/sink.ts'
 import { ErrorCodes, ShoalError } from '../../../src/errors.ts'
 import { createMemoryTransport } from '../../../src/transport/memory/memory-transport.ts'
 import type { Transport } from '../../../src/transport/transport.ts'
@@ -180,7 +181,7 @@ describe('processing (in process)', () => {
     )
     const memSinks: MemorySink[] = []
     const { c } = await cluster(3, jobPath, () => {
-      const m = new MemorySink()
+      const m = new MemorySink({ accepts: { events: true, state: false } })
       memSinks.push(m)
       return [m]
     })
