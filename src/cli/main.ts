@@ -14,6 +14,7 @@
  * Nodes print one JSON line on stdout once they listen ({"shoal":"listening",...}) so scripts
  * and `shoal up` can find ephemeral ports; logs are JSON on stderr.
  */
+import { randomUUID } from 'node:crypto'
 import { readFileSync, realpathSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -40,7 +41,13 @@ import { ShoalError } from '../errors.ts'
 import { createLivenessMonitor } from '../observability/liveness.ts'
 import { createLogger } from '../observability/logger.ts'
 import { createMetrics } from '../observability/metrics.ts'
-import { startHttpServer } from '../observability/http.ts'
+import {
+  startHttpServer,
+  type HttpServerOptions,
+  type PostRoute,
+  type RouteHandler,
+} from '../observability/http.ts'
+import { EventIngest, eventsRoute } from '../ingest/http-ingest.ts'
 import { formatHostPort } from '../transport/address.ts'
 import type { GrpcListener } from '../transport/grpc/grpc-transport.ts'
 import { createTransport } from '../transport/index.ts'
@@ -106,6 +113,27 @@ function transportFor(
   return createTransport(cfg.transport, { nodeId, role, token: cfg.token, tls: readTls(cfg.tls) })
 }
 
+/**
+ * A node's HTTP port: with a cluster token, every endpoint but /healthz and /readyz (and
+ * /metrics unless --metrics-auth) needs `Authorization: Bearer <token>`; with --tls-cert and
+ * --tls-key it serves HTTPS with the transport's certificate (no client certificate asked for,
+ * so orchestrator probes work; the token is the HTTP credential).
+ */
+function httpAccess(cfg: {
+  token: string | undefined
+  metricsAuth: boolean
+  tls: Parameters<typeof readTls>[0]
+}): Pick<HttpServerOptions, 'auth' | 'tls'> {
+  const { cert, key } = cfg.tls ?? {}
+  return {
+    auth: cfg.token === undefined ? undefined : { token: cfg.token, metrics: cfg.metricsAuth },
+    tls:
+      cert === undefined || key === undefined
+        ? undefined
+        : { cert: readFileSync(cert), key: readFileSync(key) },
+  }
+}
+
 /** SIGTERM/SIGINT run `graceful` once; a second signal exits at once. */
 function onShutdownSignal(log: Logger, graceful: () => Promise<void>): void {
   let stopping = false
@@ -159,9 +187,30 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
   })
   await coordinator.start()
   let stateClient: Promise<ShoalClient> | null = null
+  // POST /events: one client for the process, dialing this coordinator (with TLS, by the name
+  // its certificate is for); see src/ingest/http-ingest.ts.
+  const selfAddress =
+    cfg.tls?.cert !== undefined
+      ? advertiseAddress(cfg, coordinator.listener?.port ?? cfg.listen.port)
+      : coordinator.address
+  const ingest = new EventIngest({
+    connect: (o) =>
+      ShoalClient.connect({
+        coordinator: selfAddress,
+        transport: transportFor(cfg, `${cfg.nodeId}-http-ingest`, 'client'),
+        ...o,
+      }),
+    routing: () => coordinator.routing(),
+    ready: () => coordinator.readiness().ok,
+    producerId: `http-ingest:${cfg.nodeId}:${randomUUID()}`,
+    logger: log,
+  })
   const http = await startHttpServer({
     host: cfg.http.host,
     port: cfg.http.port,
+    ...httpAccess(cfg),
+    // Large POST /events bodies from slow clients.
+    requestTimeoutMs: 120_000,
     registry: {
       contentType: metrics.registry.contentType,
       metrics: () => {
@@ -177,7 +226,7 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
       metrics.observeCluster(s)
       return s
     },
-    routes: new Map([
+    routes: new Map<string, RouteHandler | PostRoute>([
       [
         '/state/',
         async (req) => {
@@ -193,6 +242,7 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
             : { status: 200, body: { key, found: true, state: value } }
         },
       ],
+      ['/events', eventsRoute(ingest)],
     ]),
   })
   const setServing = (ok: boolean): void =>
@@ -213,6 +263,7 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
     clearInterval(readyTimer)
     setServing(false)
     await (await stateClient?.catch(() => null))?.close()
+    await ingest.close()
     await coordinator.stop({ timeoutMs: Math.min(cfg.drainTimeoutMs, 5000) })
     await http.close()
     liveness.close()
@@ -259,6 +310,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   const http = await startHttpServer({
     host: cfg.http.host,
     port: cfg.http.port,
+    ...httpAccess(cfg),
     registry: {
       contentType: metrics.registry.contentType,
       metrics: () => {

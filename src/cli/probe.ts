@@ -3,7 +3,12 @@
  * grpc_health_probe's exit codes.
  *
  *   shoal probe grpc HOST:PORT [--service NAME] [--timeout MS]   grpc.health.v1.Health/Check
- *   shoal probe http URL [--timeout MS]                          GET, e.g. http://127.0.0.1:8080/readyz
+ *   shoal probe http URL [--timeout MS] [--ca FILE | --insecure]  GET, e.g. http://127.0.0.1:8080/readyz
+ *
+ * An https: URL verifies the server certificate against the system CAs, or `--ca FILE` (e.g.
+ * the node's SHOAL_TLS_CA); `--insecure` skips verification, for a container probing its own
+ * port on 127.0.0.1 with a certificate made out to its service name. /healthz and /readyz
+ * never need the cluster token.
  *
  * Exit codes (contract):
  *   0  SERVING (http: 2xx)
@@ -15,9 +20,9 @@
  * Prints exactly one line: `status: ...` on stdout when the peer answered with a status, or
  * `error: ...` on stderr. Runnable on its own: `node --import tsx src/cli/probe.ts grpc 127.0.0.1:7001`.
  */
-import { request as httpRequest } from 'node:http'
+import { request as httpRequest, type IncomingMessage } from 'node:http'
 import { request as httpsRequest } from 'node:https'
-import { realpathSync } from 'node:fs'
+import { readFileSync, realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { ErrorCodes, ShoalError } from '../errors.ts'
@@ -37,7 +42,7 @@ export const DEFAULT_PROBE_TIMEOUT_MS = 1000
 
 export const PROBE_USAGE = [
   'usage: shoal probe grpc HOST:PORT [--service NAME] [--timeout MS]',
-  '       shoal probe http URL [--timeout MS]',
+  '       shoal probe http URL [--timeout MS] [--ca FILE | --insecure]',
   'exit: 0 serving, 1 bad arguments, 2 connection failure/timeout, 3 other error, 4 not serving',
 ].join('\n')
 
@@ -55,7 +60,7 @@ const processIo: ProbeIo = {
 type ParsedProbe =
   | { mode: 'help' }
   | { mode: 'grpc'; address: string; service: string; timeoutMs: number }
-  | { mode: 'http'; url: URL; timeoutMs: number }
+  | { mode: 'http'; url: URL; timeoutMs: number; ca: Buffer | undefined; insecure: boolean }
 
 class UsageError extends Error {}
 
@@ -69,6 +74,8 @@ function parseProbeArgs(argv: string[]): ParsedProbe {
       options: {
         service: { type: 'string', short: 's' },
         timeout: { type: 'string', short: 't' },
+        ca: { type: 'string' },
+        insecure: { type: 'boolean', short: 'k' },
         help: { type: 'boolean', short: 'h' },
       },
     })
@@ -94,6 +101,9 @@ function parseProbeArgs(argv: string[]): ParsedProbe {
   }
 
   if (mode === 'grpc') {
+    if (values.ca !== undefined || values.insecure === true) {
+      throw new UsageError('--ca and --insecure apply to http probes only')
+    }
     if (!isHostPort(target)) throw new UsageError(`address must be HOST:PORT (got ${JSON.stringify(target)})`)
     return { mode, address: target, service: values.service ?? '', timeoutMs }
   }
@@ -107,7 +117,23 @@ function parseProbeArgs(argv: string[]): ParsedProbe {
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
     throw new UsageError(`URL must be http: or https: (got ${url.protocol})`)
   }
-  return { mode, url, timeoutMs }
+  if ((values.ca !== undefined || values.insecure === true) && url.protocol !== 'https:') {
+    throw new UsageError('--ca and --insecure apply to https: URLs only')
+  }
+  if (values.ca !== undefined && values.insecure === true) {
+    throw new UsageError('--ca and --insecure exclude each other')
+  }
+  let ca: Buffer | undefined
+  if (values.ca !== undefined) {
+    try {
+      ca = readFileSync(values.ca)
+    } catch (err) {
+      throw new UsageError(
+        `cannot read --ca ${values.ca}: ${(err as NodeJS.ErrnoException).code ?? String(err)}`,
+      )
+    }
+  }
+  return { mode, url, timeoutMs, ca, insecure: values.insecure === true }
 }
 
 /** `host:port` or `[v6]:port`, port 1-65535. */
@@ -135,7 +161,12 @@ async function probeGrpc(address: string, service: string, timeoutMs: number, io
   }
 }
 
-function probeHttp(url: URL, timeoutMs: number, io: ProbeIo): Promise<number> {
+function probeHttp(
+  url: URL,
+  timeoutMs: number,
+  tls: { ca: Buffer | undefined; insecure: boolean },
+  io: ProbeIo,
+): Promise<number> {
   return new Promise((resolve) => {
     let settled = false
     const finish = (code: number, line: string, toErr: boolean): void => {
@@ -147,14 +178,26 @@ function probeHttp(url: URL, timeoutMs: number, io: ProbeIo): Promise<number> {
       else io.out(line)
       resolve(code)
     }
-    const send = url.protocol === 'https:' ? httpsRequest : httpRequest
-    const req = send(url, { method: 'GET', headers: { accept: '*/*' }, agent: false }, (res) => {
+    const options = { method: 'GET', headers: { accept: '*/*' }, agent: false } as const
+    const onResponse = (res: IncomingMessage): void => {
       const code = res.statusCode ?? 0
       res.resume()
       if (code >= 200 && code < 300) finish(PROBE_EXIT.SERVING, `status: SERVING (HTTP ${code})`, false)
       else if (code === 503) finish(PROBE_EXIT.NOT_SERVING, `status: NOT_SERVING (HTTP ${code})`, false)
       else finish(PROBE_EXIT.RPC_ERROR, `error: HTTP ${code} ${res.statusMessage ?? ''}`.trimEnd(), true)
-    })
+    }
+    const req =
+      url.protocol === 'https:'
+        ? httpsRequest(
+            url,
+            {
+              ...options,
+              ...(tls.ca === undefined ? {} : { ca: tls.ca }),
+              rejectUnauthorized: !tls.insecure,
+            },
+            onResponse,
+          )
+        : httpRequest(url, options, onResponse)
     // One deadline for connect + response, like grpc_health_probe's RPC timeout.
     const timer = setTimeout(() => {
       finish(
@@ -190,7 +233,7 @@ export async function runProbe(argv: string[], io: ProbeIo = processIo): Promise
     case 'grpc':
       return probeGrpc(parsed.address, parsed.service, parsed.timeoutMs, io)
     case 'http':
-      return probeHttp(parsed.url, parsed.timeoutMs, io)
+      return probeHttp(parsed.url, parsed.timeoutMs, { ca: parsed.ca, insecure: parsed.insecure }, io)
   }
 }
 

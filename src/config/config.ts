@@ -168,6 +168,8 @@ interface NodeConfigBase extends BaseConfig {
   readonly heartbeatIntervalMs: number
   readonly heartbeatMisses: number
   readonly drainTimeoutMs: number
+  /** With a token: /metrics requires it too (it is open by default, for scrapers). */
+  readonly metricsAuth: boolean
 }
 
 export interface CoordinatorConfig extends NodeConfigBase {
@@ -431,6 +433,15 @@ export const CONFIG_FIELDS = Object.freeze({
     NODES,
     true,
     'require client certificates (mTLS)',
+    'false',
+  ),
+  metricsAuth: f(
+    'metrics-auth',
+    'SHOAL_METRICS_AUTH',
+    'boolean',
+    SERVERS,
+    true,
+    'with a token: require it for GET /metrics too',
     'false',
   ),
   sources: f(
@@ -753,6 +764,7 @@ class Loader {
           heartbeatIntervalMs: this.#int('heartbeatIntervalMs', D.heartbeatIntervalMs),
           heartbeatMisses: this.#int('heartbeatMisses', D.heartbeatMisses),
           drainTimeoutMs: this.#drainTimeout(),
+          metricsAuth: this.#bool('metricsAuth', false),
         }
         if (isWorker) {
           config = {

@@ -6,15 +6,36 @@
  *   GET /metrics  Prometheus text exposition (the registry's content type)
  *   GET /status   JSON from status()
  *   extra routes  exact paths, or prefixes when the key ends with '/' (e.g. '/state/');
- *                 the longest matching prefix wins
+ *                 the longest matching prefix wins. A route is GET (a RouteHandler) or POST
+ *                 (a PostRoute: the whole body is read, up to its maxBodyBytes, before the
+ *                 handler runs; above it 413 with `connection: close`; a Content-Type it does
+ *                 not list is 415).
  *
- * Anything else is 404, a method other than GET or HEAD on a known path is 405 (with Allow),
- * always with a JSON body `{"error":{"code":"SHOAL_ERR_...","message":"..."}}`. A handler
- * that throws or rejects yields 500 (code SHOAL_ERR_INTERNAL, or the error's own Shoal code);
- * one that does not answer within handlerTimeoutMs yields 503 (SHOAL_ERR_TIMEOUT). Nothing a
- * handler does can take the server down. HEAD is answered like GET without a body.
+ * Anything else is 404; a method a route does not take is 405 (with Allow: `GET, HEAD` on GET
+ * routes, `POST` on POST routes), always with a JSON body `{"error":{"code":"SHOAL_ERR_...",
+ * "message":"..."}}`. A handler that throws or rejects yields 500 (code SHOAL_ERR_INTERNAL, or
+ * the error's own Shoal code); one that does not answer within handlerTimeoutMs (counted after
+ * the body was read) yields 503 (SHOAL_ERR_TIMEOUT). Nothing a handler does can take the server
+ * down. HEAD is answered like GET without a body.
+ *
+ * Access control: with `auth.token` set, every path except /healthz and /readyz (and /metrics
+ * unless `auth.metrics`) requires `Authorization: Bearer <token>`; otherwise 401 with
+ * `WWW-Authenticate: Bearer` and code SHOAL_ERR_HTTP_UNAUTHORIZED, checked before routing (an
+ * unauthenticated caller learns nothing about which paths exist). Tokens are compared as
+ * SHA-256 digests with timingSafeEqual, so neither length nor content leaks through timing.
+ * With `tls` the server speaks HTTPS (the node's transport certificate; no client certificate
+ * is asked for, so Kubernetes httpGet probes with `scheme: HTTPS` work).
  */
-import { createServer, type IncomingHttpHeaders, type IncomingMessage, type ServerResponse } from 'node:http'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerOptions,
+  type ServerResponse,
+} from 'node:http'
+import { createServer as createHttpsServer } from 'node:https'
 import net from 'node:net'
 import { ErrorCodes, InvalidOptionError, ShoalError, type ErrorCode } from '../errors.ts'
 
@@ -25,11 +46,13 @@ export interface HealthResult {
 }
 
 export interface RouteRequest {
-  readonly method: 'GET' | 'HEAD'
+  readonly method: 'GET' | 'HEAD' | 'POST'
   readonly url: URL
   readonly headers: IncomingHttpHeaders
   /** Aborted when the client goes away or the handler timed out. */
   readonly signal: AbortSignal
+  /** POST routes: the whole request body (at most the route's maxBodyBytes). Empty otherwise. */
+  readonly body: Buffer
 }
 
 export interface RouteResponse {
@@ -44,6 +67,35 @@ export interface RouteResponse {
 }
 
 export type RouteHandler = (request: RouteRequest) => RouteResponse | Promise<RouteResponse>
+
+/** A route that takes POST with a body (anything else on its path is 405). */
+export interface PostRoute {
+  readonly method: 'POST'
+  readonly handler: RouteHandler
+  /** Largest body accepted; above it 413. @default 1 MiB ({@link DEFAULT_HTTP_MAX_BODY_BYTES}) */
+  readonly maxBodyBytes?: number
+  /**
+   * Media types accepted (lower case, without parameters); any other Content-Type is 415. A
+   * request without one is accepted. @default any
+   */
+  readonly contentTypes?: readonly string[]
+  /** Overrides the server's handlerTimeoutMs for this route (counted after the body was read). */
+  readonly handlerTimeoutMs?: number
+}
+
+/** Bearer-token access control (see the module comment). */
+export interface HttpAuthOptions {
+  /** The cluster token every protected request must present. */
+  token: string
+  /** Protect /metrics too. @default false */
+  metrics?: boolean
+}
+
+/** HTTPS: the node's certificate chain and key (PEM). */
+export interface HttpTlsOptions {
+  cert: string | Buffer
+  key: string | Buffer
+}
 
 /** The part of a prom-client Registry the server needs. */
 export interface MetricsSource {
@@ -65,9 +117,18 @@ export interface HttpServerOptions {
   readiness(): HealthResult | Promise<HealthResult>
   status(): unknown
   registry: MetricsSource
-  routes?: ReadonlyMap<string, RouteHandler>
+  routes?: ReadonlyMap<string, RouteHandler | PostRoute>
   /** @default 5000 */
   handlerTimeoutMs?: number
+  /**
+   * Time to receive a whole request, headers and body (node's requestTimeout); raise it for
+   * large POST bodies from slow clients. @default 15000
+   */
+  requestTimeoutMs?: number
+  /** Require a bearer token (undefined: every endpoint is open). */
+  auth?: HttpAuthOptions
+  /** Serve HTTPS instead of HTTP. */
+  tls?: HttpTlsOptions
   logger?: HttpErrorLogger
 }
 
@@ -76,13 +137,27 @@ export interface HttpServer {
   readonly address: string
   readonly host: string
   readonly port: number
+  readonly scheme: 'http' | 'https'
   /** Stop listening and close every connection, keep-alive ones included. Idempotent. */
   close(): Promise<void>
 }
 
 export const DEFAULT_HTTP_HANDLER_TIMEOUT_MS = 5000
+export const DEFAULT_HTTP_REQUEST_TIMEOUT_MS = 15_000
+/** A POST route's body limit unless it sets its own. */
+export const DEFAULT_HTTP_MAX_BODY_BYTES = 1024 * 1024
 
 const BUILTIN_PATHS = ['/healthz', '/readyz', '/metrics', '/status'] as const
+/** Never behind the token: orchestrators probe these without credentials. */
+const ALWAYS_OPEN: ReadonlySet<string> = new Set(['/healthz', '/readyz'])
+
+interface Route {
+  method: 'GET' | 'POST'
+  handler: RouteHandler
+  maxBodyBytes: number
+  contentTypes: ReadonlySet<string> | null
+  timeoutMs: number
+}
 
 class HttpStatusError extends ShoalError {
   readonly status: number
@@ -98,19 +173,31 @@ class HttpStatusError extends ShoalError {
 export async function startHttpServer(options: HttpServerOptions): Promise<HttpServer> {
   const host = options.host ?? '0.0.0.0'
   const timeoutMs = options.handlerTimeoutMs ?? DEFAULT_HTTP_HANDLER_TIMEOUT_MS
+  const requestTimeoutMs = options.requestTimeoutMs ?? DEFAULT_HTTP_REQUEST_TIMEOUT_MS
   if (!Number.isSafeInteger(options.port) || options.port < 0 || options.port > 65535) {
     throw new InvalidOptionError(
       `options.port must be an integer in [0, 65535] (got ${String(options.port)})`,
     )
   }
-  if (!Number.isSafeInteger(timeoutMs) || timeoutMs < 1) {
-    throw new InvalidOptionError(
-      `options.handlerTimeoutMs must be a positive integer (got ${String(timeoutMs)})`,
-    )
+  positiveInt('options.handlerTimeoutMs', timeoutMs)
+  positiveInt('options.requestTimeoutMs', requestTimeoutMs)
+  const auth = options.auth
+  if (auth !== undefined && (typeof auth.token !== 'string' || auth.token === '')) {
+    throw new InvalidOptionError('options.auth.token must be a non-empty string')
   }
+  const expectedDigest = auth === undefined ? null : sha256(auth.token)
+  const isOpen = (pathname: string): boolean =>
+    auth === undefined || ALWAYS_OPEN.has(pathname) || (pathname === '/metrics' && auth.metrics !== true)
 
-  const exact = new Map<string, RouteHandler>()
-  const prefixes: Array<[string, RouteHandler]> = []
+  const exact = new Map<string, Route>()
+  const prefixes: Array<[string, Route]> = []
+  const get = (handler: RouteHandler): Route => ({
+    method: 'GET',
+    handler,
+    maxBodyBytes: 0,
+    contentTypes: null,
+    timeoutMs,
+  })
   const builtins: Record<(typeof BUILTIN_PATHS)[number], RouteHandler> = {
     '/healthz': async () => health(await options.liveness(), 'unhealthy'),
     '/readyz': async () => health(await options.readiness(), 'not-ready'),
@@ -120,57 +207,82 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     },
     '/status': async () => ({ body: (await options.status()) ?? null }),
   }
-  for (const p of BUILTIN_PATHS) exact.set(p, builtins[p])
-  for (const [p, handler] of options.routes ?? []) {
+  for (const p of BUILTIN_PATHS) exact.set(p, get(builtins[p]))
+  for (const [p, spec] of options.routes ?? []) {
     if (!p.startsWith('/')) throw new InvalidOptionError(`route ${JSON.stringify(p)} must start with '/'`)
     if (exact.has(p) || prefixes.some(([q]) => q === p)) {
       throw new InvalidOptionError(`route ${JSON.stringify(p)} is already served`)
     }
-    if (p.endsWith('/') && p.length > 1) prefixes.push([p, handler])
-    else exact.set(p, handler)
+    const route = typeof spec === 'function' ? get(spec) : postRoute(p, spec, timeoutMs)
+    if (p.endsWith('/') && p.length > 1) prefixes.push([p, route])
+    else exact.set(p, route)
   }
   prefixes.sort((a, b) => b[0].length - a[0].length)
 
-  const route = (pathname: string): RouteHandler | undefined =>
+  const route = (pathname: string): Route | undefined =>
     exact.get(pathname) ?? prefixes.find(([p]) => pathname.startsWith(p))?.[1]
 
-  const server = createServer({ requestTimeout: 15_000, headersTimeout: 10_000, keepAliveTimeout: 5000 })
+  const serverOptions: ServerOptions = {
+    requestTimeout: requestTimeoutMs,
+    headersTimeout: Math.min(10_000, requestTimeoutMs),
+    keepAliveTimeout: 5000,
+  }
+  const server: Server =
+    options.tls === undefined
+      ? createServer(serverOptions)
+      : createHttpsServer({ ...serverOptions, cert: options.tls.cert, key: options.tls.key })
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const ac = new AbortController()
     res.once('close', () => ac.abort(new Error('response closed')))
-    let isHead = false
+    let isHead = req.method === 'HEAD'
     let timer: NodeJS.Timeout | undefined
     try {
       const url = new URL(req.url ?? '/', 'http://localhost')
-      const handler = route(url.pathname)
-      if (handler === undefined) {
+      if (!isOpen(url.pathname)) checkBearer(req.headers.authorization, expectedDigest!)
+      const r = route(url.pathname)
+      if (r === undefined) {
         throw new HttpStatusError(404, ErrorCodes.HTTP_NOT_FOUND, `no route for ${url.pathname}`)
       }
-      if (req.method !== 'GET' && req.method !== 'HEAD') {
-        throw new HttpStatusError(
-          405,
-          ErrorCodes.HTTP_METHOD_NOT_ALLOWED,
-          `${String(req.method)} is not allowed on ${url.pathname}; use GET`,
-          { allow: 'GET, HEAD' },
-        )
+      let body: Buffer = EMPTY
+      if (r.method === 'GET') {
+        if (req.method !== 'GET' && req.method !== 'HEAD') {
+          throw new HttpStatusError(
+            405,
+            ErrorCodes.HTTP_METHOD_NOT_ALLOWED,
+            `${String(req.method)} is not allowed on ${url.pathname}; use GET`,
+            { allow: 'GET, HEAD' },
+          )
+        }
+      } else {
+        isHead = false
+        if (req.method !== 'POST') {
+          throw new HttpStatusError(
+            405,
+            ErrorCodes.HTTP_METHOD_NOT_ALLOWED,
+            `${String(req.method)} is not allowed on ${url.pathname}; use POST`,
+            { allow: 'POST' },
+          )
+        }
+        checkContent(req.headers, r, url.pathname)
+        body = await readBody(req, r.maxBodyBytes, url.pathname)
       }
-      isHead = req.method === 'HEAD'
+      const method = r.method === 'POST' ? 'POST' : isHead ? 'HEAD' : 'GET'
       const timeout = new Promise<never>((_resolve, reject) => {
         timer = setTimeout(() => {
           reject(
             new HttpStatusError(
               503,
               ErrorCodes.TIMEOUT,
-              `handler for ${url.pathname} did not answer in ${timeoutMs} ms`,
+              `handler for ${url.pathname} did not answer in ${r.timeoutMs} ms`,
             ),
           )
-        }, timeoutMs)
+        }, r.timeoutMs)
         timer.unref()
       })
       const result = await Promise.race([
         Promise.resolve().then(() =>
-          handler({ method: isHead ? 'HEAD' : 'GET', url, headers: req.headers, signal: ac.signal }),
+          r.handler({ method, url, headers: req.headers, signal: ac.signal, body }),
         ),
         timeout,
       ])
@@ -205,6 +317,8 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
       res.destroy()
     })
   })
+  // A failed TLS handshake (a plain-HTTP client, an untrusted certificate) only ends that socket.
+  server.on('tlsClientError', () => {})
 
   await new Promise<void>((resolve, reject) => {
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -231,6 +345,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     address: formatAddress(bound.address, bound.port),
     host: bound.address,
     port: bound.port,
+    scheme: options.tls === undefined ? 'http' : 'https',
     close() {
       closing ??= new Promise<void>((resolve) => {
         server.close(() => resolve())
@@ -239,6 +354,134 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
       return closing
     },
   }
+}
+
+const EMPTY: Buffer = Buffer.alloc(0)
+
+function positiveInt(name: string, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new InvalidOptionError(`${name} must be a positive integer (got ${String(value)})`)
+  }
+}
+
+function postRoute(path: string, spec: PostRoute, defaultTimeoutMs: number): Route {
+  if (spec.method !== 'POST') {
+    throw new InvalidOptionError(
+      `route ${JSON.stringify(path)}: method must be 'POST' (got ${JSON.stringify(spec.method)})`,
+    )
+  }
+  const maxBodyBytes = spec.maxBodyBytes ?? DEFAULT_HTTP_MAX_BODY_BYTES
+  positiveInt(`route ${JSON.stringify(path)}: maxBodyBytes`, maxBodyBytes)
+  const timeoutMs = spec.handlerTimeoutMs ?? defaultTimeoutMs
+  positiveInt(`route ${JSON.stringify(path)}: handlerTimeoutMs`, timeoutMs)
+  return {
+    method: 'POST',
+    handler: spec.handler,
+    maxBodyBytes,
+    contentTypes:
+      spec.contentTypes === undefined ? null : new Set(spec.contentTypes.map((t) => t.toLowerCase())),
+    timeoutMs,
+  }
+}
+
+function sha256(text: string): Buffer {
+  return createHash('sha256').update(text, 'utf8').digest()
+}
+
+/** Throws 401 unless `header` is `Bearer <token>` with the expected token's digest. */
+function checkBearer(header: string | undefined, expected: Buffer): void {
+  const m = header === undefined ? null : /^bearer[ \t]+(\S.*)$/i.exec(header)
+  if (m === null) {
+    throw new HttpStatusError(
+      401,
+      ErrorCodes.HTTP_UNAUTHORIZED,
+      'this endpoint needs the cluster token: send Authorization: Bearer <token>',
+      { 'www-authenticate': 'Bearer realm="shoal"' },
+    )
+  }
+  // Equal-length digests: timingSafeEqual never throws, and the token's length does not leak.
+  if (!timingSafeEqual(sha256(m[1]!.trimEnd()), expected)) {
+    throw new HttpStatusError(401, ErrorCodes.HTTP_UNAUTHORIZED, 'wrong token', {
+      'www-authenticate': 'Bearer realm="shoal", error="invalid_token"',
+    })
+  }
+}
+
+/** 415 for an unlisted Content-Type or any Content-Encoding; 413 for a declared length above the limit. */
+function checkContent(headers: IncomingHttpHeaders, r: Route, path: string): void {
+  const encoding = headers['content-encoding']?.trim().toLowerCase()
+  if (encoding !== undefined && encoding !== '' && encoding !== 'identity') {
+    throw new HttpStatusError(
+      415,
+      ErrorCodes.HTTP_BAD_REQUEST,
+      `Content-Encoding ${JSON.stringify(encoding)} is not supported on ${path}; send the body uncompressed`,
+      { connection: 'close' },
+    )
+  }
+  const type = headers['content-type']?.split(';')[0]?.trim().toLowerCase()
+  if (r.contentTypes !== null && type !== undefined && type !== '' && !r.contentTypes.has(type)) {
+    throw new HttpStatusError(
+      415,
+      ErrorCodes.HTTP_BAD_REQUEST,
+      `Content-Type ${JSON.stringify(type)} is not accepted on ${path}; use one of ${[...r.contentTypes].join(', ')}`,
+      { connection: 'close' },
+    )
+  }
+  const declared = headers['content-length']
+  if (declared !== undefined && Number(declared) > r.maxBodyBytes) {
+    throw tooLarge(r.maxBodyBytes, path)
+  }
+}
+
+function tooLarge(maxBodyBytes: number, path: string): HttpStatusError {
+  return new HttpStatusError(
+    413,
+    ErrorCodes.HTTP_BAD_REQUEST,
+    `the body of a request to ${path} may be at most ${maxBodyBytes} bytes; split it`,
+    // The rest of the body is not read: the connection cannot be reused.
+    { connection: 'close' },
+  )
+}
+
+/** The whole body, or a 413 as soon as it passes maxBodyBytes (the rest is never buffered). */
+function readBody(req: IncomingMessage, maxBodyBytes: number, path: string): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const chunks: Buffer[] = []
+    let size = 0
+    const done = (): void => {
+      req.off('data', onData)
+      req.off('end', onEnd)
+      req.off('error', onError)
+      req.off('close', onClose)
+    }
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length
+      if (size > maxBodyBytes) {
+        done()
+        req.pause()
+        reject(tooLarge(maxBodyBytes, path))
+        return
+      }
+      chunks.push(chunk)
+    }
+    const onEnd = (): void => {
+      done()
+      resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size))
+    }
+    const onError = (err: Error): void => {
+      done()
+      reject(new HttpStatusError(400, ErrorCodes.HTTP_BAD_REQUEST, `request body failed: ${err.message}`))
+    }
+    const onClose = (): void => {
+      if (req.complete) return
+      done()
+      reject(new HttpStatusError(400, ErrorCodes.HTTP_BAD_REQUEST, 'the request body ended early'))
+    }
+    req.on('data', onData)
+    req.on('end', onEnd)
+    req.on('error', onError)
+    req.on('close', onClose)
+  })
 }
 
 function health(r: HealthResult, failure: string): RouteResponse {

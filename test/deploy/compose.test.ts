@@ -502,9 +502,13 @@ async function startRedis(dir: string): Promise<number> {
   return port
 }
 
-async function httpGet(url: string, timeoutMs = 3000): Promise<{ status: number; text: string; ms: number }> {
+async function httpGet(
+  url: string,
+  timeoutMs = 3000,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; text: string; ms: number }> {
   const t0 = performance.now()
-  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs) })
+  const res = await fetch(url, { signal: AbortSignal.timeout(timeoutMs), headers })
   const text = await res.text()
   return { status: res.status, text, ms: performance.now() - t0 }
 }
@@ -800,7 +804,11 @@ describe('compose environment on real nodes', () => {
     const metrics = await httpGet(url(7401, '/metrics'))
     expect(metrics.status).toBe(200)
     expect(metrics.text).toMatch(/^# (HELP|TYPE) /m)
-    const status = await httpGet(url(7401, '/status'))
+    // The compose file sets SHOAL_TOKEN: /status (not the probes, not /metrics) needs it.
+    const token = coordinatorEnv.SHOAL_TOKEN
+    expect(token).toBeTruthy()
+    expect((await httpGet(url(7401, '/status'))).status).toBe(401)
+    const status = await httpGet(url(7401, '/status'), 3000, { authorization: `Bearer ${token}` })
     expect(status.status).toBe(200)
     expect(() => JSON.parse(status.text) as unknown).not.toThrow()
   })
