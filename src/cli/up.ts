@@ -12,6 +12,8 @@ export interface UpOptions {
   transport: string
   /** Extra flags passed to every node (e.g. --token, --state). */
   nodeArgs: string[]
+  /** Extra flags for the workers only (e.g. --source, --sink). */
+  workerArgs?: string[]
   coordinatorListen: string
   coordinatorHttp: string
   job: string | undefined
@@ -98,6 +100,7 @@ export async function startLocalCluster(o: UpOptions): Promise<RunningCluster> {
     '127.0.0.1:0',
     ...(o.job !== undefined ? ['--job', o.job] : []),
     ...(o.threads !== undefined ? ['--threads', String(o.threads)] : []),
+    ...(o.workerArgs ?? []),
     ...common,
   ]
   const ws = Array.from({ length: o.workers }, () => spawnNode(workerArgs))

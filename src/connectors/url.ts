@@ -215,6 +215,49 @@ export function describeSpec(spec: SourceSpec | SinkSpec): string {
   }
 }
 
+/**
+ * The spec as a URL that parses back to it, password included: for handing a node's sources
+ * and sinks to the processes it starts (`shoal up`). Never log it; describeSpec is for that.
+ */
+export function specUrl(spec: SourceSpec | SinkSpec): string {
+  const join = (base: string, q: string): string => `${base}${base.includes('?') ? '&' : '?'}${q}`
+  switch (spec.kind) {
+    case 'redis-stream':
+      if ('group' in spec) {
+        return join(
+          spec.redis,
+          query([
+            ['stream', spec.stream],
+            ['group', spec.group],
+            ['key', spec.keyField],
+            ['field', spec.dataField],
+            ['format', spec.format],
+            ['start', spec.start],
+            ['dlq', spec.dlq],
+            ['count', String(spec.count)],
+          ]),
+        )
+      }
+      return join(
+        spec.redis,
+        query([
+          ['stream', spec.stream],
+          ...(spec.maxlen === null ? [] : [['maxlen', String(spec.maxlen)] as const]),
+        ]),
+      )
+    case 'postgres':
+      return join(
+        spec.url,
+        query([
+          ['table', spec.table],
+          ['mode', spec.mode],
+        ]),
+      )
+    case 'file':
+      return `file:${spec.path}`
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Internals
 
