@@ -51,6 +51,9 @@ import { EventIngest, eventsRoute } from '../ingest/http-ingest.ts'
 import { formatHostPort } from '../transport/address.ts'
 import type { GrpcListener } from '../transport/grpc/grpc-transport.ts'
 import { createTransport } from '../transport/index.ts'
+import { createSink, createSource } from '../connectors/factory.ts'
+import { specUrl } from '../connectors/url.ts'
+import { registerSinkMetrics, registerSourceMetrics } from '../connectors/metrics.ts'
 import type { Role } from '../protocol/messages.ts'
 import type { Transport, TlsOptions } from '../transport/transport.ts'
 import { createWorkerNode } from '../worker/node.ts'
@@ -328,9 +331,17 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     status: () => {
       if (node === null) return { starting: true }
       observe(node)
-      return { ...node.worker.status(), deadLettered: node.dataPlane.deadLettered, job: node.engine.job }
+      return {
+        ...node.worker.status(),
+        deadLettered: node.dataPlane.deadLettered,
+        job: node.engine.job,
+        sources: node.pumps.map((p) => p.status()),
+        sinks: node.outputs.sinkStatus(),
+      }
     },
   })
+  registerSinkMetrics(metrics.registry, () => node?.outputs.runners ?? [])
+  registerSourceMetrics(metrics.registry, () => node?.pumps ?? [])
   burnThreads(log)
   // Durable state: memory: keeps it in the worker only; file: and redis:// get a replay log
   // and checkpoints (file: for a single worker, the directory is locked by one process).
@@ -362,9 +373,15 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     )
   }, 1000)
   healthTimer.unref()
+  // Sources read as consumer <node id> (stable across restarts); sinks behind SinkRunners.
+  const sources = cfg.sources.map((spec) => createSource(spec, { consumer: cfg.nodeId }))
+  const sinks = await Promise.all(cfg.sinks.map((spec) => createSink(spec)))
   node = createWorkerNode({
     store,
     transport,
+    sources,
+    sinks,
+    clientTransport: transportFor(cfg, `${cfg.nodeId}-sources`, 'client'),
     coordinator: formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
     listen: cfg.listen,
     httpAddress: http.address,
@@ -531,6 +548,10 @@ async function runUp(cfg: UpConfig): Promise<void> {
     workers: cfg.workers,
     transport: cfg.transport,
     nodeArgs: [...nodeArgs, ...(cfg.token !== undefined ? ['--token', cfg.token] : [])],
+    workerArgs: [
+      ...cfg.sources.flatMap((s) => ['--source', specUrl(s)]),
+      ...cfg.sinks.flatMap((s) => ['--sink', specUrl(s)]),
+    ],
     coordinatorListen: formatHostPort(cfg.listen.host, cfg.listen.port),
     coordinatorHttp: formatHostPort(cfg.http.host, cfg.http.port),
     job: cfg.job,
