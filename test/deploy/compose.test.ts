@@ -4,7 +4,8 @@
  * 1. Static: the compose-spec JSON schema (the copy dclint ships, so it follows the current spec)
  *    via ajv, plus the rules `docker compose up --scale worker=N` and health-gated startup only
  *    enforce at run time, plus Shoal's contract (ports, SHOAL_* variables, probe commands).
- *    Each rule is also shown to fire on a broken copy of the file.
+ *    Each rule is also shown to fire on a broken copy of the file. docker-compose.pipeline.yml is
+ *    checked the same way, merged over docker-compose.yml with its profile active.
  * 2. Live: a real coordinator and worker (`node --import tsx src/cli/main.ts`) started with the
  *    exact environment compose gives them (ports remapped to free loopback ports, `redis` and
  *    `coordinator` mapped to 127.0.0.1, a real redis-server), then every healthcheck command the
@@ -21,9 +22,11 @@ import { fileURLToPath } from 'node:url'
 import { Ajv } from 'ajv'
 import { parseDocument } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { parseSinkUrl, parseSourceUrl } from '../../src/connectors/url.ts'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const COMPOSE_FILE = join(ROOT, 'docker-compose.yml')
+const PIPELINE_FILE = join(ROOT, 'docker-compose.pipeline.yml')
 const DOCKERFILE = join(ROOT, 'cluster/Dockerfile')
 const DOCKERIGNORE = join(ROOT, '.dockerignore')
 const MAIN_TS = join(ROOT, 'src/cli/main.ts')
@@ -47,6 +50,8 @@ const KNOWN_SHOAL_ENV = new Set([
   'SHOAL_HEARTBEAT_INTERVAL_MS',
   'SHOAL_HEARTBEAT_MISSES',
   'SHOAL_LOG_LEVEL',
+  'SHOAL_SOURCE',
+  'SHOAL_SINK',
 ])
 const PORTS = {
   coordinator: { transport: 7400, http: 7401 },
@@ -105,6 +110,27 @@ function interpolate(src: string, env: Record<string, string | undefined>, error
       return v ?? ''
     },
   )
+}
+
+/**
+ * `docker compose -f base -f override`: mappings merge key by key (environment, depends_on,
+ * services), anything else in the override replaces the base's value.
+ */
+function mergeCompose<T>(base: T, override: unknown): T {
+  if (
+    typeof base !== 'object' ||
+    base === null ||
+    Array.isArray(base) ||
+    typeof override !== 'object' ||
+    override === null ||
+    Array.isArray(override)
+  ) {
+    return structuredClone(override) as T
+  }
+  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) }
+  for (const [k, v] of Object.entries(override))
+    out[k] = k in out ? mergeCompose(out[k], v) : structuredClone(v)
+  return out as T
 }
 
 /** Parse and interpolate like `docker compose config`, with an empty shell environment. */
@@ -217,9 +243,28 @@ function roleOf(s: Service): 'coordinator' | 'worker' | undefined {
  * Every problem `docker compose up --scale <scale>` would hit at run time, and every departure
  * from Shoal's deployment contract. Empty when the file is good.
  */
-function checkCompose(doc: Compose, scale: Record<string, number> = {}): string[] {
+function checkCompose(
+  doc: Compose,
+  scale: Record<string, number> = {},
+  activeProfiles: readonly string[] = [],
+): string[] {
   const errs: string[] = []
   const services = doc.services ?? {}
+  // profiles: a service outside every active profile is not started, so nothing started may need it
+  const enabled = (n: string): boolean => {
+    const p = services[n]?.profiles ?? []
+    return p.length === 0 || p.some((x) => activeProfiles.includes(x))
+  }
+  for (const [name, s] of Object.entries(services)) {
+    if (!enabled(name)) continue
+    for (const dep of Object.keys(depsOf(s))) {
+      if (services[dep] && !enabled(dep)) {
+        errs.push(
+          `${name}: depends_on ${dep}, which only profile ${(services[dep].profiles ?? []).join(', ')} starts`,
+        )
+      }
+    }
+  }
   for (const want of ['redis', 'coordinator', 'worker'])
     if (!services[want]) errs.push(`missing service "${want}"`)
 
@@ -308,6 +353,47 @@ function checkCompose(doc: Compose, scale: Record<string, number> = {}): string[
       else if (!(u.hostname in depsOf(s))) errs.push(`${name}: uses ${u.hostname} but does not depend on it`)
     }
     if (env.SHOAL_TOKEN === undefined || env.SHOAL_TOKEN === '') errs.push(`${name}: SHOAL_TOKEN is not set`)
+    // --source / --sink: every URL parses; its Redis or Postgres host is a service this one
+    // waits for (healthy); a bundled Postgres is reached with the credentials it is started with.
+    for (const [k, parse] of [
+      ['SHOAL_SOURCE', parseSourceUrl],
+      ['SHOAL_SINK', parseSinkUrl],
+    ] as const) {
+      if (env[k] !== undefined && role !== 'worker') errs.push(`${name}: ${k} is a worker setting`)
+      for (const url of asList(env[k])) {
+        let spec: ReturnType<typeof parse>
+        try {
+          spec = parse(url, k)
+        } catch (e) {
+          errs.push(`${name}: ${(e as Error).message}`)
+          continue
+        }
+        if (spec.kind === 'file') continue
+        const u = new URL(spec.kind === 'postgres' ? spec.url : spec.redis)
+        const target = services[u.hostname]
+        if (!target) {
+          errs.push(`${name}: ${k} host "${u.hostname}" is not a service`)
+          continue
+        }
+        if (depsOf(s)[u.hostname]?.condition !== 'service_healthy') {
+          errs.push(`${name}: ${k} uses ${u.hostname}; depend on it with condition service_healthy`)
+        }
+        if (spec.kind === 'postgres') {
+          const dbEnv = envOf(target)
+          const user = dbEnv.POSTGRES_USER ?? 'postgres'
+          if (
+            decodeURIComponent(u.username) !== user ||
+            decodeURIComponent(u.password) !== dbEnv.POSTGRES_PASSWORD ||
+            u.pathname.slice(1) !== (dbEnv.POSTGRES_DB ?? user) ||
+            Number(u.port || 5432) !== 5432
+          ) {
+            errs.push(
+              `${name}: ${k} must use ${u.hostname}'s POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB and port 5432`,
+            )
+          }
+        }
+      }
+    }
 
     // healthcheck: the node's own probe command against its readiness endpoint
     const test = asList(s.healthcheck?.test)
@@ -386,6 +472,28 @@ function checkCompose(doc: Compose, scale: Record<string, number> = {}): string[
     )
     if (!named) errs.push('redis: mount a named volume at /data')
     else if (!(named[0]! in (doc.volumes ?? {}))) errs.push(`redis: volume ${named[0]} is not declared`)
+  }
+
+  // postgres (any service running the postgres image): pg_isready, its data on a named volume
+  for (const [name, s] of Object.entries(services)) {
+    if (!/^postgres(:|$)/.test(s.image ?? '')) continue
+    const test = asList(s.healthcheck?.test)
+    if (test[0] !== 'CMD' || test[1] !== 'pg_isready')
+      errs.push(`${name}: healthcheck must be ["CMD", "pg_isready", ...]`)
+    const env = envOf(s)
+    if (!env.POSTGRES_PASSWORD) errs.push(`${name}: POSTGRES_PASSWORD is not set`)
+    const dataDir = env.PGDATA ?? '/var/lib/postgresql/data'
+    const mount = (s.volumes ?? [])
+      .map((v) => (typeof v === 'string' ? v.split(':') : [v.source, v.target]))
+      .find(
+        ([src, dst]) =>
+          src !== undefined &&
+          dst !== undefined &&
+          dataDir.startsWith(dst) &&
+          /^[a-zA-Z0-9][\w.-]*$/.test(src),
+      )
+    if (!mount) errs.push(`${name}: mount a named volume at ${dataDir}`)
+    else if (!(mount[0]! in (doc.volumes ?? {}))) errs.push(`${name}: volume ${mount[0]} is not declared`)
   }
   return errs
 }
@@ -591,6 +699,7 @@ function sourceFiles(dir: string): string[] {
 // ---- tests ------------------------------------------------------------------------------------------------
 
 const composeText = readFileSync(COMPOSE_FILE, 'utf8')
+const pipelineText = readFileSync(PIPELINE_FILE, 'utf8')
 
 describe('docker-compose.yml (static)', () => {
   const { doc, errors } = loadCompose(composeText)
@@ -756,9 +865,92 @@ describe('cluster/Dockerfile and .dockerignore (static)', () => {
   })
 })
 
+describe('docker-compose.pipeline.yml (static, merged over docker-compose.yml)', () => {
+  const base = loadCompose(composeText).doc
+  const override = loadCompose(pipelineText)
+  const merged = mergeCompose(base, override.doc)
+
+  it('parses, and the override and the merged file are valid against the compose-spec schema', () => {
+    expect(override.errors).toEqual([])
+    expect(schemaErrors(override.doc)).toEqual([])
+    expect(schemaErrors(merged)).toEqual([])
+    expect(Object.keys(override.doc.services)).toEqual(['worker'])
+  })
+
+  it.each([1, 3])('meets the contract with profile pipeline and worker=%i', (n) => {
+    expect(checkCompose(merged, { worker: n }, ['pipeline'])).toEqual([])
+  })
+
+  it('without the override, postgres is in profile pipeline and nothing else changes', () => {
+    expect(base.services.postgres!.profiles).toEqual(['pipeline'])
+    expect(envOf(base.services.worker!).SHOAL_SINK).toBeUndefined()
+    expect(Object.keys(depsOf(base.services.worker!))).not.toContain('postgres')
+    expect(checkCompose(base, { worker: 3 })).toEqual([])
+  })
+
+  it('every worker reads events and writes its state behind to postgres', () => {
+    const env = envOf(merged.services.worker!)
+    expect(env.SHOAL_SOURCE).toBe('redis://redis:6379?stream=events&group=shoal')
+    expect(env.SHOAL_SINK).toBe('postgres://shoal:shoal@postgres:5432/shoal?table=shoal_state&mode=state')
+    expect(parseSourceUrl(env.SHOAL_SOURCE!)).toMatchObject({ stream: 'events', group: 'shoal' })
+    expect(parseSinkUrl(env.SHOAL_SINK!)).toMatchObject({
+      kind: 'postgres',
+      table: 'shoal_state',
+      mode: 'state',
+    })
+    expect(depsOf(merged.services.worker!)).toMatchObject({
+      coordinator: { condition: 'service_healthy' },
+      redis: { condition: 'service_healthy' },
+      postgres: { condition: 'service_healthy' },
+    })
+    // one POSTGRES_PASSWORD for the database and the sink
+    const r = loadCompose(pipelineText, { POSTGRES_PASSWORD: 's3cret' })
+    const m = mergeCompose(loadCompose(composeText, { POSTGRES_PASSWORD: 's3cret' }).doc, r.doc)
+    expect(envOf(m.services.worker!).SHOAL_SINK).toContain('shoal:s3cret@postgres')
+    expect(checkCompose(m, { worker: 3 }, ['pipeline'])).toEqual([])
+  })
+
+  it('the validator catches what would break the pipeline', () => {
+    const mutate = (f: (d: Compose) => void, profiles = ['pipeline']): string[] => {
+      const d = structuredClone(merged)
+      f(d)
+      return checkCompose(d, { worker: 3 }, profiles)
+    }
+    const env = (d: Compose): Record<string, string> =>
+      d.services.worker!.environment as Record<string, string>
+    expect(mutate(() => {}, [])).toEqual(['worker: depends_on postgres, which only profile pipeline starts'])
+    expect(mutate((d) => delete (d.services.worker!.depends_on as Record<string, unknown>).postgres)).toEqual(
+      ['worker: SHOAL_SINK uses postgres; depend on it with condition service_healthy'],
+    )
+    expect(mutate((d) => (env(d).SHOAL_SINK = 'postgres://shoal:wrong@postgres:5432/shoal?table=t'))).toEqual(
+      ["worker: SHOAL_SINK must use postgres's POSTGRES_USER, POSTGRES_PASSWORD, POSTGRES_DB and port 5432"],
+    )
+    expect(
+      mutate((d) => (env(d).SHOAL_SINK = env(d).SHOAL_SINK!.replace('mode=state', 'mode=rows'))),
+    ).toEqual([
+      'worker: SHOAL_SINK "postgres://shoal:***@postgres:5432/shoal?table=shoal_state&mode=rows": mode must be one of state, events, got "rows"',
+    ])
+    expect(mutate((d) => (env(d).SHOAL_SOURCE = 'redis://redis:6379?stream=events'))).toEqual([
+      expect.stringContaining('missing required query parameter group'),
+    ])
+    expect(mutate((d) => (env(d).SHOAL_SOURCE = 'redis://cache:6379?stream=events&group=g'))).toEqual([
+      'worker: SHOAL_SOURCE host "cache" is not a service',
+    ])
+    expect(
+      mutate((d) => ((d.services.coordinator!.environment as Record<string, string>).SHOAL_SINK = 'file:/x')),
+    ).toEqual(['coordinator: SHOAL_SINK is a worker setting'])
+    expect(mutate((d) => (d.services.postgres!.healthcheck = { test: ['CMD', 'true'] }))).toEqual([
+      'postgres: healthcheck must be ["CMD", "pg_isready", ...]',
+    ])
+    expect(mutate((d) => (d.services.postgres!.volumes = ['/srv/pg:/var/lib/postgresql/data']))).toEqual([
+      'postgres: mount a named volume at /var/lib/postgresql/data',
+    ])
+  })
+})
+
 describe("the CLI knows the deploy files' variables", () => {
   it('every SHOAL_* variable the compose file sets is read by src/cli or src/config', () => {
-    const { doc } = loadCompose(composeText)
+    const doc = mergeCompose(loadCompose(composeText).doc, loadCompose(pipelineText).doc)
     expect(existsSync(MAIN_TS), 'src/cli/main.ts does not exist yet').toBe(true)
     const source = [...sourceFiles(join(ROOT, 'src/cli')), ...sourceFiles(join(ROOT, 'src/config'))]
       .map((f) => readFileSync(f, 'utf8'))

@@ -28,6 +28,7 @@ import { fileURLToPath } from 'node:url'
 import ts from 'typescript'
 import { parse, parseAllDocuments } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { parseSinkUrl, parseSourceUrl } from '../../src/connectors/url.ts'
 import { checkHealth } from '../../src/transport/grpc/health.ts'
 
 /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-return --
@@ -35,7 +36,11 @@ import { checkHealth } from '../../src/transport/grpc/health.ts'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const K8S = join(ROOT, 'k8s')
-const VARIANTS = { base: K8S, grpc: join(K8S, 'overlays/grpc') } as const
+const VARIANTS = {
+  base: K8S,
+  grpc: join(K8S, 'overlays/grpc'),
+  pipeline: join(K8S, 'overlays/pipeline'),
+} as const
 const MAIN_TS = join(ROOT, 'src/cli/main.ts')
 const NAMESPACE = 'shoal'
 
@@ -57,6 +62,8 @@ const KNOWN_SHOAL_ENV = new Set([
   'SHOAL_HEARTBEAT_INTERVAL_MS',
   'SHOAL_HEARTBEAT_MISSES',
   'SHOAL_LOG_LEVEL',
+  'SHOAL_SOURCE',
+  'SHOAL_SINK',
 ])
 /** Non-SHOAL variables a Shoal container may carry: POD_NAME is honoured, POD_IP feeds $(POD_IP). */
 const OTHER_ENV = new Set(['POD_NAME', 'POD_IP', 'POD_NAMESPACE', 'NODE_OPTIONS'])
@@ -595,6 +602,56 @@ function checkK8s(objs: Obj[]): string[] {
         errs.push(`${where}: SHOAL_STATE port ${u.port || 6379} is not a port of Service ${u.hostname}`)
       }
     }
+    // --source / --sink: every URL parses; Redis and Postgres hosts are Services of the bundle
+    // (unless fully qualified), on one of their ports; a URL with a password comes from a Secret.
+    for (const [k, parse] of [
+      ['SHOAL_SOURCE', parseSourceUrl],
+      ['SHOAL_SINK', parseSinkUrl],
+    ] as const) {
+      for (const url of (env[k] ?? '').split(/\s+/).filter(Boolean)) {
+        let spec: ReturnType<typeof parse>
+        try {
+          spec = parse(url, k)
+        } catch (e) {
+          errs.push(`${where}: ${(e as Error).message}`)
+          continue
+        }
+        if (spec.kind === 'file') continue
+        const u = new URL(spec.kind === 'postgres' ? spec.url : spec.redis)
+        const port = Number(u.port || (spec.kind === 'postgres' ? 5432 : 6379))
+        const svc = findObj(objs, 'Service', u.hostname.split('.')[0]!)
+        if (!u.hostname.includes('.') && !svc) errs.push(`${where}: ${k} host ${u.hostname} is not a Service`)
+        if (svc && !(svc.spec.ports as { port: number }[]).some((p) => p.port === port)) {
+          errs.push(`${where}: ${k} port ${port} is not a port of Service ${u.hostname}`)
+        }
+        if (u.password !== '' && !c.env?.find((e) => e.name === k)?.valueFrom?.secretKeyRef) {
+          errs.push(`${where}: ${k} holds a password: take it from a Secret (secretKeyRef)`)
+        }
+        // A bundled Postgres: the sink's credentials are the ones it is started with.
+        const db =
+          svc &&
+          podsFor(svc.spec.selector)
+            .flatMap(containersOf)
+            .find((x) => /(^|\/)postgres(:|$)/.test(x.image))
+        if (spec.kind === 'postgres' && db) {
+          const dbEnv = resolveEnv(db, objs, fieldsFor('pg-0', '10.0.0.11')).env
+          const user = dbEnv.POSTGRES_USER ?? 'postgres'
+          if (
+            decodeURIComponent(u.username) !== user ||
+            decodeURIComponent(u.password) !== dbEnv.POSTGRES_PASSWORD
+          ) {
+            errs.push(
+              `${where}: ${k} user or password differs from Service ${u.hostname}'s POSTGRES_USER/POSTGRES_PASSWORD`,
+            )
+          }
+          if (u.pathname.slice(1) !== (dbEnv.POSTGRES_DB ?? user)) {
+            errs.push(
+              `${where}: ${k} database ${u.pathname.slice(1)} is not POSTGRES_DB of Service ${u.hostname}`,
+            )
+          }
+        }
+      }
+    }
     if (env.POD_NAME !== pod['metadata.name'])
       errs.push(`${where}: POD_NAME must come from fieldRef metadata.name`)
     // The node id defaults to POD_NAME; a worker appends a per-process suffix, so restarts never
@@ -740,6 +797,20 @@ function checkK8s(objs: Obj[]): string[] {
       if (!(c.volumeMounts ?? []).some((m) => m.mountPath === '/data' && claims.includes(m.name))) {
         err(o, `${c.name}: mount a volumeClaimTemplate at /data`)
       }
+    }
+    for (const c of containersOf(o).filter((x) => /(^|\/)postgres(:|$)/.test(x.image))) {
+      if (c.readinessProbe?.exec?.command[0] !== 'pg_isready')
+        err(o, `${c.name}: readinessProbe must exec pg_isready`)
+      const claims = ((o.spec.volumeClaimTemplates ?? []) as Obj[]).map((v) => v.metadata.name as string)
+      const { env } = resolveEnv(c, objs, fieldsFor('pg-0', '10.0.0.11'))
+      const data = (c.volumeMounts ?? []).find((m) => claims.includes(m.name))
+      if (!data) err(o, `${c.name}: mount a volumeClaimTemplate for the data`)
+      else if (!(env.PGDATA ?? '/var/lib/postgresql/data').startsWith(`${data.mountPath}/`)) {
+        err(o, `${c.name}: PGDATA must be a subdirectory of the claim mounted at ${data.mountPath}`)
+      }
+      if (!env.POSTGRES_PASSWORD) err(o, `${c.name}: POSTGRES_PASSWORD is not set`)
+      else if (!c.env?.find((e) => e.name === 'POSTGRES_PASSWORD')?.valueFrom?.secretKeyRef)
+        err(o, `${c.name}: POSTGRES_PASSWORD must come from a Secret`)
     }
   }
   return errs
@@ -897,6 +968,7 @@ function sourceFiles(dir: string): string[] {
 const rendered = {
   base: render(VARIANTS.base),
   grpc: render(VARIANTS.grpc),
+  pipeline: render(VARIANTS.pipeline),
 }
 
 describe('k8s/ (static)', () => {
@@ -926,6 +998,36 @@ describe('k8s/ (static)', () => {
       ].sort(),
     )
     expect(rendered.grpc.map(id).sort()).toEqual(rendered.base.map(id).sort())
+    expect(rendered.pipeline.map(id).sort()).toEqual(
+      [
+        ...rendered.base.map(id),
+        'Secret/shoal-pipeline',
+        'Service/shoal-postgres',
+        'StatefulSet/shoal-postgres',
+      ].sort(),
+    )
+  })
+
+  it('the pipeline overlay gives the workers (only) a Redis Stream source and a Postgres sink from the Secret', () => {
+    const { w, c } = shoalContainer(rendered.pipeline, 'worker')
+    const { env } = resolveEnv(c, rendered.pipeline, fieldsFor(w.metadata.name, '10.0.0.10'))
+    expect(parseSourceUrl(env.SHOAL_SOURCE!)).toMatchObject({
+      redis: 'redis://shoal-redis:6379',
+      stream: 'events',
+      group: 'shoal',
+    })
+    expect(parseSinkUrl(env.SHOAL_SINK!)).toMatchObject({
+      kind: 'postgres',
+      table: 'shoal_state',
+      mode: 'state',
+    })
+    expect(c.env!.find((e) => e.name === 'SHOAL_SINK')!.valueFrom?.secretKeyRef).toEqual({
+      name: 'shoal-pipeline',
+      key: 'SHOAL_SINK',
+    })
+    const coord = shoalContainer(rendered.pipeline, 'coordinator')
+    const coordEnv = resolveEnv(coord.c, rendered.pipeline, fieldsFor('c', '10.0.0.1')).env
+    expect([coordEnv.SHOAL_SOURCE, coordEnv.SHOAL_SINK]).toEqual([undefined, undefined])
   })
 
   it.each(Object.keys(VARIANTS) as (keyof typeof VARIANTS)[])(
@@ -936,7 +1038,7 @@ describe('k8s/ (static)', () => {
   )
 
   it('every object type-checks against kubernetes-models (no unknown fields)', () => {
-    const all = [...rendered.base, ...rendered.grpc]
+    const all = [...rendered.base, ...rendered.grpc, ...rendered.pipeline]
     expect(typeErrors(all)).toEqual([])
   }, 60_000)
 
@@ -1048,6 +1150,57 @@ describe('k8s/ (static)', () => {
         (o) => (get(o, 'Deployment', 'shoal-worker').spec.template.spec.securityContext.runAsNonRoot = false),
       ),
     ).toContain('Deployment/shoal-worker: pod securityContext.runAsNonRoot must be true')
+    // the pipeline's source, sink and Postgres
+    const sinkEnv = (o: Obj[]): Container['env'] => worker(o).env!
+    expect(
+      broken(
+        (o) =>
+          (get(o, 'Secret', 'shoal-pipeline').stringData.SHOAL_SINK = get(
+            o,
+            'Secret',
+            'shoal-pipeline',
+          ).stringData.SHOAL_SINK.replace('mode=state', 'mode=rows')),
+        'pipeline',
+      ),
+    ).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/SHOAL_SINK .*mode must be one of state, events, got "rows"/),
+      ]),
+    )
+    expect(
+      broken(
+        (o) =>
+          (get(o, 'Secret', 'shoal-pipeline').stringData.SHOAL_SINK =
+            'postgres://shoal:other@shoal-postgres:5432/shoal?table=t'),
+        'pipeline',
+      ),
+    ).toEqual([
+      "Deployment/shoal-worker worker: SHOAL_SINK user or password differs from Service shoal-postgres's POSTGRES_USER/POSTGRES_PASSWORD",
+    ])
+    expect(
+      broken((o) => {
+        const e = sinkEnv(o)!.find((x) => x.name === 'SHOAL_SOURCE')!
+        e.value = 'redis://redis:6379?stream=events&group=shoal'
+      }, 'pipeline'),
+    ).toEqual(['Deployment/shoal-worker worker: SHOAL_SOURCE host redis is not a Service'])
+    expect(
+      broken((o) => {
+        const e = sinkEnv(o)!.find((x) => x.name === 'SHOAL_SINK')!
+        delete e.valueFrom
+        e.value = get(o, 'Secret', 'shoal-pipeline').stringData.SHOAL_SINK
+      }, 'pipeline'),
+    ).toEqual([
+      'Deployment/shoal-worker worker: SHOAL_SINK holds a password: take it from a Secret (secretKeyRef)',
+    ])
+    expect(
+      broken(
+        (o) =>
+          (get(o, 'StatefulSet', 'shoal-postgres').spec.template.spec.containers[0].readinessProbe = {
+            tcpSocket: { port: 'postgres' },
+          }),
+        'pipeline',
+      ),
+    ).toEqual(['StatefulSet/shoal-postgres: postgres: readinessProbe must exec pg_isready'])
     // schema and unknown fields
     const bad = clone(get(rendered.base, 'Deployment', 'shoal-worker'))
     bad.spec.replicas = '3'
@@ -1095,7 +1248,9 @@ describe("the CLI knows the manifests' variables", () => {
   })
 })
 
-for (const variant of Object.keys(VARIANTS) as (keyof typeof VARIANTS)[]) {
+// The pipeline variant's workers need Postgres and a Redis Stream: its connectors have their own
+// suites (test/conformance, test/integration); its nodes start the same way as the base's.
+for (const variant of ['base', 'grpc'] as const) {
   describe(`k8s ${variant}: containers as real nodes, probed like the kubelet`, () => {
     const objs = rendered[variant]
     const ports = new Map<number, number>()
