@@ -57,6 +57,8 @@ export const ErrorCodes = {
   TIMEOUT: 'SHOAL_ERR_TIMEOUT',
   /** The job module failed to load, or a processing task failed outside the job's own code. */
   JOB_FAILED: 'SHOAL_ERR_JOB_FAILED',
+  /** A job module cannot be used: missing file, syntax error, a throw at import, or no default export that is a job; found before the node starts. */
+  JOB_INVALID: 'SHOAL_ERR_JOB_INVALID',
   /** The partition is paused by the coordinator; retry later. */
   PAUSED: 'SHOAL_ERR_PAUSED',
   /** The state backend is unreachable or not ready (connection lost, server loading, disk error); retryable. */

@@ -26,6 +26,7 @@ import { AdminClient } from '../client/admin.ts'
 import { ShoalClient } from '../client/client.ts'
 import {
   advertiseAddress,
+  BUILTIN_JOBS,
   ConfigError,
   describeConfig,
   formatFlagHelp,
@@ -57,6 +58,7 @@ import { registerSinkMetrics, registerSourceMetrics } from '../connectors/metric
 import type { Role } from '../protocol/messages.ts'
 import type { Transport, TlsOptions } from '../transport/transport.ts'
 import { createWorkerNode } from '../worker/node.ts'
+import { checkJob } from '../processing/engine.ts'
 import { joinIdentity } from './join-identity.ts'
 import { createStateBackend } from '../state/index.ts'
 import { PartitionedFileStore, openPartitionStore } from '../state/checkpoint/partition-store.ts'
@@ -300,6 +302,8 @@ async function storedEpochFloor(
 }
 
 async function runWorker(cfg: WorkerConfig): Promise<void> {
+  // A job file that cannot load is SHOAL_ERR_JOB_INVALID now, before the worker starts or joins.
+  if (!BUILTIN_JOBS.includes(cfg.job)) await checkJob(cfg.job)
   const log = createLogger({ level: cfg.logLevel, name: 'worker', nodeId: cfg.nodeId })
   log.info({ config: describeConfig(cfg) }, 'starting worker')
   const metrics = createMetrics('worker', { labels: { node_id: cfg.nodeId } })
@@ -526,6 +530,8 @@ async function runState(cfg: ClientConfig): Promise<number> {
 }
 
 async function runUp(cfg: UpConfig): Promise<void> {
+  // A job file that cannot load is SHOAL_ERR_JOB_INVALID now, before any node starts.
+  if (!BUILTIN_JOBS.includes(cfg.job)) await checkJob(cfg.job)
   // The embedded default: durable state in a fresh directory per run (one directory per
   // partition, shared by the workers of this host). --state file:DIR keeps it across runs.
   let ephemeralState: string | null = null

@@ -1192,7 +1192,9 @@ class Loader {
       this.#bad('job', s.raw, 'must be a valid file: URL')
       return 'count'
     }
-    if (!isReadableFile(file)) {
+    // A job module path that does not exist is the job loader's to report (SHOAL_ERR_JOB_INVALID,
+    // before the node starts); a bare word without an extension is a mistyped built-in name.
+    if (!isReadableFile(file) && !/\.(?:[mc]?[jt]s)$/.test(file)) {
       this.#bad(
         'job',
         s.raw,

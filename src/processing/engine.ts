@@ -15,6 +15,7 @@
  * submitted before it), so a partition's tasks keep their order and snapshots their cut.
  */
 import { availableParallelism } from 'node:os'
+import { Worker as Thread } from 'node:worker_threads'
 import { Piscina } from 'piscina'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import type {
@@ -41,6 +42,46 @@ const TASK_FILE = new URL(
   import.meta.url.endsWith('.ts') ? './task-loader.mjs' : './task.js',
   import.meta.url,
 ).href
+
+/**
+ * Load a job module once in a short-lived thread, the way the processing threads load it (the
+ * task module, the same loader hooks), and check it is a job: a node calls this before it
+ * starts, so a job that cannot load is reported at once, with its file and cause, instead of
+ * crashing processing threads later. Resolves with the job's name; rejects with a
+ * `SHOAL_ERR_JOB_INVALID` ShoalError. The thread is terminated either way (a job module may
+ * leave timers or sockets open at import).
+ */
+export function checkJob(job: string): Promise<{ name: string }> {
+  return new Promise((resolve, reject) => {
+    let settled = false
+    const thread = new Thread(new URL(TASK_FILE), { workerData: { job, check: true } })
+    const done = (result: { name: string } | ShoalError): void => {
+      if (settled) return
+      settled = true
+      void thread.terminate()
+      if (result instanceof ShoalError) reject(result)
+      else resolve(result)
+    }
+    const invalid = (message: string, cause?: unknown): ShoalError =>
+      new ShoalError(ErrorCodes.JOB_INVALID, message, {
+        ...(cause === undefined ? {} : { cause }),
+        data: { job },
+      })
+    thread.on('message', (m: { shoal?: string; name?: unknown }) => {
+      if (m.shoal === 'job-loaded') done({ name: String(m.name) })
+    })
+    thread.on('error', (e: unknown) => {
+      // The loader's errors name the file and the cause already (an error crossing threads
+      // keeps its message and code, not its class).
+      const msg = e instanceof Error ? e.message : String(e)
+      const ours = (e as { code?: unknown } | null)?.code === ErrorCodes.JOB_INVALID
+      done(invalid(ours ? msg : `job ${job}: cannot be loaded: ${msg}`, e))
+    })
+    thread.on('exit', (code) =>
+      done(invalid(`job ${job}: the thread loading it exited (code ${code}) before the job loaded`)),
+    )
+  })
+}
 
 /** Tasks of a thread in its pool (running or queued there) before batches wait to be merged. */
 const MAX_TASKS_IN_POOL = 1

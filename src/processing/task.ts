@@ -5,9 +5,8 @@
  * submitted: a snapshot taken after batch N sees exactly batches 1..N (a consistent cut).
  */
 import { Packr } from 'msgpackr'
-import { pathToFileURL } from 'node:url'
-import { workerData } from 'piscina'
-import type { JobDefinition } from './job.ts'
+import { parentPort, workerData } from 'node:worker_threads'
+import { loadJob } from './job-loader.ts'
 import type {
   BatchFailure,
   BatchItem,
@@ -41,24 +40,12 @@ function packStates(list: Iterable<Entry>): PackedStates {
   }
   return { keys, data: data.slice(0, at), ends: Uint32Array.from(ends) }
 }
-const { job: jobRef } = workerData as { job: string }
-
-async function loadJob(ref: string): Promise<JobDefinition> {
-  const url =
-    ref === 'count'
-      ? new URL(`./jobs/count${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url).href
-      : ref.startsWith('file:')
-        ? ref
-        : pathToFileURL(ref).href
-  const mod = (await import(url)) as { default?: JobDefinition }
-  const job = mod.default
-  if (job === undefined || typeof job.process !== 'function' || typeof job.init !== 'function') {
-    throw new TypeError(`job module ${ref} must export default defineJob({ name, init, process })`)
-  }
-  return job
-}
+// piscina passes its workerData through; engine.ts checkJob runs this module in a plain thread
+// with `check: true` to load the job once, before a node starts.
+const { job: jobRef, check } = workerData as { job: string; check?: boolean }
 
 const job = await loadJob(jobRef)
+if (check === true) parentPort?.postMessage({ shoal: 'job-loaded', name: job.name })
 
 /** A key's state. `dirty`: changed since the last snapshot (then it is listed in `changed`). */
 interface Entry {

@@ -1,0 +1,94 @@
+/**
+ * Loading a job module in a processing thread (task.ts) or in the short-lived thread that checks
+ * a job before a node starts (engine.ts checkJob). A job file may be TypeScript (`.ts`, `.mts`) or
+ * JavaScript (`.js`, `.mjs`) ES modules on every supported Node: the thread registers
+ * tsx's ESM loader (`tsx/esm/api`) and a resolve hook that maps `import ... from 'shoal'` to
+ * this package (job-hooks.ts). Both are registered only in threads that load a job file (from
+ * sources, task-loader.mjs registers them in every such thread), never on a node's main thread,
+ * and not for built-in jobs in built code. Every way a job can fail to load is a
+ * `SHOAL_ERR_JOB_INVALID` error naming the file and the cause (docs/decisions.md, "Job files").
+ */
+import { existsSync } from 'node:fs'
+import { register } from 'node:module'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { ErrorCodes, ShoalError } from '../errors.ts'
+import { JOB_HOOKS_URL, type JobHooksData } from './job-hooks.ts'
+import type { JobDefinition } from './job.ts'
+
+/** Running from TypeScript sources (tsx, vitest): a TypeScript loader is already registered. */
+const FROM_SOURCES = import.meta.url.endsWith('.ts')
+const EXT = FROM_SOURCES ? '.ts' : '.js'
+/** What `import ... from 'shoal'` gives a job: this package's index. */
+export const SHOAL_ENTRY = new URL(`../index${EXT}`, import.meta.url).href
+
+let hooks: Promise<void> | undefined
+
+/**
+ * Register the job hooks (`shoal` resolution, ES modules: job-hooks.ts), then tsx's ESM loader,
+ * in this thread, once. From sources, task-loader.mjs (the threads' development entry) has
+ * registered both already, in the same order.
+ */
+function registerJobHooks(): Promise<void> {
+  hooks ??= (async () => {
+    if (FROM_SOURCES) return
+    register<JobHooksData>(JOB_HOOKS_URL, { data: { entry: SHOAL_ENTRY } })
+    const tsx = await import('tsx/esm/api')
+    tsx.register()
+  })()
+  return hooks
+}
+
+function invalid(file: string, message: string, cause?: unknown): ShoalError {
+  return new ShoalError(ErrorCodes.JOB_INVALID, `job ${file}: ${message}`, {
+    ...(cause === undefined ? {} : { cause }),
+    data: { job: file },
+  })
+}
+
+const HOW = 'a job module must `export default defineJob({ name, init, process })`'
+
+/** Why `value` is not a job, or null when it is one. */
+function notAJob(value: unknown): string | null {
+  if (value === undefined) return `it has no default export; ${HOW}`
+  if (typeof value !== 'object' || value === null)
+    return `its default export is not a job (got ${value === null ? 'null' : typeof value}); ${HOW}`
+  const j = value as Partial<Record<keyof JobDefinition, unknown>>
+  const missing: string[] = []
+  if (typeof j.name !== 'string' || j.name.length === 0) missing.push('name (a non-empty string)')
+  if (typeof j.init !== 'function') missing.push('init (a function)')
+  if (typeof j.process !== 'function') missing.push('process (a function)')
+  return missing.length === 0 ? null : `its default export is not a job: no ${missing.join(', no ')}; ${HOW}`
+}
+
+/**
+ * Import and validate a job: `ref` is a built-in job name ('count'), an absolute path or a
+ * `file:` URL. Throws a `SHOAL_ERR_JOB_INVALID` ShoalError when it cannot load or is not a job.
+ */
+export async function loadJob(ref: string): Promise<JobDefinition> {
+  if (ref === 'count') {
+    const mod = (await import(new URL(`./jobs/count${EXT}`, import.meta.url).href)) as {
+      default: JobDefinition
+    }
+    return mod.default
+  }
+  let url: string
+  let file: string
+  try {
+    url = ref.startsWith('file:') ? ref : pathToFileURL(ref).href
+    file = fileURLToPath(url)
+  } catch (e) {
+    throw invalid(ref, 'not a path or file: URL', e)
+  }
+  if (!existsSync(file)) throw invalid(file, 'no such file')
+  await registerJobHooks()
+  let mod: { default?: unknown }
+  try {
+    mod = (await import(url)) as { default?: unknown }
+  } catch (e) {
+    const cause = e instanceof Error ? `${e.name}: ${e.message}` : String(e)
+    throw invalid(file, `cannot be loaded: ${cause}`, e)
+  }
+  const why = notAJob(mod.default)
+  if (why !== null) throw invalid(file, why)
+  return mod.default as JobDefinition
+}
