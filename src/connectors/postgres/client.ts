@@ -105,17 +105,6 @@ export function createPool(url: string, o: Readonly<ResolvedPostgresSinkOptions>
   return pool
 }
 
-/** The password-free form of a URL, for messages. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url)
-    if (u.password !== '') u.password = '***'
-    return u.href
-  } catch {
-    return '(unparseable URL)'
-  }
-}
-
 /** Run `fn` in one transaction on a pooled connection (see withClient). */
 export async function inTransaction<T>(
   pool: pg.Pool,
