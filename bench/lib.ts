@@ -29,6 +29,8 @@ export interface BenchOptions {
    * measurement that other processes disturbed (up to 3 attempts; the least disturbed is kept).
    */
   settle?: boolean
+  /** Benchmarks that read or write a stream of entries: how many (`--entries N`). */
+  entries?: number
 }
 
 export interface Table {
@@ -52,6 +54,11 @@ export interface BenchResult {
   notes: string[]
   /** Raw measurements, written to .tmp/bench/<name>.json. */
   data: unknown
+  /**
+   * Correctness checks that failed (wrong state, lost entries): printed as FAILED lines after the
+   * figures, and the run exits non-zero. Goals missed are not failures.
+   */
+  failed?: string[]
 }
 
 export interface Benchmark {

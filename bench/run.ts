@@ -1,15 +1,18 @@
 /**
  * Benchmark runner.
  *
- *   npm run bench -- [names...] [--quick] [--runs N] [--settle] [--list]
+ *   npm run bench -- [names...] [--quick] [--runs N] [--settle] [--entries N] [--list]
  *
  *   --quick   short warm-ups and windows, one run: a smoke test, not a result
  *   --runs N  repetitions of every case (default 3; 1 with --quick)
  *   --settle  shared machine: wait for idle before each measurement, repeat disturbed ones
+ *   --entries N  entries for benchmarks that take it (connectors: the stream's length)
  *   --list    the registered benchmarks
  *
  * Runs the registered benchmarks (all by default, in registry order), prints a table per
  * benchmark and a machine line, and writes each result as JSON to .tmp/bench/<name>.json.
+ * A benchmark whose correctness checks failed (BenchResult.failed) prints FAILED lines and
+ * makes the exit code 1.
  * A benchmark is a module exporting { name, description, run(opts) } (bench/lib.ts); add one by
  * adding its import to REGISTRY. Benchmarks measure and print; goals are reported, not asserted,
  * so the exit code only says whether every benchmark ran.
@@ -26,13 +29,14 @@ const REGISTRY: Record<string, () => Promise<{ default: Benchmark }>> = {
   e2e: () => import('./macro/e2e.ts'),
   checkpoint: () => import('./macro/checkpoint.ts'),
   failover: () => import('./macro/failover.ts'),
+  connectors: () => import('./macro/connectors.ts'),
 }
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
 const OUT_DIR = join(ROOT, '.tmp', 'bench')
 
 function usage(): string {
-  return `usage: npm run bench -- [${Object.keys(REGISTRY).join('|')}...] [--quick] [--runs N] [--settle] [--list]`
+  return `usage: npm run bench -- [${Object.keys(REGISTRY).join('|')}...] [--quick] [--runs N] [--settle] [--entries N] [--list]`
 }
 
 function parseArgs(argv: string[]): { names: string[]; opts: BenchOptions; list: boolean } {
@@ -50,6 +54,12 @@ function parseArgs(argv: string[]): { names: string[]; opts: BenchOptions; list:
       if (!Number.isInteger(n) || n < 1)
         throw new Error(`--runs needs a positive integer (got ${v})\n${usage()}`)
       opts.runs = n
+    } else if (a === '--entries' || a.startsWith('--entries=')) {
+      const v = a === '--entries' ? argv[++i] : a.slice('--entries='.length)
+      const n = Number(v)
+      if (!Number.isInteger(n) || n < 1)
+        throw new Error(`--entries needs a positive integer (got ${v})\n${usage()}`)
+      opts.entries = n
     } else if (a === '--help' || a === '-h') {
       console.log(usage())
       process.exit(0)
@@ -87,6 +97,8 @@ async function main(): Promise<number> {
         console.log(`${h.label}: ${h.value}${verdict}`)
       }
       for (const n of result.notes) console.log(`note: ${n}`)
+      for (const f of result.failed ?? []) console.log(`FAILED: ${bench.name}: ${f}`)
+      if ((result.failed ?? []).length > 0) failed++
       const file = join(OUT_DIR, `${bench.name}.json`)
       const record = {
         name: bench.name,
