@@ -42,11 +42,14 @@ import { ShoalError } from '../errors.ts'
 import { createLivenessMonitor } from '../observability/liveness.ts'
 import { createLogger } from '../observability/logger.ts'
 import { createMetrics } from '../observability/metrics.ts'
+import { createDashboard } from '../observability/dashboard.ts'
 import {
   startHttpServer,
+  type GetRoute,
   type HttpServerOptions,
   type PostRoute,
   type RouteHandler,
+  type StreamRoute,
 } from '../observability/http.ts'
 import { EventIngest, eventsRoute } from '../ingest/http-ingest.ts'
 import { formatHostPort } from '../transport/address.ts'
@@ -210,6 +213,19 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
     producerId: `http-ingest:${cfg.nodeId}:${randomUUID()}`,
     logger: log,
   })
+  // The dashboard at / (docs/dashboard.md); it reads workers' /status with the cluster token.
+  const dashboard = createDashboard({
+    cluster: coordinator,
+    auth: cfg.token !== undefined,
+    workers: {
+      token: cfg.token,
+      tls:
+        cfg.tls?.cert === undefined || cfg.tls.key === undefined
+          ? undefined
+          : { ca: cfg.tls.ca === undefined ? undefined : readFileSync(cfg.tls.ca) },
+    },
+    logger: log,
+  })
   const http = await startHttpServer({
     host: cfg.http.host,
     port: cfg.http.port,
@@ -231,7 +247,8 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
       metrics.observeCluster(s)
       return s
     },
-    routes: new Map<string, RouteHandler | PostRoute>([
+    routes: new Map<string, RouteHandler | PostRoute | GetRoute | StreamRoute>([
+      ...dashboard.routes,
       [
         '/state/',
         async (req) => {
@@ -250,6 +267,7 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
       ['/events', eventsRoute(ingest)],
     ]),
   })
+  dashboard.start()
   const setServing = (ok: boolean): void =>
     (coordinator.listener as Partial<GrpcListener> | null)?.setServing?.(ok)
   const readyTimer = setInterval(() => setServing(coordinator.readiness().ok), 200)
@@ -270,6 +288,7 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
     await (await stateClient?.catch(() => null))?.close()
     await ingest.close()
     await coordinator.stop({ timeoutMs: Math.min(cfg.drainTimeoutMs, 5000) })
+    dashboard.close()
     await http.close()
     liveness.close()
   })

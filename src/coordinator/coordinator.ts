@@ -466,6 +466,18 @@ export class Coordinator extends EventEmitter<{
     }
   }
 
+  /**
+   * Per partition: whether its current owner reported it ready (restored and serving); false
+   * while it restores, and for unowned partitions. For the dashboard's partition map.
+   */
+  partitionsReady(): boolean[] {
+    const a = this.#assignment
+    return a.owners.map((owner, p) => {
+      if (owner === null) return false
+      return this.#members.get(owner)?.ready.has(p) === true
+    })
+  }
+
   routing(): RoutingFields {
     const a = this.#assignment
     const addresses: Record<string, string> = {}

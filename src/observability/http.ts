@@ -9,7 +9,11 @@
  *                 the longest matching prefix wins. A route is GET (a RouteHandler) or POST
  *                 (a PostRoute: the whole body is read, up to its maxBodyBytes, before the
  *                 handler runs; above it 413 with `connection: close`; a Content-Type it does
- *                 not list is 415).
+ *                 not list is 415), a GetRoute (a GET route that may be `public`: served
+ *                 without the token, for content that reveals nothing about the cluster, such
+ *                 as the dashboard's page and script) or a StreamRoute (a GET route that keeps
+ *                 the response open and writes to it, e.g. Server-Sent Events; no handler
+ *                 timeout applies, the stream ends when the client goes or the server closes).
  *
  * Anything else is 404; a method a route does not take is 405 (with Allow: `GET, HEAD` on GET
  * routes, `POST` on POST routes), always with a JSON body `{"error":{"code":"SHOAL_ERR_...",
@@ -18,8 +22,8 @@
  * the body was read) yields 503 (SHOAL_ERR_TIMEOUT). Nothing a handler does can take the server
  * down. HEAD is answered like GET without a body.
  *
- * Access control: with `auth.token` set, every path except /healthz and /readyz (and /metrics
- * unless `auth.metrics`) requires `Authorization: Bearer <token>`; otherwise 401 with
+ * Access control: with `auth.token` set, every path except /healthz, /readyz and public routes
+ * (and /metrics unless `auth.metrics`) requires `Authorization: Bearer <token>`; otherwise 401 with
  * `WWW-Authenticate: Bearer` and code SHOAL_ERR_HTTP_UNAUTHORIZED, checked before routing (an
  * unauthenticated caller learns nothing about which paths exist). Tokens are compared as
  * SHA-256 digests with timingSafeEqual, so neither length nor content leaks through timing.
@@ -83,6 +87,47 @@ export interface PostRoute {
   readonly handlerTimeoutMs?: number
 }
 
+/** A GET route with options (a plain RouteHandler is a GET route without them). */
+export interface GetRoute {
+  readonly method: 'GET'
+  readonly handler: RouteHandler
+  /**
+   * Served without the token even when auth is on. Only for content that reveals nothing about
+   * the cluster: a browser cannot send a bearer token when it navigates to a page, so the
+   * dashboard's page, script and style sheet are public and the data they fetch is not. Exact
+   * paths only. @default false
+   */
+  readonly public?: boolean
+}
+
+/**
+ * The open response of a StreamRoute. Writes after the client went away, or after end(), are
+ * dropped.
+ */
+export interface ResponseStream {
+  /** Write a chunk; false when it was dropped or the client is not keeping up (kernel buffer full). */
+  write(chunk: string): boolean
+  /** Bytes written and not yet handed to the kernel (a slow client makes this grow). */
+  readonly bufferedBytes: number
+  /** End the response. */
+  end(): void
+  /** Aborted when the client goes away, the response ends or the server closes. */
+  readonly signal: AbortSignal
+}
+
+export type StreamHandler = (request: RouteRequest, stream: ResponseStream) => void
+
+/**
+ * A GET route that answers 200 with `headers` at once and keeps the response open for `stream`
+ * to write to (Server-Sent Events, with `content-type: text/event-stream`). HEAD gets the
+ * headers and no body. An exception from `stream` ends the response (and is logged).
+ */
+export interface StreamRoute {
+  readonly method: 'GET'
+  readonly stream: StreamHandler
+  readonly headers?: Readonly<Record<string, string>>
+}
+
 /** Bearer-token access control (see the module comment). */
 export interface HttpAuthOptions {
   /** The cluster token every protected request must present. */
@@ -117,7 +162,7 @@ export interface HttpServerOptions {
   readiness(): HealthResult | Promise<HealthResult>
   status(): unknown
   registry: MetricsSource
-  routes?: ReadonlyMap<string, RouteHandler | PostRoute>
+  routes?: ReadonlyMap<string, RouteHandler | PostRoute | GetRoute | StreamRoute>
   /** @default 5000 */
   handlerTimeoutMs?: number
   /**
@@ -157,6 +202,7 @@ interface Route {
   maxBodyBytes: number
   contentTypes: ReadonlySet<string> | null
   timeoutMs: number
+  stream: { handler: StreamHandler; headers: Readonly<Record<string, string>> } | null
 }
 
 class HttpStatusError extends ShoalError {
@@ -186,8 +232,12 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     throw new InvalidOptionError('options.auth.token must be a non-empty string')
   }
   const expectedDigest = auth === undefined ? null : sha256(auth.token)
+  const publicPaths = new Set<string>()
   const isOpen = (pathname: string): boolean =>
-    auth === undefined || ALWAYS_OPEN.has(pathname) || (pathname === '/metrics' && auth.metrics !== true)
+    auth === undefined ||
+    ALWAYS_OPEN.has(pathname) ||
+    publicPaths.has(pathname) ||
+    (pathname === '/metrics' && auth.metrics !== true)
 
   const exact = new Map<string, Route>()
   const prefixes: Array<[string, Route]> = []
@@ -197,6 +247,7 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     maxBodyBytes: 0,
     contentTypes: null,
     timeoutMs,
+    stream: null,
   })
   const builtins: Record<(typeof BUILTIN_PATHS)[number], RouteHandler> = {
     '/healthz': async () => health(await options.liveness(), 'unhealthy'),
@@ -213,7 +264,18 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
     if (exact.has(p) || prefixes.some(([q]) => q === p)) {
       throw new InvalidOptionError(`route ${JSON.stringify(p)} is already served`)
     }
-    const route = typeof spec === 'function' ? get(spec) : postRoute(p, spec, timeoutMs)
+    const route =
+      typeof spec === 'function'
+        ? get(spec)
+        : spec.method === 'GET'
+          ? getRoute(p, spec, get)
+          : postRoute(p, spec, timeoutMs)
+    if (typeof spec !== 'function' && 'public' in spec && spec.public === true) {
+      if (p.endsWith('/') && p.length > 1) {
+        throw new InvalidOptionError(`route ${JSON.stringify(p)}: a public route must be an exact path`)
+      }
+      publicPaths.add(p)
+    }
     if (p.endsWith('/') && p.length > 1) prefixes.push([p, route])
     else exact.set(p, route)
   }
@@ -253,6 +315,10 @@ export async function startHttpServer(options: HttpServerOptions): Promise<HttpS
             `${String(req.method)} is not allowed on ${url.pathname}; use GET`,
             { allow: 'GET, HEAD' },
           )
+        }
+        if (r.stream !== null) {
+          openStream(req, res, r.stream, url, isHead, ac, options.logger)
+          return
         }
       } else {
         isHead = false
@@ -364,6 +430,64 @@ function positiveInt(name: string, value: number): void {
   }
 }
 
+function getRoute(path: string, spec: GetRoute | StreamRoute, get: (h: RouteHandler) => Route): Route {
+  if ('stream' in spec) {
+    if (typeof spec.stream !== 'function') {
+      throw new InvalidOptionError(`route ${JSON.stringify(path)}: stream must be a function`)
+    }
+    return {
+      ...get(() => ({ status: 500 })),
+      stream: { handler: spec.stream, headers: spec.headers ?? {} },
+    }
+  }
+  if (typeof spec.handler !== 'function') {
+    throw new InvalidOptionError(`route ${JSON.stringify(path)}: handler must be a function`)
+  }
+  return get(spec.handler)
+}
+
+/** Answer 200 with the stream route's headers and hand the open response to its handler. */
+function openStream(
+  req: IncomingMessage,
+  res: ServerResponse,
+  route: NonNullable<Route['stream']>,
+  url: URL,
+  isHead: boolean,
+  ac: AbortController,
+  logger: HttpErrorLogger | undefined,
+): void {
+  res.statusCode = 200
+  res.setHeader('cache-control', 'no-store')
+  // Proxies (nginx) must not buffer the stream.
+  res.setHeader('x-accel-buffering', 'no')
+  for (const [k, v] of Object.entries(route.headers)) res.setHeader(k, v)
+  if (isHead) {
+    res.end()
+    return
+  }
+  res.flushHeaders()
+  const stream: ResponseStream = {
+    write(chunk) {
+      if (ac.signal.aborted || res.writableEnded || res.destroyed) return false
+      return res.write(chunk)
+    },
+    get bufferedBytes() {
+      return res.writableLength
+    },
+    end() {
+      if (!res.writableEnded) res.end()
+      ac.abort(new Error('stream ended'))
+    },
+    signal: ac.signal,
+  }
+  try {
+    route.handler({ method: 'GET', url, headers: req.headers, signal: ac.signal, body: EMPTY }, stream)
+  } catch (err) {
+    logger?.error({ err, path: req.url }, 'http stream handler failed')
+    stream.end()
+  }
+}
+
 function postRoute(path: string, spec: PostRoute, defaultTimeoutMs: number): Route {
   if (spec.method !== 'POST') {
     throw new InvalidOptionError(
@@ -381,6 +505,7 @@ function postRoute(path: string, spec: PostRoute, defaultTimeoutMs: number): Rou
     contentTypes:
       spec.contentTypes === undefined ? null : new Set(spec.contentTypes.map((t) => t.toLowerCase())),
     timeoutMs,
+    stream: null,
   }
 }
 
