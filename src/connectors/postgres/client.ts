@@ -29,6 +29,12 @@ export interface PostgresSinkOptions {
   chunkRows?: number
   /** From this many rows in one write, rows go through COPY into a staging table. @default 5000 */
   copyThresholdRows?: number
+  /**
+   * State sink, writes of copyThresholdRows rows and more: split by partition over this many
+   * connections, one transaction each (at most poolMax). 1 keeps every call one transaction.
+   * @default 1
+   */
+  parallelism?: number
   /** Called with errors of idle pooled connections (the pool replaces them); no caller sees them otherwise. */
   onConnectionError?: (err: ShoalError) => void
 }
@@ -45,6 +51,7 @@ export const DEFAULT_POSTGRES_SINK_OPTIONS = Object.freeze({
   statementTimeoutMs: 60_000,
   chunkRows: 10_000,
   copyThresholdRows: 5000,
+  parallelism: 1,
 })
 
 export function resolvePostgresSinkOptions(
@@ -59,6 +66,7 @@ export function resolvePostgresSinkOptions(
     queryTimeoutMs: o.queryTimeoutMs ?? statementTimeoutMs + 5000,
     chunkRows: o.chunkRows ?? d.chunkRows,
     copyThresholdRows: o.copyThresholdRows ?? d.copyThresholdRows,
+    parallelism: o.parallelism ?? d.parallelism,
     onConnectionError: o.onConnectionError,
   }
   for (const k of [
@@ -67,6 +75,7 @@ export function resolvePostgresSinkOptions(
     'statementTimeoutMs',
     'queryTimeoutMs',
     'chunkRows',
+    'parallelism',
   ] as const) {
     if (!Number.isInteger(r[k]) || r[k] <= 0) {
       throw new InvalidOptionError(`options.${k} must be a positive integer (got ${String(r[k])})`)
@@ -75,6 +84,11 @@ export function resolvePostgresSinkOptions(
   if (!Number.isInteger(r.copyThresholdRows) || r.copyThresholdRows < 0) {
     throw new InvalidOptionError(
       `options.copyThresholdRows must be an integer >= 0 (got ${String(r.copyThresholdRows)})`,
+    )
+  }
+  if (r.parallelism > r.poolMax) {
+    throw new RangeError(
+      `options.parallelism (${r.parallelism}) must not exceed options.poolMax (${r.poolMax})`,
     )
   }
   if (r.queryTimeoutMs <= r.statementTimeoutMs) {

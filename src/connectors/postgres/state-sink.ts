@@ -33,6 +33,8 @@
  * delete included), and the transaction takes an advisory lock per partition it writes (in
  * partition order, so two writers cannot deadlock), so two writers of the same partition (an
  * old and a new owner) never interleave between a version check and a write.
+ * (Opt-in `parallelism`: a big call split by partition over several connections, one
+ * transaction per share; per-partition guarantees are unchanged, the call is not atomic.)
  *
  * Big writes (copyThresholdRows rows and more, e.g. a restore's full state) go through COPY
  * into a temporary table and one INSERT ... SELECT ... ON CONFLICT; smaller ones are INSERTs
@@ -212,6 +214,38 @@ export class PostgresStateSink implements Sink {
         return copy ? `${copyText(key)}\t${copyText(json)}\t${g.partition}\t${g.version}` : json
       }),
     )
+    const lanes = copy ? Math.min(this.#options.parallelism, groups.length) : 1
+    if (lanes <= 1) return this.#writeGroups(groups, encoded, fulls, copy)
+    // Opt-in (options.parallelism): a big write split by partition over several connections,
+    // one transaction each. Every partition's writes (its full replace included) stay in one
+    // transaction, so the per-partition guarantees hold; only the call as a whole is no longer
+    // atomic (a failed call may be partly written, and its retry rewrites it idempotently).
+    const split = Array.from({ length: lanes }, () => ({
+      groups: [] as WriteGroup[],
+      encoded: [] as string[][],
+      fulls: new Map<number, number>(),
+    }))
+    groups.forEach((g, i) => {
+      const lane = split[g.partition % lanes]!
+      lane.groups.push(g)
+      lane.encoded.push(encoded[i]!)
+      const full = fulls.get(g.partition)
+      if (full !== undefined) lane.fulls.set(g.partition, full)
+    })
+    const results = await Promise.allSettled(
+      split.map((l) => this.#writeGroups(l.groups, l.encoded, l.fulls, copy)),
+    )
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected')
+    if (failed !== undefined) throw failed.reason
+  }
+
+  async #writeGroups(
+    groups: readonly WriteGroup[],
+    encoded: readonly (readonly string[])[],
+    fulls: ReadonlyMap<number, number>,
+    copy: boolean,
+  ): Promise<void> {
+    if (groups.length === 0) return
     const partitions = [...new Set(groups.map((g) => g.partition))].sort((a, b) => a - b)
     await inTransaction(this.#pool, `write state to ${this.#t.display}`, async (client) => {
       await client.query('select pg_advisory_xact_lock(hashtext($1), p) from unnest($2::int[]) as u(p)', [

@@ -391,6 +391,30 @@ describe('mode=state', () => {
     })
   }
 
+  it('with parallelism, splits a big write by partition over connections, with the same result', async () => {
+    const table = uniqueTable('parallel')
+    const sink = await stateSink(table, { ...fast, copyThresholdRows: 100, parallelism: 3 })
+    const write = (version: number, full: boolean, n: number): Promise<void> =>
+      sink.writeState(
+        Array.from({ length: 8 }, (_, p) =>
+          sb(
+            p,
+            version,
+            Array.from({ length: n }, (_, i) => [`k${p}-${i}`, { version, i }] as [string, unknown]),
+            [],
+            full,
+          ),
+        ),
+      )
+    await write(1, false, 300)
+    await write(2, true, 200) // a restore of every partition: keys 200..299 go
+    expect(await count(table)).toBe(8 * 200)
+    const v = await server.query<{ v: string }>(`select distinct version as v from ${table}`)
+    expect(v).toEqual([{ v: '2' }])
+    expect(await count(`${table}_partitions`)).toBe(8)
+    expect(() => new PostgresStateSink({ url: server.url, table }, { parallelism: 5 })).toThrow(/parallelism/)
+  })
+
   it('converts bigint, Map, Set and bytes; rejects what has no JSON form before writing', async () => {
     const table = uniqueTable('json')
     const sink = await stateSink(table)
