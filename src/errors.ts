@@ -97,7 +97,7 @@ export const ErrorCodes = {
   SOURCE_UNAVAILABLE: 'SHOAL_ERR_SOURCE_UNAVAILABLE',
   /** A source entry cannot be decoded or has no key; it goes to the dead-letter stream. */
   SOURCE_DECODE: 'SHOAL_ERR_SOURCE_DECODE',
-  /** A batch numbered per event overlaps what its producer already applied (a stale re-delivery); not applied, not retryable. */
+  /** A batch overlaps what its producer already applied and does not number its events (eventSequences), so the overlap cannot be dropped; not applied, not retryable. */
   SEQUENCE_OVERLAP: 'SHOAL_ERR_SEQUENCE_OVERLAP',
   /** A worker's job, sources or sinks differ from the cluster's; it is refused at join. */
   CONFIG_MISMATCH: 'SHOAL_ERR_CONFIG_MISMATCH',

@@ -63,6 +63,7 @@ interface Sealed {
   /** sendBatch(): the batch's own producer (else the client's) and first event sequence. */
   producerId?: string
   firstSequence?: number
+  eventSequences?: number[]
   /** sendBatch(): settled when the batch is acked or given up on. */
   settle?: { resolve: () => void; reject: (err: ShoalError) => void }
   count: number
@@ -537,6 +538,7 @@ export class ShoalClient {
     producerId: string
     sequence: number
     firstSequence?: number
+    eventSequences?: number[]
     count: number
     payload: Uint8Array
   }): Promise<void> {
@@ -553,6 +555,7 @@ export class ShoalClient {
         sequence: batch.sequence,
         producerId: batch.producerId,
         ...(batch.firstSequence === undefined ? {} : { firstSequence: batch.firstSequence }),
+        ...(batch.eventSequences === undefined ? {} : { eventSequences: batch.eventSequences }),
         settle: { resolve, reject },
         count: batch.count,
         payload: batch.payload,
@@ -749,6 +752,7 @@ export class ShoalClient {
           producerId: batch.producerId ?? this.producerId,
           sequence: batch.sequence,
           ...(batch.firstSequence === undefined ? {} : { firstSequence: batch.firstSequence }),
+          ...(batch.eventSequences === undefined ? {} : { eventSequences: batch.eventSequences }),
           count: batch.count,
           payload: batch.payload,
         },

@@ -4,15 +4,14 @@
  * acked, i.e. applied and durable on the owner.
  *
  * - Batches: a read is split per partition and per producer identity, keeping read order; a
- *   batch carries its first and last sequence so an owner can refuse one that overlaps what it
- *   applied. Re-deliveries leave one record per batch (see source.ts).
+ *   batch carries every record's sequence, so an owner that already applied part of it (a
+ *   re-delivery by another reader raced this one) applies only the rest.
  * - Backpressure: at most `maxInFlightRecords` records read and not yet acked; reading waits
  *   below that, so a slow cluster (or a paused partition) stops the reading, not memory.
  * - Failures: reads and acks are retried with jittered backoff. A batch is retried by the
  *   client until it is acked (no delivery timeout: giving up on one batch and sending the next
  *   of the same producer would make the first look like a duplicate). A batch refused for good
- *   is dead-lettered in the source with the reason; one refused as overlapping is left pending
- *   (another reader re-delivers those records one by one).
+ *   (the job cannot apply it at all) is dead-lettered in the source with the reason.
  */
 import type { Logger } from 'pino'
 import { Packr } from 'msgpackr'
@@ -27,6 +26,7 @@ export interface PumpTarget {
     producerId: string
     sequence: number
     firstSequence?: number
+    eventSequences?: number[]
     count: number
     payload: Uint8Array
   }): Promise<void>
@@ -79,7 +79,7 @@ export class SourcePump {
       partitionOf: options.partitionOf,
       logger: options.logger,
       maxInFlightRecords: options.maxInFlightRecords ?? 20_000,
-      readCount: options.readCount ?? 10_000,
+      readCount: options.readCount ?? options.source.readCount ?? 10_000,
       blockMs: options.blockMs ?? 1000,
       ackBatch: options.ackBatch ?? 1000,
       ackDelayMs: options.ackDelayMs ?? 5,
@@ -120,11 +120,11 @@ export class SourcePump {
         await sleep(this.#o.retryDelay(failures) ?? 5000)
         continue
       }
-      if (read.records.length > 0) this.#dispatch(read.records, read.redelivery)
+      if (read.records.length > 0) this.#dispatch(read.records)
     }
   }
 
-  #dispatch(records: readonly SourceRecord[], redelivery: boolean): void {
+  #dispatch(records: readonly SourceRecord[]): void {
     // Per partition, in read order; a batch ends where the producer changes.
     const byPartition = new Map<number, SourceRecord[][]>()
     for (const r of records) {
@@ -132,7 +132,7 @@ export class SourcePump {
       let runs = byPartition.get(p)
       if (runs === undefined) byPartition.set(p, (runs = []))
       const run = runs[runs.length - 1]
-      if (!redelivery && run !== undefined && run[0]!.producerId === r.producerId) run.push(r)
+      if (run !== undefined && run[0]!.producerId === r.producerId) run.push(r)
       else runs.push([r])
     }
     this.#inFlight += records.length
@@ -150,19 +150,16 @@ export class SourcePump {
         producerId: first.producerId,
         sequence: last.sequence,
         firstSequence: first.sequence,
+        // Each event's own sequence: an owner that applied part of this batch already (a
+        // re-delivery raced the first reader) applies only the rest.
+        eventSequences: run.map((r) => r.sequence),
         count: run.length,
         payload: packr.pack(run.map((r) => [r.key, r.event])),
       })
       this.#ack(run)
     } catch (err) {
       const code = err instanceof ShoalError ? err.code : undefined
-      if (code === ErrorCodes.SEQUENCE_OVERLAP) {
-        // Another reader re-delivered part of these: it owns them now, one by one.
-        this.#o.logger?.info(
-          { partition, producer: first.producerId },
-          'batch overlaps a re-delivery; left to it',
-        )
-      } else if (code === ErrorCodes.CLOSED || this.#closing) {
+      if (code === ErrorCodes.CLOSED || this.#closing) {
         // Left pending in the source: re-delivered after a restart, deduplicated then.
       } else {
         await this.#deadLetter(run, err)

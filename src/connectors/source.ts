@@ -10,8 +10,8 @@
  * Identity: every record carries (producerId, sequence), with sequences increasing per producer
  * in the order the source hands records out. A record handed out again (after a reader crashed
  * before acknowledging it) must carry the same identity, so the owner's dedup table drops it
- * if it was applied already. Re-deliveries are flagged: the pump sends each alone, because the
- * batches the first delivery was sent in are unknown (see docs/connectors.md).
+ * if it was applied already; records of one producer may be re-delivered by another reader
+ * while the first still sends them (the owner applies each once: docs/connectors.md).
  *
  * Errors: read/ack throw SOURCE_UNAVAILABLE (retryable) when the system cannot be reached; the
  * pump backs off and retries. Records that cannot be decoded never reach the pump: a source
@@ -30,7 +30,7 @@ export interface SourceRecord {
 
 export interface SourceRead {
   readonly records: readonly SourceRecord[]
-  /** These records may have been delivered before: send each alone. */
+  /** These records may have been delivered before (for status and metrics). */
   readonly redelivery: boolean
 }
 
@@ -54,6 +54,8 @@ export interface SourceStatus {
 export interface Source {
   /** A short name for logs, metrics labels and /status (no password). */
   readonly name: string
+  /** Records per read the source was configured for (e.g. the URL's `count`). */
+  readonly readCount?: number
   /** Connect and create what is missing (a consumer group). Throws SOURCE_UNAVAILABLE or INVALID_OPTION. */
   open(): Promise<void>
   /**

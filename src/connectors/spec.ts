@@ -24,7 +24,7 @@ export interface RedisStreamSourceSpec {
   readonly start: 'earliest' | 'latest'
   /** Dead-letter stream. @default `${stream}:dlq` */
   readonly dlq: string
-  /** Entries per XREADGROUP. @default 1000 */
+  /** Entries per XREADGROUP. @default 10000 */
   readonly count: number
 }
 

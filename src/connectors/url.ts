@@ -40,7 +40,7 @@ export const SOURCE_DEFAULTS = Object.freeze({
   dataField: 'data',
   format: 'json',
   start: 'earliest',
-  count: 1000,
+  count: 10_000,
 } as const)
 
 /** Bounds of `count` (entries per XREADGROUP), inclusive. */

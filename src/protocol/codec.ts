@@ -150,6 +150,7 @@ function validateEvent(body: Record<string, unknown>): void {
     field(body, 'event', 'producerId', isString, 'a string')
     field(body, 'event', 'sequence', isUint, 'a non-negative integer')
     optional(body, 'firstSequence', isUint, 'a non-negative integer')
+    optional(body, 'eventSequences', isUintArray, 'an array of non-negative integers')
     field(body, 'event', 'count', isUint, 'a non-negative integer')
     field(body, 'event', 'payload', isBytes, 'bytes')
   } else if (body.op === 'ack') {

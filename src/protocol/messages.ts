@@ -28,10 +28,12 @@ export interface EventBatchBody {
    * Sources whose batches may be re-formed on re-delivery (e.g. Redis Streams entries) number
    * every event: `firstSequence` is the first event's, `sequence` the last's. A worker refuses a
    * batch that overlaps what it already applied for the producer (firstSequence <= last <
-   * sequence) with SEQUENCE_OVERLAP instead of applying part of it twice. Absent: the batch is
-   * one unit (`sequence` only).
+   * sequence) by applying only the events above it (eventSequences says which). Absent: the
+   * batch is one unit (`sequence` only).
    */
   firstSequence?: number | undefined
+  /** With firstSequence: every event's sequence, increasing (so an overlap can be trimmed). */
+  eventSequences?: number[] | undefined
   /** Number of events encoded in `payload`. */
   count: number
   /** msgpackr bytes (records on) of an array of events. */

@@ -90,6 +90,10 @@ interface PartitionRuntime {
   epoch: number
   /** Last accepted sequence per producer (insertion order doubles as recency for eviction). */
   producers: Map<string, number>
+  /** Last sequence per producer whose batch succeeded (acked ok or found in the log on restore). */
+  committed: Map<string, number>
+  /** Batches per producer accepted and not settled yet. */
+  pending: Map<string, number>
   /** Settles when every batch accepted so far has been applied. */
   tail: Promise<void>
   inFlight: number
@@ -113,6 +117,8 @@ function newRuntime(epoch: number): PartitionRuntime {
   return {
     epoch,
     producers: new Map(),
+    committed: new Map(),
+    pending: new Map(),
     tail: Promise.resolve(),
     inFlight: 0,
     paused: false,
@@ -243,6 +249,7 @@ export class DataPlane implements PartitionHost {
     for (const [producer, seq] of Object.entries(cp.dedup)) {
       rt.applied.set(producer, seq)
       rt.producers.set(producer, seq)
+      rt.committed.set(producer, seq)
     }
     rt.appliedOffset = cp.logOffset
     rt.checkpointedOffset = cp.logOffset
@@ -277,6 +284,7 @@ export class DataPlane implements PartitionHost {
 
   #replayOne(partition: number, rt: PartitionRuntime, e: LogEntry): Promise<void> {
     rt.producers.set(e.producerId, e.sequence)
+    rt.committed.set(e.producerId, e.sequence)
     rt.applied.set(e.producerId, e.sequence)
     rt.appliedOffset = e.offset
     return this.#engine
@@ -546,7 +554,16 @@ export class DataPlane implements PartitionHost {
       this.#roomWaiters.shift()!()
   }
 
-  #onBatch(conn: Connection, b: EventBatchBody): void {
+  /**
+   * Dedup, in two steps. Fast path: a batch above everything accepted from its producer is new.
+   * Otherwise it may be a retry or overlap batches still in flight, possibly from another
+   * sender of the same producer (a source re-delivery beside the reader that first read the
+   * records): wait until everything accepted before it has settled, then decide against what
+   * *succeeded*. Covered entirely: a duplicate, acked without applying. Covered in part (a
+   * batch numbered per event, firstSequence..sequence): the covered events are dropped and the
+   * rest applied. A batch whose covering batch failed is applied, never acked as a duplicate.
+   */
+  #onBatch(conn: Connection, b: EventBatchBody, settled = false): void {
     const ack = (ok: boolean, error?: ShoalError): void => {
       trySend(conn, {
         kind: 'event',
@@ -578,38 +595,63 @@ export class DataPlane implements PartitionHost {
       ack(false, new ShoalError(ErrorCodes.PAUSED, `partition ${b.partition} is paused`, { retryable: true }))
       return
     }
-    const last = rt.producers.get(b.producerId)
-    if (last !== undefined && b.sequence <= last) {
-      // Duplicate (a retry): ack once everything accepted before it has been applied.
-      void rt.tail.then(() => ack(true))
-      return
-    }
-    const first = b.firstSequence
-    if (first != null && (first > b.sequence || (last !== undefined && first <= last))) {
-      // Part of this batch was applied already (a re-delivery by another reader got there
-      // first): applying it would apply that part twice, so refuse it whole. Its sender is a
-      // stale reader; the entries it holds are re-delivered and deduplicated one by one.
+    const first = b.firstSequence ?? b.sequence
+    if (first > b.sequence) {
       ack(
         false,
-        new ShoalError(
-          ErrorCodes.SEQUENCE_OVERLAP,
-          `batch ${first}..${b.sequence} of ${b.producerId} overlaps what partition ${b.partition} applied (up to ${last ?? 'none'})`,
-          { data: { partition: b.partition, last: last ?? null } },
-        ),
+        new ShoalError(ErrorCodes.BAD_MESSAGE, `firstSequence ${first} is above sequence ${b.sequence}`),
       )
       return
+    }
+    const last = rt.producers.get(b.producerId)
+    if (last !== undefined && first <= last) {
+      if (!settled || (rt.pending.get(b.producerId) ?? 0) > 0) {
+        void rt.tail.then(() => this.#onBatch(conn, b, true))
+        return
+      }
+      const done = rt.committed.get(b.producerId)
+      if (done !== undefined && b.sequence <= done) {
+        ack(true) // a duplicate: everything in it succeeded before
+        return
+      }
+      if (done !== undefined && first <= done) {
+        const rest = trimCovered(b, done)
+        if (rest === null) {
+          ack(
+            false,
+            new ShoalError(
+              ErrorCodes.SEQUENCE_OVERLAP,
+              `batch ${first}..${b.sequence} of ${b.producerId} overlaps what partition ${b.partition} applied (up to ${done}) and does not number its events`,
+            ),
+          )
+          return
+        }
+        b = rest
+      }
     }
     rt.producers.delete(b.producerId)
     rt.producers.set(b.producerId, b.sequence)
     const maxProducers = this.#opts.maxProducersPerPartition ?? 10_000
     if (rt.producers.size > maxProducers) rt.producers.delete(rt.producers.keys().next().value!)
     rt.inFlight++
-    const forget = (): void => {
-      // The batch did not run: forget it so the sender's retry is applied.
-      if (rt.producers.get(b.producerId) === b.sequence) {
-        if (last === undefined) rt.producers.delete(b.producerId)
-        else rt.producers.set(b.producerId, last)
+    rt.pending.set(b.producerId, (rt.pending.get(b.producerId) ?? 0) + 1)
+    const settle = (ok: boolean): void => {
+      if (ok && b.sequence > (rt.committed.get(b.producerId) ?? -1)) {
+        rt.committed.delete(b.producerId)
+        rt.committed.set(b.producerId, b.sequence)
+        if (rt.committed.size > maxProducers) rt.committed.delete(rt.committed.keys().next().value!)
       }
+      const n = (rt.pending.get(b.producerId) ?? 1) - 1
+      if (n > 0) {
+        rt.pending.set(b.producerId, n)
+        return
+      }
+      rt.pending.delete(b.producerId)
+      // Nothing of this producer in flight: what was accepted is what succeeded, so a retry of
+      // a batch that did not run is applied.
+      const c = rt.committed.get(b.producerId)
+      if (c === undefined) rt.producers.delete(b.producerId)
+      else rt.producers.set(b.producerId, c)
     }
     const store = this.#opts.store
     let processed: Promise<BatchResult>
@@ -647,11 +689,12 @@ export class DataPlane implements PartitionHost {
     }
     const done = processed.then(
       (res) => {
+        settle(true)
         this.#afterBatch(b.partition, res, batchOffset)
         ack(true)
       },
       (err: unknown) => {
-        forget()
+        settle(false)
         ack(false, toAckError(err))
       },
     )
@@ -729,6 +772,33 @@ function toAckError(err: unknown): ShoalError {
     return new ShoalError(ErrorCodes.NOT_OWNER, `partition moved: ${err.message}`, { retryable: true })
   }
   return err
+}
+
+/**
+ * The part of a batch numbered per event (eventSequences) above `done`; null when the batch
+ * does not number its events. Decoding and re-encoding is fine here: this happens only when a
+ * source re-delivery raced the original reader.
+ */
+function trimCovered(b: EventBatchBody, done: number): EventBatchBody | null {
+  const seqs = b.eventSequences
+  if (seqs === undefined || seqs.length !== b.count) return null
+  const events = packr.unpack(b.payload) as unknown[]
+  if (!Array.isArray(events) || events.length !== seqs.length) return null
+  const keep: unknown[] = []
+  const kept: number[] = []
+  for (let i = 0; i < seqs.length; i++) {
+    if (seqs[i]! > done) {
+      keep.push(events[i])
+      kept.push(seqs[i]!)
+    }
+  }
+  return {
+    ...b,
+    firstSequence: kept[0] ?? b.sequence,
+    eventSequences: kept,
+    count: keep.length,
+    payload: packr.pack(keep),
+  }
 }
 
 /** Checkpointed [key, value bytes] pairs as one PackedStates buffer for the engine. */

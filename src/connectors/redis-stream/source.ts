@@ -19,7 +19,7 @@
  * lock key) re-reads that consumer's pending list (XREADGROUP with the dead consumer's name and
  * an id cursor: ownership is not moved, so a survivor that dies too leaves the entries where
  * the next one finds them), finds each entry's incarnation from those records, and re-delivers
- * the entries one by one under that incarnation's producer. The owner drops the ones it has
+ * the entries under that incarnation's producer. The owner drops the ones it has
  * applied already. A restarted reader does the same with its own pending list first.
  */
 import type { Cluster, Redis } from 'ioredis'
@@ -126,6 +126,7 @@ const RENEW = `if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('
 
 export class RedisStreamSource implements Source {
   readonly name: string
+  readonly readCount: number
   readonly #spec: RedisStreamSourceSpec
   readonly #me: string
   readonly #opts: RedisStreamSourceOptions
@@ -157,6 +158,7 @@ export class RedisStreamSource implements Source {
     this.#me = options.consumer
     if (this.#me.length === 0) throw new ShoalError(ErrorCodes.INVALID_OPTION, 'consumer name is empty')
     this.name = `redis:${options.spec.stream}/${options.spec.group}`
+    this.readCount = options.spec.count
     // Reader bookkeeping beside the stream; one hash per group.
     this.#metaKey = `${options.spec.stream}:shoal:${options.spec.group}:readers`
   }

@@ -170,7 +170,7 @@ describe('--source and --sink', () => {
     const d = describeConfig(w)
     expect(d.sinks).toEqual(['postgres://shoal:***@postgres:5432/shoal?table=shoal_state&mode=state'])
     expect(d.sources).toEqual([
-      'redis://redis:6379?stream=events&group=shoal&key=key&field=data&format=json&start=earliest&dlq=events:dlq&count=1000',
+      'redis://redis:6379?stream=events&group=shoal&key=key&field=data&format=json&start=earliest&dlq=events:dlq&count=10000',
     ])
     expect(JSON.stringify(d)).not.toContain('Secr3tPw')
   })

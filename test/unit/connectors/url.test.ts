@@ -34,7 +34,7 @@ describe('parseSourceUrl', () => {
       format: 'json',
       start: 'earliest',
       dlq: 'events:dlq',
-      count: 1000,
+      count: 10_000,
     })
   })
 
@@ -212,7 +212,7 @@ describe('describeSpec', () => {
     const s1 = parseSourceUrl('redis://:pw@redis?stream=events&group=shoal')
     const s2 = parseSourceUrl('redis://:other@redis:6379/0?group=shoal&format=json&stream=events')
     expect(describeSpec(s1)).toBe(
-      'redis://:***@redis:6379?stream=events&group=shoal&key=key&field=data&format=json&start=earliest&dlq=events:dlq&count=1000',
+      'redis://:***@redis:6379?stream=events&group=shoal&key=key&field=data&format=json&start=earliest&dlq=events:dlq&count=10000',
     )
     expect(describeSpec(s2)).toBe(describeSpec(s1))
     expect(describeSpec(parseSourceUrl('redis://redis?stream=events&group=other'))).not.toBe(describeSpec(s1))
