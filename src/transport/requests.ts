@@ -13,12 +13,16 @@ interface Pending {
   resolve: (env: Envelope) => void
   reject: (err: ShoalError) => void
   timer: NodeJS.Timeout
+  /** The requests pending on the same connection (see #watch). */
+  onConn: Set<number>
 }
 
 export class Requests {
   readonly #first: number
   #next: number
   readonly #pending = new Map<number, Pending>()
+  /** Per connection, its pending requests: they fail as soon as it closes, not at their timeout. */
+  readonly #byConn = new WeakMap<Connection, Set<number>>()
 
   /**
    * `firstCorr`: where this side's correlation ids start. Both peers of a connection send
@@ -57,9 +61,11 @@ export class Requests {
   ): Promise<Envelope> {
     const corr = this.#next++
     if (this.#next > 0x7fffffff) this.#next = this.#first
+    const onConn = this.#watch(conn)
     return new Promise<Envelope>((resolve, reject) => {
       const expire = (): void => {
         this.#pending.delete(corr)
+        onConn.delete(corr)
         reject(
           new ShoalError(ErrorCodes.TIMEOUT, `no reply to ${describe(message)} within ${timeoutMs} ms`, {
             retryable: true,
@@ -68,12 +74,14 @@ export class Requests {
       }
       const timer = setTimeout(expire, timeoutMs)
       timer.unref()
-      this.#pending.set(corr, { resolve, reject, timer, part })
+      this.#pending.set(corr, { resolve, reject, timer, part, onConn })
+      onConn.add(corr)
       try {
         conn.send({ ...message, corr })
       } catch (err) {
         clearTimeout(timer)
         this.#pending.delete(corr)
+        onConn.delete(corr)
         reject(err instanceof ShoalError ? err : new TransportClosedError(String(err)))
       }
     })
@@ -92,6 +100,7 @@ export class Requests {
       return true
     }
     this.#pending.delete(env.corr)
+    p.onConn.delete(env.corr)
     clearTimeout(p.timer)
     if (env.kind === 'control' && env.body.op === 'error') {
       const b = env.body as { code: string; message: string }
@@ -102,10 +111,39 @@ export class Requests {
     return true
   }
 
+  /**
+   * The set of requests pending on `conn`, watched once: when the connection closes (the peer
+   * died, or was declared dead and cut off) they fail with CONNECTION_LOST at once, so nobody
+   * waits out a long timeout for a reply that cannot come.
+   */
+  #watch(conn: Connection): Set<number> {
+    let set = this.#byConn.get(conn)
+    if (set === undefined) {
+      const mine = new Set<number>()
+      set = mine
+      this.#byConn.set(conn, mine)
+      void conn.closed().then(() => {
+        const lost = new ShoalError(ErrorCodes.CONNECTION_LOST, 'the connection closed before the reply', {
+          retryable: true,
+        })
+        for (const corr of mine) {
+          const p = this.#pending.get(corr)
+          if (p === undefined) continue
+          this.#pending.delete(corr)
+          clearTimeout(p.timer)
+          p.reject(lost)
+        }
+        mine.clear()
+      })
+    }
+    return set
+  }
+
   /** Reject every pending request, e.g. when their connection is gone. */
   rejectAll(err: ShoalError): void {
     for (const [corr, p] of this.#pending) {
       this.#pending.delete(corr)
+      p.onConn.delete(corr)
       clearTimeout(p.timer)
       p.reject(err)
     }

@@ -387,7 +387,16 @@ export class DataPlane implements PartitionHost {
     savepoint = false,
   ): Promise<PartitionCheckpoint> {
     const store = this.#opts.store!
+    const outputs = this.#opts.outputs
+    const flushTimeoutMs = this.#opts.sinkFlushTimeoutMs ?? 10_000
+    const sinksBehind = (): ShoalError =>
+      new ShoalError(ErrorCodes.CHECKPOINT_ABORTED, 'sinks are behind: checkpoint postponed', {
+        retryable: true,
+      })
     const run = rt.checkpoints.then(async () => {
+      // Let the sinks catch up before the cut, so the wait after it is short; a sink that is
+      // down postpones the checkpoint here, before any snapshot work is thrown away.
+      if (outputs !== undefined) await withTimeout(outputs.flushed(), flushTimeoutMs, sinksBehind)
       // The cut, all in this turn: what has been handed to the engine, and a snapshot after it.
       const full = rt.needFull || savepoint
       const logOffset = rt.appliedOffset
@@ -404,20 +413,10 @@ export class DataPlane implements PartitionHost {
       for (let i = 0; i < kv.keys.length; i++) {
         changed[i] = [kv.keys[i]!, kv.data.subarray(i === 0 ? 0 : kv.ends[i - 1], kv.ends[i])]
       }
-      const outputs = this.#opts.outputs
       try {
-        if (outputs !== undefined) {
-          // Records emitted before the cut must be in the sinks before the log can be replayed
-          // from after it.
-          await withTimeout(
-            outputs.flushed(),
-            this.#opts.sinkFlushTimeoutMs ?? 10_000,
-            () =>
-              new ShoalError(ErrorCodes.CHECKPOINT_ABORTED, 'sinks are behind: checkpoint postponed', {
-                retryable: true,
-              }),
-          )
-        }
+        // Records emitted before the cut must be in the sinks before the log can be replayed
+        // from after it.
+        if (outputs !== undefined) await withTimeout(outputs.flushed(), flushTimeoutMs, sinksBehind)
         await store.writeCheckpoint(partition, rt.epoch, { checkpointId, changed, logOffset, dedup, full })
       } catch (err) {
         // The snapshot cleared the threads' dirty flags; keep those keys by writing all next time.
