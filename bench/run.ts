@@ -30,6 +30,7 @@ const REGISTRY: Record<string, () => Promise<{ default: Benchmark }>> = {
   checkpoint: () => import('./macro/checkpoint.ts'),
   failover: () => import('./macro/failover.ts'),
   connectors: () => import('./macro/connectors.ts'),
+  'pg-write-behind': () => import('./macro/pg-write-behind.ts'),
 }
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))
