@@ -17,20 +17,11 @@ import type { Logger } from 'pino'
 import { Packr } from 'msgpackr'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import { exponentialBackoff, type RetryDelay } from '../util/backoff.ts'
+import type { ShoalClient } from '../client/client.ts'
 import type { Source, SourceRecord, SourceStatus } from './source.ts'
 
 /** What the pump sends through: a ShoalClient. */
-export interface PumpTarget {
-  sendBatch(batch: {
-    partition: number
-    producerId: string
-    sequence: number
-    firstSequence?: number
-    eventSequences?: number[]
-    count: number
-    payload: Uint8Array
-  }): Promise<void>
-}
+export type PumpTarget = Pick<ShoalClient, 'sendBatch'>
 
 export interface SourcePumpOptions {
   source: Source

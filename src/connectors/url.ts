@@ -192,22 +192,7 @@ export function parseSinkUrl(url: string, flag = '--sink', options: ParseSinkOpt
 export function describeSpec(spec: SourceSpec | SinkSpec): string {
   switch (spec.kind) {
     case 'redis-stream':
-      if ('group' in spec) {
-        return `${canonicalRedis(spec.redis)}?${query([
-          ['stream', spec.stream],
-          ['group', spec.group],
-          ['key', spec.keyField],
-          ['field', spec.dataField],
-          ['format', spec.format],
-          ['start', spec.start],
-          ['dlq', spec.dlq],
-          ['count', String(spec.count)],
-        ])}`
-      }
-      return `${canonicalRedis(spec.redis)}?${query([
-        ['stream', spec.stream],
-        ...(spec.maxlen === null ? [] : [['maxlen', String(spec.maxlen)] as const]),
-      ])}`
+      return `${canonicalRedis(spec.redis)}?${query(redisParams(spec))}`
     case 'postgres':
       return canonicalPostgres(spec)
     case 'file':
@@ -223,28 +208,7 @@ export function specUrl(spec: SourceSpec | SinkSpec): string {
   const join = (base: string, q: string): string => `${base}${base.includes('?') ? '&' : '?'}${q}`
   switch (spec.kind) {
     case 'redis-stream':
-      if ('group' in spec) {
-        return join(
-          spec.redis,
-          query([
-            ['stream', spec.stream],
-            ['group', spec.group],
-            ['key', spec.keyField],
-            ['field', spec.dataField],
-            ['format', spec.format],
-            ['start', spec.start],
-            ['dlq', spec.dlq],
-            ['count', String(spec.count)],
-          ]),
-        )
-      }
-      return join(
-        spec.redis,
-        query([
-          ['stream', spec.stream],
-          ...(spec.maxlen === null ? [] : [['maxlen', String(spec.maxlen)] as const]),
-        ]),
-      )
+      return join(spec.redis, query(redisParams(spec)))
     case 'postgres':
       return join(
         spec.url,
@@ -256,6 +220,26 @@ export function specUrl(spec: SourceSpec | SinkSpec): string {
     case 'file':
       return `file:${spec.path}`
   }
+}
+
+/** Shoal's query parameters of a Redis source or sink, every one written out, in a fixed order. */
+function redisParams(spec: SourceSpec | Extract<SinkSpec, { kind: 'redis-stream' }>): [string, string][] {
+  if ('group' in spec) {
+    return [
+      ['stream', spec.stream],
+      ['group', spec.group],
+      ['key', spec.keyField],
+      ['field', spec.dataField],
+      ['format', spec.format],
+      ['start', spec.start],
+      ['dlq', spec.dlq],
+      ['count', String(spec.count)],
+    ]
+  }
+  return [
+    ['stream', spec.stream],
+    ...(spec.maxlen === null ? [] : [['maxlen', String(spec.maxlen)] as [string, string]]),
+  ]
 }
 
 // ---------------------------------------------------------------------------------------------
