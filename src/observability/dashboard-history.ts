@@ -5,8 +5,11 @@
  * without timers; src/observability/dashboard.ts samples the coordinator into it.
  */
 
-/** One member's figures in a sample: [eventsPerSec, lag, queueDepth, inFlight, rssBytes]. */
-export type MemberFigures = [number, number, number, number, number]
+/**
+ * One member's figures in a sample: [eventsPerSec, lag, queueDepth, inFlight, rssBytes,
+ * ackedPerSec, backpressure (0..1)]; the last two are null from workers that do not report them.
+ */
+export type MemberFigures = [number, number, number, number, number, number | null, number | null]
 
 export interface HistorySample {
   /** Increases by one per sample for the life of the process (clients ask for samples after one). */

@@ -40,6 +40,8 @@ export interface DashboardLoad {
   readonly eventsPerSec: number
   readonly rssBytes: number
   readonly lag: number
+  readonly ackedPerSec?: number | undefined
+  readonly backpressure?: number | undefined
 }
 
 export interface DashboardMember {
@@ -315,7 +317,15 @@ export function createDashboard(options: DashboardOptions): Dashboard {
     for (const x of s.members) {
       if ((x.state !== 'alive' && x.state !== 'suspect') || x.load === null) continue
       const l = x.load
-      m[x.id] = [l.eventsPerSec, l.lag, l.queueDepth, l.inFlight, l.rssBytes]
+      m[x.id] = [
+        l.eventsPerSec,
+        l.lag,
+        l.queueDepth,
+        l.inFlight,
+        l.rssBytes,
+        l.ackedPerSec ?? null,
+        l.backpressure ?? null,
+      ]
     }
     const w = workersView(liveIds(s))
     const backlogs = w.sources.map((x) => x.backlog).filter((b): b is number => b !== null)

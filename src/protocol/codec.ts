@@ -130,6 +130,9 @@ export function validateBody(msg: { kind: string; body: unknown }): asserts msg 
         for (const k of ['queueDepth', 'inFlight', 'eventsPerSec', 'rssBytes', 'lag'] as const) {
           field(load, 'heartbeat.load', k, isFiniteNonNeg, 'a non-negative number')
         }
+        for (const k of ['ackedPerSec', 'backpressure'] as const) {
+          optional(load, k, isFiniteNonNeg, 'a non-negative number')
+        }
       }
       return
     case 'checkpoint':

@@ -135,6 +135,10 @@ export interface HeartbeatLoad {
   eventsPerSec: number
   rssBytes: number
   lag: number
+  /** Events acknowledged (applied, and logged when durable) per second. */
+  ackedPerSec?: number | undefined
+  /** Share of the last second (0..1) the data plane spent not reading, waiting for room. */
+  backpressure?: number | undefined
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -166,6 +166,11 @@ export class DataPlane implements PartitionHost {
   #rateAt = performance.now()
   #eventsPerSec = 0
   #lastEvents = 0
+  #acked = 0
+  #lastAcked = 0
+  #ackedPerSec = 0
+  #lastBackpressuredMs = 0
+  #backpressure = 0
   #backpressuredMs = 0
   #deadLettered = 0
   /** At most half an engine thread's queue, so replays never make a batch refused for room. */
@@ -483,8 +488,13 @@ export class DataPlane implements PartitionHost {
     const now = performance.now()
     if (now - this.#rateAt >= 1000) {
       const events = this.#engine.eventsProcessed
-      this.#eventsPerSec = ((events - this.#lastEvents) * 1000) / (now - this.#rateAt)
+      const span = now - this.#rateAt
+      this.#eventsPerSec = ((events - this.#lastEvents) * 1000) / span
       this.#lastEvents = events
+      this.#ackedPerSec = ((this.#acked - this.#lastAcked) * 1000) / span
+      this.#lastAcked = this.#acked
+      this.#backpressure = Math.min(1, (this.#backpressuredMs - this.#lastBackpressuredMs) / span)
+      this.#lastBackpressuredMs = this.#backpressuredMs
       this.#rateAt = now
     }
     return {
@@ -494,6 +504,8 @@ export class DataPlane implements PartitionHost {
       rssBytes: process.memoryUsage.rss(),
       // Batches accepted (appended, when durable) and not yet applied and acked.
       lag: this.#acceptedNotApplied(),
+      ackedPerSec: Math.round(this.#ackedPerSec),
+      backpressure: Math.round(this.#backpressure * 1000) / 1000,
     }
   }
 
@@ -690,6 +702,7 @@ export class DataPlane implements PartitionHost {
       (res) => {
         settle(true)
         this.#afterBatch(b.partition, res, batchOffset)
+        this.#acked += b.count
         ack(true)
       },
       (err: unknown) => {

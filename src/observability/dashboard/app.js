@@ -487,6 +487,20 @@ function renderCharts(idx) {
     format: num,
     empty: 'No heartbeat with a load yet.',
   })
+  lineChart($('chart-acks'), {
+    title: 'Events acknowledged per second',
+    series: memberSeries(idx, (f) => f[5] ?? null),
+    times,
+    format: num,
+    empty: 'No heartbeat with acknowledgements yet.',
+  })
+  lineChart($('chart-backpressure'), {
+    title: 'Backpressure: % of time reading paused',
+    series: memberSeries(idx, (f) => (f[6] === null || f[6] === undefined ? null : Math.round(f[6] * 100))),
+    times,
+    format: (v) => `${num(v)}%`,
+    empty: 'No heartbeat with backpressure figures yet.',
+  })
   lineChart($('chart-queue'), {
     title: 'Processing queue depth (backpressure)',
     series: memberSeries(idx, (f) => f[2]),

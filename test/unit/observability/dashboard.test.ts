@@ -277,7 +277,15 @@ class FakeCluster extends EventEmitter<Record<DashboardChangeEvent, []>> impleme
           readyPartitions: 4,
           missedHeartbeats: 0,
           heartbeatAgeMs: 10,
-          load: { queueDepth: 1, inFlight: 2, eventsPerSec: 300, rssBytes: 1e8, lag: 4 },
+          load: {
+            queueDepth: 1,
+            inFlight: 2,
+            eventsPerSec: 300,
+            rssBytes: 1e8,
+            lag: 4,
+            ackedPerSec: 290,
+            backpressure: 0.25,
+          },
           joinedAt: new Date().toISOString(),
         },
       ],
@@ -332,7 +340,7 @@ describe('dashboard routes', () => {
     })
     expect(state.historyReset).toBe(true)
     expect(state.history.length).toBeGreaterThanOrEqual(2)
-    expect(state.history.at(-1)?.m.w1).toEqual([300, 4, 1, 2, 1e8])
+    expect(state.history.at(-1)?.m.w1).toEqual([300, 4, 1, 2, 1e8, 290, 0.25])
   })
 
   it('streams the whole history first, then new samples, and pushes a change at once', async () => {
