@@ -39,6 +39,11 @@ export interface RedisStreamSourceOptions {
   lockTtlMs?: number
   /** How often the group's consumers are checked for dead readers with pending entries. @default 1000 */
   scanIntervalMs?: number
+  /**
+   * A consumer not among the live readers is taken over only once it has not read for this
+   * long (a worker that just joined may not be in the routing table yet). @default 2000
+   */
+  deadIdleMs?: number
   /** Non-blocking commands fail after this long. @default 5000 */
   commandTimeoutMs?: number
 }
@@ -403,12 +408,15 @@ export class RedisStreamSource implements Source {
   async ack(acks: readonly string[]): Promise<void> {
     if (acks.length === 0) return
     const client = this.#ready()
+    let acked: number
     try {
-      await client.xack(this.#spec.stream, this.#spec.group, ...acks)
+      acked = await client.xack(this.#spec.stream, this.#spec.group, ...acks)
     } catch (err) {
       throw this.#fail(err, 'XACK')
     }
-    this.#acked += acks.length
+    // Counted by Redis: an entry re-delivered while its first reader was still working on it is
+    // acknowledged once, whoever gets there first.
+    this.#acked += acked
     for (const id of acks) {
       const job = this.#jobOf.get(id)
       if (job === undefined) continue
@@ -523,8 +531,9 @@ export class RedisStreamSource implements Source {
         const name = String(info.get('name'))
         const pending = Number(info.get('pending'))
         if (name === this.#me || live.has(name)) continue
-        if (pending > 0) await this.#startJob(name)
-        else if (Number(info.get('idle')) > 60_000) {
+        const idle = Number(info.get('idle'))
+        if (pending > 0 && idle >= (this.#opts.deadIdleMs ?? 2000)) await this.#startJob(name)
+        else if (pending === 0 && idle > 60_000) {
           // A reader gone for a minute with nothing pending: tidy the group's consumer list.
           await client.xgroup('DELCONSUMER', this.#spec.stream, this.#spec.group, name)
         }
