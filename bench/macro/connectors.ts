@@ -677,7 +677,8 @@ async function steadyRun(
 ): Promise<SteadyRun> {
   const KEYS = 100_000
   const table = pgTable(run, 'steady')
-  const cluster = await pgSinkCluster(redis, pgServer, table, 20 + run, STEADY_CP_MS)
+  // Redis has databases 0-15: write-behind runs use 11.., steady runs 13.. (at most 3 runs each).
+  const cluster = await pgSinkCluster(redis, pgServer, table, 12 + run, STEADY_CP_MS)
   const transport = createTransport('tcp', { nodeId: `bench-${process.pid}-st${run}`, role: 'client' })
   const client = await ShoalClient.connect({ coordinator: cluster.coordinator.address, transport })
   const total = Math.round(o.rate * o.seconds)
