@@ -24,7 +24,12 @@
 import type { Cluster, Redis } from 'ioredis'
 import { ErrorCodes, ShoalError } from '../../errors.ts'
 import { parseStateUrl } from '../../state/index.ts'
-import { createRedisClient, type RedisTarget, type StateTlsOptions } from '../../state/redis/redis-backend.ts'
+import {
+  checkDatabase,
+  createRedisClient,
+  type RedisTarget,
+  type StateTlsOptions,
+} from '../../state/redis/redis-backend.ts'
 import type { RetryDelay } from '../../util/backoff.ts'
 import type { DeadLetterRecord, EmittedBatch, Sink } from '../sink.ts'
 import type { RedisStreamSinkSpec } from '../spec.ts'
@@ -300,6 +305,9 @@ export class RedisStreamSink implements Sink {
         client.on('error', onError)
         client.on('node error', onError)
         client.connect().catch(() => {})
+      })
+      await checkDatabase(client, this.#target).catch((err: unknown) => {
+        throw new ShoalError(ErrorCodes.SINK_SCHEMA, `redis sink: ${(err as Error).message}`)
       })
     } catch (err) {
       client.disconnect()

@@ -26,7 +26,7 @@ import type { Cluster, Redis } from 'ioredis'
 import { unpack } from 'msgpackr'
 import { ErrorCodes, ShoalError } from '../../errors.ts'
 import { parseStateUrl, redactUrl } from '../../state/index.ts'
-import { createRedisClient, type StateTlsOptions } from '../../state/redis/redis-backend.ts'
+import { checkDatabase, createRedisClient, type StateTlsOptions } from '../../state/redis/redis-backend.ts'
 import type { Source, SourceRead, SourceRecord, SourceStatus } from '../source.ts'
 import type { RedisStreamSourceSpec } from '../spec.ts'
 
@@ -188,6 +188,7 @@ export class RedisStreamSource implements Source {
     for (const c of [client, blocking]) c.on('error', (err: Error) => this.#noteError(err))
     try {
       await Promise.all([client.connect(), blocking.connect()])
+      await Promise.all([checkDatabase(client, target), checkDatabase(blocking, target)])
       const type = await client.type(this.#spec.stream)
       if (type !== 'none' && type !== 'stream') {
         throw new ShoalError(

@@ -313,6 +313,7 @@ export class RedisBackend implements StateBackend {
     const backend = new RedisBackend(prefix, options.target, client, commandTimeoutMs)
     try {
       await backend.#waitReady(connectTimeoutMs)
+      await checkDatabase(client, options.target)
     } catch (err) {
       client.disconnect()
       throw err
@@ -737,6 +738,23 @@ function createClient(
       }
       return new Cluster(target.hosts, clusterOptions)
     }
+  }
+}
+
+/**
+ * Select the URL's database explicitly: ioredis selects it on connect but, when the server
+ * refuses (an index above `databases`, 16 by default), it only emits an error and goes on in
+ * database 0, where it would read and write another cluster's keys.
+ */
+export async function checkDatabase(client: Redis | Cluster, target: RedisTarget): Promise<void> {
+  if (client instanceof Cluster || target.db === undefined || target.db === 0) return
+  try {
+    await client.select(target.db)
+  } catch (err) {
+    throw new ShoalError(
+      ErrorCodes.INVALID_OPTION,
+      `${target.display}: database ${target.db} cannot be selected (${err instanceof Error ? err.message : String(err)})`,
+    )
   }
 }
 

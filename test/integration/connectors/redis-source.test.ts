@@ -10,6 +10,7 @@ import { pino } from 'pino'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { ShoalClient } from '../../../src/client/client.ts'
 import { RedisStreamSource } from '../../../src/connectors/redis-stream/source.ts'
+import { ErrorCodes } from '../../../src/errors.ts'
 import type { RedisStreamSourceSpec } from '../../../src/connectors/spec.ts'
 import { Coordinator } from '../../../src/coordinator/coordinator.ts'
 import { openPartitionStore } from '../../../src/state/checkpoint/partition-store.ts'
@@ -201,6 +202,14 @@ describe('Redis Streams source', () => {
     await produce(stream, 40_000, 50_000, expected)
     await waitFor(async () => await drained(stream), 'pending list drained', 30_000)
     await expectExactState(cl, expected)
+  })
+
+  it('a database Redis cannot select is a startup error, never silently database 0', async () => {
+    await expect(createStateBackend(`${redis.url}/22`)).rejects.toMatchObject({
+      code: ErrorCodes.INVALID_OPTION,
+    })
+    const src = new RedisStreamSource({ spec: spec('nodb', { redis: `${redis.url}/22` }), consumer: 'c' })
+    await expect(src.open()).rejects.toMatchObject({ code: ErrorCodes.INVALID_OPTION })
   })
 
   it('a reader restarted under the same name re-delivers its own pending entries first', async () => {
