@@ -8,7 +8,7 @@ import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
-import { freePort, killAll, startShoal, type ShoalProcess } from '../helpers/processes.ts'
+import { freePort, killAll, startShoal, waitSettled, type ShoalProcess } from '../helpers/processes.ts'
 import { waitFor } from '../helpers/wait-for.ts'
 
 const run = promisify(execFile)
@@ -22,23 +22,8 @@ async function status(c: ShoalProcess): Promise<ClusterStatus> {
   return r.body
 }
 
-async function settled(c: ShoalProcess, n: number): Promise<ClusterStatus> {
-  let last: ClusterStatus | undefined
-  await waitFor(
-    async () => {
-      last = await status(c)
-      const alive = last.members.filter((m) => m.state === 'alive')
-      return (
-        last.coordinator.ready &&
-        alive.length === n &&
-        last.assignment.owners.every((o) => o !== null && alive.some((m) => m.id === o)) &&
-        alive.every((m) => m.readyPartitions === m.partitions)
-      )
-    },
-    `${n} workers settled`,
-    20_000,
-  )
-  return last!
+function settled(c: ShoalProcess, n: number): Promise<ClusterStatus> {
+  return waitSettled(() => status(c), n, 20_000)
 }
 
 function ownersOf(s: ClusterStatus): Map<string, number[]> {

@@ -18,12 +18,12 @@ import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { ShoalClient } from '../../src/client/client.ts'
-import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
 import { createTransport } from '../../src/transport/index.ts'
-import { killAll, startShoal, type ShoalProcess } from '../helpers/processes.ts'
+import { killAll, startShoal, statusOf, waitSettled, type ShoalProcess } from '../helpers/processes.ts'
 import { startPostgres, type PostgresServer } from '../helpers/postgres.ts'
 import { startRedis, type RedisServer } from '../helpers/redis.ts'
 import { expectExactState, type Totals } from '../helpers/totals.ts'
+import { groupDrained, produceCounted } from '../helpers/streams.ts'
 import { waitFor } from '../helpers/wait-for.ts'
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
@@ -63,35 +63,9 @@ afterAll(async () => {
 })
 afterEach(killAll)
 
-async function produce(
-  stream: string,
-  from: number,
-  to: number,
-  expected: Totals,
-  keys = 500,
-): Promise<void> {
-  for (let i = from; i < to; i += 2000) {
-    const p = r.pipeline()
-    for (let j = i; j < Math.min(to, i + 2000); j++) {
-      const key = `k${(j * 7919) % keys}`
-      const value = (j % 17) - 5
-      p.xadd(stream, '*', 'data', JSON.stringify({ key, value }))
-      const e = expected.get(key) ?? { count: 0, sum: 0 }
-      e.count++
-      e.sum += value
-      expected.set(key, e)
-    }
-    await p.exec()
-  }
-}
-
-async function drained(stream: string, group: string): Promise<boolean> {
-  const groups = (await r.xinfo('GROUPS', stream)) as unknown[][]
-  const g = groups.find((x) => x[1] === group)
-  if (g === undefined) return false
-  const pending = Number((await r.xpending(stream, group))[0])
-  return g[g.indexOf('lag') + 1] === 0 && pending === 0
-}
+const produce = (stream: string, from: number, to: number, expected: Totals, keys = 500) =>
+  produceCounted(r, stream, from, to, expected, keys)
+const drained = (stream: string, group: string) => groupDrained(r, stream, group)
 
 /** Every key's emitted n values are exactly 1..count, each once. */
 async function expectEmittedOnce(stream: string, expected: Totals): Promise<void> {
@@ -208,20 +182,7 @@ describe('connectors with real processes', { timeout: 240_000 }, () => {
     )
   }
   async function settled(c: ShoalProcess, workers: number): Promise<void> {
-    await waitFor(
-      async () => {
-        const s = (await c.http<ClusterStatus>('/status')).body
-        const alive = s.members.filter((m) => m.state === 'alive')
-        return (
-          s.coordinator.ready &&
-          alive.length === workers &&
-          s.assignment.owners.every((o) => alive.some((m) => m.id === o)) &&
-          alive.every((m) => m.readyPartitions === m.partitions)
-        )
-      },
-      `${workers} workers serve every partition`,
-      30_000,
-    )
+    await waitSettled(() => statusOf(c), workers)
   }
   async function client(c: ShoalProcess): Promise<ShoalClient> {
     return ShoalClient.connect({

@@ -11,8 +11,7 @@ import type { Browser, Page } from 'playwright-core'
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
 import { launchChromium } from '../helpers/browser.ts'
-import { freePort, killAll, startShoal, type ShoalProcess } from '../helpers/processes.ts'
-import { waitFor } from '../helpers/wait-for.ts'
+import { freePort, killAll, startShoal, waitSettled, type ShoalProcess } from '../helpers/processes.ts'
 
 const HB = ['--heartbeat-interval', '200', '--heartbeat-misses', '3']
 /** SHOAL_UPDATE_SCREENSHOTS=1 copies the failover screenshot to docs/dashboard.png (for the README). */
@@ -62,23 +61,8 @@ async function status(c: ShoalProcess, token?: string): Promise<ClusterStatus> {
 }
 
 /** Every worker alive, every partition owned by one of them and ready. */
-async function settled(c: ShoalProcess, n: number, token?: string): Promise<ClusterStatus> {
-  let last: ClusterStatus | undefined
-  await waitFor(
-    async () => {
-      last = await status(c, token)
-      const alive = last.members.filter((m) => m.state === 'alive')
-      return (
-        last.coordinator.ready &&
-        alive.length === n &&
-        last.assignment.owners.every((o) => o !== null && alive.some((m) => m.id === o)) &&
-        alive.every((m) => m.readyPartitions === m.partitions)
-      )
-    },
-    `${n} workers settled`,
-    30_000,
-  )
-  return last!
+function settled(c: ShoalProcess, n: number, token?: string): Promise<ClusterStatus> {
+  return waitSettled(() => status(c, token), n)
 }
 
 interface Watched {

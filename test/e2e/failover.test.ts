@@ -16,7 +16,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { ShoalClient } from '../../src/client/client.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
 import { createTransport } from '../../src/transport/index.ts'
-import { killAll, startShoal, type ShoalProcess } from '../helpers/processes.ts'
+import { killAll, startShoal, statusOf, waitSettled, type ShoalProcess } from '../helpers/processes.ts'
 import { startRedis, type RedisServer } from '../helpers/redis.ts'
 import { expectExactState, sendCounted, type Totals } from '../helpers/totals.ts'
 import { waitFor } from '../helpers/wait-for.ts'
@@ -96,20 +96,7 @@ for (const { transport, state, db: caseDb } of CASES) {
     }
 
     async function settled(c: ShoalProcess, workers: number): Promise<void> {
-      await waitFor(
-        async () => {
-          const s = (await c.http<ClusterStatus>('/status')).body
-          const alive = s.members.filter((m) => m.state === 'alive')
-          return (
-            s.coordinator.ready &&
-            alive.length === workers &&
-            s.assignment.owners.every((o) => alive.some((m) => m.id === o)) &&
-            alive.every((m) => m.readyPartitions === m.partitions)
-          )
-        },
-        `${workers} workers serve every partition`,
-        30_000,
-      )
+      await waitSettled(() => statusOf(c), workers)
     }
 
     async function client(c: ShoalProcess): Promise<ShoalClient> {

@@ -9,6 +9,8 @@ import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { onTestFailed } from 'vitest'
 import { onListening } from '../../src/cli/up.ts'
+import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
+import { waitFor } from './wait-for.ts'
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
@@ -114,4 +116,36 @@ export async function freePort(): Promise<number> {
   const port = (srv.address() as { port: number }).port
   await new Promise<void>((r) => srv.close(() => r()))
   return port
+}
+
+/**
+ * Wait until `n` workers are alive and every partition is owned by one of them and ready;
+ * resolves with that status. `read` fetches the coordinator's /status (with a token if needed).
+ */
+export async function waitSettled(
+  read: () => Promise<ClusterStatus>,
+  n: number,
+  timeoutMs = 30_000,
+): Promise<ClusterStatus> {
+  let last: ClusterStatus | undefined
+  await waitFor(
+    async () => {
+      last = await read()
+      const alive = last.members.filter((m) => m.state === 'alive')
+      return (
+        last.coordinator.ready &&
+        alive.length === n &&
+        last.assignment.owners.every((o) => o !== null && alive.some((m) => m.id === o)) &&
+        alive.every((m) => m.readyPartitions === m.partitions)
+      )
+    },
+    `${n} workers serve every partition, all ready`,
+    timeoutMs,
+  )
+  return last!
+}
+
+/** The node's /status as JSON. */
+export async function statusOf(p: ShoalProcess): Promise<ClusterStatus> {
+  return (await p.http<ClusterStatus>('/status')).body
 }

@@ -26,6 +26,7 @@ import { ErrorCodes, ShoalError } from '../../errors.ts'
 import { parseStateUrl } from '../../state/index.ts'
 import {
   checkDatabase,
+  closeRedisClient,
   createRedisClient,
   type RedisTarget,
   type StateTlsOptions,
@@ -415,17 +416,6 @@ export class RedisStreamSink implements Sink {
   async close(): Promise<void> {
     const client = this.#client
     this.#client = undefined
-    if (client === undefined) return
-    if (client.status === 'ready') {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        client.quit().catch(() => {}),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, 1000)
-        }),
-      ])
-      clearTimeout(timer)
-    }
-    client.disconnect()
+    if (client !== undefined) await closeRedisClient(client)
   }
 }

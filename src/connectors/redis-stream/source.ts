@@ -26,7 +26,12 @@ import type { Cluster, Redis } from 'ioredis'
 import { unpack } from 'msgpackr'
 import { ErrorCodes, ShoalError } from '../../errors.ts'
 import { parseStateUrl, redactUrl } from '../../state/index.ts'
-import { checkDatabase, createRedisClient, type StateTlsOptions } from '../../state/redis/redis-backend.ts'
+import {
+  checkDatabase,
+  closeRedisClient,
+  createRedisClient,
+  type StateTlsOptions,
+} from '../../state/redis/redis-backend.ts'
 import type { Source, SourceRead, SourceRecord, SourceStatus } from '../source.ts'
 import type { RedisStreamSourceSpec } from '../spec.ts'
 
@@ -569,16 +574,7 @@ export class RedisStreamSource implements Source {
     const clients = [this.#client, this.#blocking]
     this.#client = null
     this.#blocking = null
-    await Promise.all(
-      clients.map(async (c) => {
-        if (c === null) return
-        try {
-          await c.quit()
-        } catch {
-          c.disconnect()
-        }
-      }),
-    )
+    await Promise.all(clients.flatMap((c) => (c === null ? [] : [closeRedisClient(c)])))
   }
 
   #ready(): Client {

@@ -610,19 +610,26 @@ export class RedisBackend implements StateBackend {
 
   async #close(): Promise<void> {
     this.#closed = true
-    const client = this.#client
-    if (client.status === 'ready') {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([
-        client.quit().catch(() => {}),
-        new Promise<void>((resolve) => {
-          timer = setTimeout(resolve, 1000)
-        }),
-      ])
-      clearTimeout(timer)
-    }
-    client.disconnect()
+    await closeRedisClient(this.#client)
   }
+}
+
+/**
+ * QUIT (replies to commands in flight arrive first) for at most a second, then drop the
+ * connection: a server that hangs, or a blocking read, never holds a close up for long.
+ */
+export async function closeRedisClient(client: Redis | Cluster): Promise<void> {
+  if (client.status === 'ready') {
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      client.quit().catch(() => {}),
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, 1000)
+      }),
+    ])
+    clearTimeout(timer)
+  }
+  client.disconnect()
 }
 
 /**

@@ -19,6 +19,7 @@ import { createMemoryTransport } from '../../../src/transport/memory/memory-tran
 import { createWorkerNode, type WorkerNode } from '../../../src/worker/node.ts'
 import { startRedis, type RedisServer } from '../../helpers/redis.ts'
 import { expectExactState, type Totals } from '../../helpers/totals.ts'
+import { groupDrained, pendingOf, produceCounted } from '../../helpers/streams.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
 const logger = pino({ level: process.env.DEBUG_LOG ?? 'silent' })
@@ -108,42 +109,10 @@ async function cluster(workers: number, specs: RedisStreamSourceSpec[]) {
   return { c, nodes, cl }
 }
 
-/** XADD events from..to-1 (key `k<i*7919 % keys>`, value (i%17)-5) in pipelines; record expected totals. */
-async function produce(
-  stream: string,
-  from: number,
-  to: number,
-  expected: Totals,
-  keys = 300,
-): Promise<void> {
-  for (let i = from; i < to; i += 1000) {
-    const p = r.pipeline()
-    for (let j = i; j < Math.min(to, i + 1000); j++) {
-      const key = `k${(j * 7919) % keys}`
-      const value = (j % 17) - 5
-      p.xadd(stream, '*', 'data', JSON.stringify({ key, value }))
-      const e = expected.get(key) ?? { count: 0, sum: 0 }
-      e.count++
-      e.sum += value
-      expected.set(key, e)
-    }
-    await p.exec()
-  }
-}
-
-async function pendingOf(stream: string, group = 'shoal'): Promise<number> {
-  const reply = (await r.xpending(stream, group)) as [number, ...unknown[]]
-  return Number(reply[0])
-}
-
-/** Every entry of the stream delivered to the group (lag 0) and acknowledged (pending 0). */
-async function drained(stream: string, group = 'shoal'): Promise<boolean> {
-  const groups = (await r.xinfo('GROUPS', stream)) as unknown[][]
-  const g = groups.find((x) => x[1] === group)
-  if (g === undefined) return false
-  const lag = g[g.indexOf('lag') + 1]
-  return lag === 0 && (await pendingOf(stream, group)) === 0
-}
+const produce = (stream: string, from: number, to: number, expected: Totals, keys = 300) =>
+  produceCounted(r, stream, from, to, expected, keys)
+const pending = (stream: string) => pendingOf(r, stream, 'shoal')
+const drained = (stream: string, group = 'shoal') => groupDrained(r, stream, group)
 
 describe('Redis Streams source', () => {
   it('reads a stream with a consumer group: state exact, pending list empty, bad entries dead-lettered', async () => {
@@ -220,7 +189,7 @@ describe('Redis Streams source', () => {
     // Entries read by `w0` in an earlier life and never acknowledged.
     await r.xgroup('CREATE', stream, 'shoal', '0')
     await r.xreadgroup('GROUP', 'shoal', 'w0', 'COUNT', 700, 'STREAMS', stream, '>')
-    expect(await pendingOf(stream)).toBe(700)
+    expect(await pending(stream)).toBe(700)
     const { nodes, cl } = await cluster(1, [spec(stream)])
     await waitFor(async () => await drained(stream), 'pending list drained', 20_000)
     expect(nodes[0]!.pumps[0]!.status().redelivered).toBe(700)
