@@ -5,7 +5,15 @@ export { FrameParser } from './protocol/framing.ts'
 export { partitionForKey, createPartitioner, DEFAULT_PARTITIONS } from './protocol/partition.ts'
 export type { Transport, Connection, Listener, TransportOptions, TlsOptions } from './transport/transport.ts'
 export { createTransport } from './transport/index.ts'
-export { defineJob, type JobDefinition, type JobContext } from './processing/job.ts'
+export {
+  defineJob,
+  type JobDefinition,
+  type JobContext,
+  type JobTimers,
+  type Timer,
+  type WatermarkOptions,
+} from './processing/job.ts'
+export { windows, type WindowSpec, type WindowRef } from './processing/windows.ts'
 export { ShoalClient, type ShoalClientOptions } from './client/client.ts'
 export { AdminClient } from './client/admin.ts'
 export { Coordinator, type ClusterStatus, type CoordinatorOptions } from './coordinator/coordinator.ts'

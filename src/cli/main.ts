@@ -62,6 +62,7 @@ import type { Role } from '../protocol/messages.ts'
 import type { Transport, TlsOptions } from '../transport/transport.ts'
 import { createWorkerNode } from '../worker/node.ts'
 import { checkJob } from '../processing/engine.ts'
+import { registerWatermarkMetrics } from '../observability/time-metrics.ts'
 import { joinIdentity } from './join-identity.ts'
 import { createStateBackend } from '../state/index.ts'
 import { PartitionedFileStore, openPartitionStore } from '../state/checkpoint/partition-store.ts'
@@ -354,16 +355,19 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     status: () => {
       if (node === null) return { starting: true }
       observe(node)
+      const watermarks = node.dataPlane.watermarks()
       return {
         ...node.worker.status(),
         deadLettered: node.dataPlane.deadLettered,
         job: node.engine.job,
         sources: node.pumps.map((p) => p.status()),
         sinks: node.outputs.sinkStatus(),
+        ...(watermarks.length === 0 ? {} : { watermarks }),
       }
     },
   })
   registerSinkMetrics(metrics.registry, () => node?.outputs.runners ?? [])
+  registerWatermarkMetrics(metrics.registry, () => node?.dataPlane ?? null)
   registerSourceMetrics(metrics.registry, () => node?.pumps ?? [])
   burnThreads(log)
   // Durable state: memory: keeps it in the worker only; file: and redis:// get a replay log

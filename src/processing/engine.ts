@@ -22,7 +22,9 @@ import type {
   BatchFailure,
   BatchItem,
   BatchResult,
+  JobInfo,
   PackedStates,
+  Tick,
   TaskRequest,
   TaskResult,
 } from './task-types.ts'
@@ -120,6 +122,7 @@ export class Engine {
   #busyMs = 0
   #events = 0
   #closed = false
+  #info: Promise<JobInfo> | undefined
 
   constructor(options: EngineOptions = {}) {
     this.job = options.job ?? 'count'
@@ -160,21 +163,37 @@ export class Engine {
   }
 
   /** Process one batch of partition's events (msgpack [key, event][]). */
-  async batch(partition: number, payload: Uint8Array): Promise<BatchResult> {
+  batch(partition: number, payload: Uint8Array): Promise<BatchResult> {
+    const own = new Uint8Array(payload.byteLength)
+    own.set(payload)
+    return this.#submit({ partition, payload: own })
+  }
+
+  /** Apply a tick (time-enabled jobs, docs/time.md), in order with the partition's batches. */
+  tick(partition: number, tick: Tick): Promise<BatchResult> {
+    return this.#submit({ partition, payload: new Uint8Array(0), tick })
+  }
+
+  /** The job's name and use of time, from a processing thread (loaded once per engine). */
+  describe(): Promise<JobInfo> {
+    this.#info ??= this.#run<ResultOf<'describe'>>({ op: 'describe', partition: 0 }).then((r) => r.info)
+    return this.#info
+  }
+
+  async #submit(item: BatchItem): Promise<BatchResult> {
     if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'the processing engine is closed')
+    const partition = item.partition
     const lane = this.#lanes[partition % this.threads]!
     if (lane.waiting.length + lane.pool.queueSize >= this.#maxQueue) {
       throw new ShoalError(ErrorCodes.QUEUE_FULL, `processing queue of partition ${partition} is full`, {
         retryable: true,
       })
     }
-    const own = new Uint8Array(payload.byteLength)
-    own.set(payload)
     this.#touched.add(partition)
     this.#begin()
     try {
       const res = await new Promise<BatchResult>((resolve, reject) => {
-        lane.waiting.push({ item: { partition, payload: own }, resolve, reject })
+        lane.waiting.push({ item, resolve, reject })
         // An idle thread gets the batches of this turn of the event loop (e.g. every frame
         // of one socket read) together, just after it: one task, one wake-up.
         if (lane.inPool < MAX_TASKS_IN_POOL && !lane.scheduled) {
@@ -287,7 +306,7 @@ export class Engine {
     const lane = this.#lanes[req.partition % this.threads]!
     // Order: the batches submitted before this task enter the pool before it.
     while (lane.waiting.length > 0) this.#dispatch(lane)
-    if (req.op !== 'drop') this.#touched.add(req.partition)
+    if (req.op !== 'drop' && req.op !== 'describe') this.#touched.add(req.partition)
     this.#begin()
     lane.inPool++
     try {

@@ -10,10 +10,37 @@ export interface PackedStates {
   ends: Uint32Array
 }
 
-/** One event batch of one partition: msgpack [key, event][]. */
+/** One event batch of one partition: msgpack [key, event][]; or a tick of time-enabled jobs. */
 export interface BatchItem {
   partition: number
   payload: Uint8Array
+  /** A tick from the replay log (docs/time.md): payload is empty. */
+  tick?: Tick
+}
+
+/** A time record of the replay log: the worker's wall clock and the partition's silence. */
+export interface Tick {
+  now: number
+  idle: number
+}
+
+/** What the worker's main thread learns about a job's use of time. */
+export interface JobInfo {
+  name: string
+  /** Runs on the time-aware runtime (eventTime, window, onTimer or ttlMs). */
+  timed: boolean
+  eventTime: boolean
+  idleMs: number | null
+  /** Needs a fresh processing clock: onTimer (processing timers) or ttlMs. */
+  processingTime: boolean
+}
+
+/** A time-enabled partition's time after a batch or tick (see TimedPartition.status). */
+export interface PartitionTimeStatus {
+  watermark: number
+  base: number
+  nextEvent: number
+  nextProcessing: number
 }
 
 export type TaskRequest =
@@ -29,9 +56,10 @@ export type TaskRequest =
   /** Restore keys (each state packed on its own); replace clears the partition first. */
   | { op: 'load'; partition: number; kv: PackedStates; replace: boolean }
   | { op: 'drop'; partition: number }
+  | { op: 'describe'; partition: number }
 
 export interface DeadLetter {
-  /** Position of the event in its batch. */
+  /** Position of the event in its batch (-1: not an event, e.g. a timer). */
   index: number
   key: string
   error: string
@@ -43,6 +71,8 @@ export interface BatchResult {
   count: number
   emitted: Uint8Array | null
   deadLetters: DeadLetter[] | null
+  /** Time-enabled jobs: the partition's time after the batch. */
+  time?: PartitionTimeStatus
 }
 
 /** A batch that could not be applied at all (e.g. its payload is not msgpack). */
@@ -55,6 +85,8 @@ export type TaskResult =
   | { op: 'batches'; results: (BatchResult | BatchFailure)[] }
   | { op: 'get'; found: boolean; data: Uint8Array | null }
   | { op: 'dump'; keys: number; data: Uint8Array }
-  | { op: 'snapshot'; kv: PackedStates }
+  /** deleted: keys gone since the last snapshot (time-enabled jobs drop keys). */
+  | { op: 'snapshot'; kv: PackedStates; deleted: string[] }
   | { op: 'load'; keys: number }
   | { op: 'drop' }
+  | { op: 'describe'; info: JobInfo }

@@ -7,11 +7,14 @@
 import { Packr } from 'msgpackr'
 import { parentPort, workerData } from 'node:worker_threads'
 import { loadJob } from './job-loader.ts'
+import { isTimedJob } from './job.ts'
+import { TimedPartition, type TimeOutput } from './time/runtime.ts'
 import type {
   BatchFailure,
   BatchItem,
   BatchResult,
   DeadLetter,
+  JobInfo,
   PackedStates,
   TaskRequest,
   TaskResult,
@@ -21,7 +24,7 @@ const packr = new Packr({ useRecords: true, moreTypes: true })
 /** Checkpointed states: self-contained plain msgpack, readable by any thread or process later. */
 const statePackr = new Packr({ useRecords: false, moreTypes: true })
 
-function packStates(list: Iterable<Entry>): PackedStates {
+function packStates(list: Iterable<{ key: string; state: unknown }>): PackedStates {
   const keys: string[] = []
   const ends: number[] = []
   let data = new Uint8Array(64 * 1024)
@@ -46,6 +49,46 @@ const { job: jobRef, check } = workerData as { job: string; check?: boolean }
 
 const job = await loadJob(jobRef)
 if (check === true) parentPort?.postMessage({ shoal: 'job-loaded', name: job.name })
+
+/** Jobs with event time, timers or TTL run on the time-aware runtime (docs/time.md). */
+const timed = isTimedJob(job)
+const info: JobInfo = {
+  name: job.name,
+  timed,
+  eventTime: job.eventTime !== undefined,
+  idleMs: job.watermark?.idleMs ?? null,
+  processingTime: job.onTimer !== undefined || job.ttlMs !== undefined,
+}
+const timedPartitions = new Map<number, TimedPartition>()
+
+function timedOf(partition: number): TimedPartition {
+  let t = timedPartitions.get(partition)
+  if (t === undefined) {
+    t = new TimedPartition(job, partition)
+    timedPartitions.set(partition, t)
+  }
+  return t
+}
+
+function runTimed(b: BatchItem): BatchResult {
+  const tp = timedOf(b.partition)
+  const out: TimeOutput = { emitted: null, deadLetters: null }
+  let count = 0
+  if (b.tick !== undefined) {
+    tp.tick(b.tick.now, b.tick.idle, out)
+  } else {
+    const events = packr.unpack(b.payload) as [string, unknown][]
+    count = events.length
+    tp.apply(events, out)
+  }
+  return {
+    op: 'batch',
+    count,
+    emitted: out.emitted === null ? null : packr.pack(out.emitted),
+    deadLetters: out.deadLetters,
+    time: tp.status,
+  }
+}
 
 /** A key's state. `dirty`: changed since the last snapshot (then it is listed in `changed`). */
 interface Entry {
@@ -132,7 +175,7 @@ function runBatches(batches: BatchItem[]): (BatchResult | BatchFailure)[] {
   const results: (BatchResult | BatchFailure)[] = []
   for (const b of batches) {
     try {
-      results.push(runBatch(b.partition, b.payload))
+      results.push(timed ? runTimed(b) : runBatch(b.partition, b.payload))
     } catch (err) {
       // Not the job's per-event error (those are dead-lettered): e.g. a payload that is not
       // msgpack, or init() threw. Only this batch fails; the others of the task stand.
@@ -146,24 +189,46 @@ export default function handle(req: TaskRequest): TaskResult {
   switch (req.op) {
     case 'batches':
       return { op: 'batches', results: runBatches(req.batches) }
+    case 'describe':
+      return { op: 'describe', info }
     case 'get': {
-      const v = partitions.get(req.partition)?.entries.get(req.key)?.state
+      const v = timed
+        ? timedPartitions.get(req.partition)?.view(req.key)
+        : partitions.get(req.partition)?.entries.get(req.key)?.state
       return { op: 'get', found: v !== undefined, data: v === undefined ? null : packr.pack(v) }
     }
     case 'dump': {
+      if (timed) {
+        const all = timedPartitions.get(req.partition)?.dump() ?? []
+        return { op: 'dump', keys: all.length, data: packr.pack(all) }
+      }
       const s = partitions.get(req.partition)
       const all = s === undefined ? [] : Array.from(s.entries.values(), (e) => [e.key, e.state] as const)
       return { op: 'dump', keys: all.length, data: packr.pack(all) }
     }
     case 'snapshot': {
       // Incremental: the keys changed since the last snapshot, then forget them.
+      if (timed) {
+        const snap = timedOf(req.partition).snapshot(req.full)
+        const kv = packStates(snap.entries.map(([key, state]) => ({ key, state })))
+        return { op: 'snapshot', kv, deleted: snap.deleted }
+      }
       const s = stateOf(req.partition)
       for (const e of s.changed) e.dirty = false
       const kv = packStates(req.full ? s.entries.values() : s.changed)
       s.changed = []
-      return { op: 'snapshot', kv }
+      return { op: 'snapshot', kv, deleted: [] }
     }
     case 'load': {
+      if (timed) {
+        const tp = timedOf(req.partition)
+        if (req.replace) tp.clear()
+        const { keys, data, ends } = req.kv
+        for (let i = 0; i < keys.length; i++) {
+          tp.load(keys[i]!, statePackr.unpack(data.subarray(i === 0 ? 0 : ends[i - 1], ends[i])))
+        }
+        return { op: 'load', keys: keys.length }
+      }
       const s = stateOf(req.partition)
       if (req.replace) {
         // The loaded state is the checkpoint: nothing has changed since.
@@ -182,6 +247,7 @@ export default function handle(req: TaskRequest): TaskResult {
     }
     case 'drop':
       partitions.delete(req.partition)
+      timedPartitions.delete(req.partition)
       return { op: 'drop' }
   }
 }

@@ -26,7 +26,15 @@ import { ErrorCodes, ShoalError } from '../errors.ts'
 import type { Envelope, EventBatchBody, HeartbeatLoad, StateBody } from '../protocol/messages.ts'
 import { partitionForKey } from '../protocol/partition.ts'
 import type { Engine } from '../processing/engine.ts'
-import type { BatchResult, DeadLetter, PackedStates } from '../processing/task-types.ts'
+import type {
+  BatchResult,
+  DeadLetter,
+  JobInfo,
+  PackedStates,
+  PartitionTimeStatus,
+  Tick,
+} from '../processing/task-types.ts'
+import { TIME_KEY, userView } from '../processing/time/codec.ts'
 import type { LogEntry, PartitionStore } from '../state/checkpoint/partition-store.ts'
 import type { Connection } from '../transport/transport.ts'
 import { isReplyOrError } from '../transport/requests.ts'
@@ -84,7 +92,15 @@ export interface DataPlaneOptions {
    * @default 'log'
    */
   durability?: 'log' | 'none'
+  /**
+   * Time-enabled jobs: how often the worker considers writing ticks (docs/time.md).
+   * @default min(1000, idleMs / 4), at least 20
+   */
+  tickIntervalMs?: number
 }
+
+/** The replay log's producer of ticks (docs/time.md); refused from clients. */
+export const TICK_PRODUCER = 'shoal:time'
 
 interface PartitionRuntime {
   epoch: number
@@ -111,6 +127,18 @@ interface PartitionRuntime {
   checkpointedOffset: number
   /** The last snapshot's keys never reached the store: the next checkpoint must be full. */
   needFull: boolean
+  // Time-enabled jobs (docs/time.md):
+  /** performance.now() of the last batch handed on (or of the restore): silence is measured from it. */
+  lastEventAt: number
+  /** performance.now() of the last tick written, and batches handed on since. */
+  lastTickAt: number
+  batchesSinceTick: number
+  /** A tick is on its way to the engine. */
+  ticking: boolean
+  /** Sequence of the last tick (a producer sequence in the log). */
+  tickSeq: number
+  /** The partition's time after the last batch or tick applied. */
+  time: PartitionTimeStatus | null
 }
 
 function newRuntime(epoch: number): PartitionRuntime {
@@ -128,6 +156,12 @@ function newRuntime(epoch: number): PartitionRuntime {
     checkpoints: Promise.resolve(),
     checkpointedOffset: 0,
     needFull: false,
+    lastEventAt: performance.now(),
+    lastTickAt: 0,
+    batchesSinceTick: 0,
+    ticking: false,
+    tickSeq: 0,
+    time: null,
   }
 }
 
@@ -179,6 +213,9 @@ export class DataPlane implements PartitionHost {
   #checkpointsDone = 0
   #checkpointsFailed = 0
   #restoredBatches = 0
+  /** The job's use of time, learnt from the engine at the first restore. */
+  #info: JobInfo | null = null
+  #ticker: NodeJS.Timeout | null = null
 
   constructor(options: DataPlaneOptions) {
     this.#opts = options
@@ -226,9 +263,13 @@ export class DataPlane implements PartitionHost {
   // --- PartitionHost -------------------------------------------------------------------------------
 
   async restore(partition: number, epoch: number): Promise<void> {
+    const info = (this.#info ??= await this.#engine.describe())
+    if (info.timed) this.#startTicker(info)
     const store = this.#opts.store
     if (store === undefined) {
-      this.#partitions.set(partition, newRuntime(epoch))
+      const rt = newRuntime(epoch)
+      this.#partitions.set(partition, rt)
+      if (info.timed) this.#tick(partition, rt)
       return
     }
     const t0 = performance.now()
@@ -244,7 +285,9 @@ export class DataPlane implements PartitionHost {
     for await (const chunk of cp.entries()) {
       keys += chunk.length
       await this.#engine.load(partition, packEntries(chunk), false)
-      if (whole !== null) for (const [k, v] of chunk) whole.push([k, stateUnpackr.unpack(v)])
+      if (whole !== null) {
+        for (const [k, v] of chunk) if (k !== TIME_KEY) whole.push([k, userView(k, stateUnpackr.unpack(v))])
+      }
     }
     if (whole !== null) {
       // The previous owner may have died between committing this checkpoint and writing it
@@ -252,6 +295,11 @@ export class DataPlane implements PartitionHost {
       outputs!.deliverState({ partition, version: cp.logOffset, upserts: whole, deletes: [], full: true })
     }
     for (const [producer, seq] of Object.entries(cp.dedup)) {
+      if (producer === TICK_PRODUCER) {
+        rt.tickSeq = seq
+        rt.applied.set(producer, seq)
+        continue
+      }
       rt.applied.set(producer, seq)
       rt.producers.set(producer, seq)
       rt.committed.set(producer, seq)
@@ -272,7 +320,10 @@ export class DataPlane implements PartitionHost {
     }
     await Promise.all(window)
     this.#restoredBatches += replayed
+    rt.lastEventAt = performance.now()
     this.#partitions.set(partition, rt)
+    // The processing clock starts at the restore (a job with processing time needs one).
+    if (info.timed) this.#tick(partition, rt)
     this.#room()
     this.#log.info(
       {
@@ -288,14 +339,19 @@ export class DataPlane implements PartitionHost {
   }
 
   #replayOne(partition: number, rt: PartitionRuntime, e: LogEntry): Promise<void> {
-    rt.producers.set(e.producerId, e.sequence)
-    rt.committed.set(e.producerId, e.sequence)
+    const isTick = e.producerId === TICK_PRODUCER
+    if (isTick) rt.tickSeq = Math.max(rt.tickSeq, e.sequence)
+    else {
+      rt.producers.set(e.producerId, e.sequence)
+      rt.committed.set(e.producerId, e.sequence)
+    }
     rt.applied.set(e.producerId, e.sequence)
     rt.appliedOffset = e.offset
-    return this.#engine
-      .batch(partition, e.payload)
+    return (
+      isTick ? this.#engine.tick(partition, decodeTick(e.payload)) : this.#engine.batch(partition, e.payload)
+    )
       .then(
-        (res) => this.#afterBatch(partition, res, e.offset),
+        (res) => this.#afterBatch(partition, res, e.offset, rt),
         (err: unknown) => {
           // A batch the job could not apply at all (not msgpack, init threw) failed the same way
           // when it was first accepted and was never acked: skipping it reproduces that. Any
@@ -326,6 +382,126 @@ export class DataPlane implements PartitionHost {
     const next = this.#replaySlotWaiters.shift()
     if (next !== undefined) next()
     else this.#replaySlotsFree++
+  }
+
+  // --- time (docs/time.md) -------------------------------------------------------------------------
+
+  #startTicker(info: JobInfo): void {
+    if (this.#ticker !== null) return
+    const every =
+      this.#opts.tickIntervalMs ??
+      Math.max(20, Math.min(1000, info.idleMs === null ? 1000 : Math.floor(info.idleMs / 4)))
+    this.#ticker = setInterval(() => this.#onTicker(info, every), every)
+    this.#ticker.unref()
+  }
+
+  /**
+   * Write a tick where one is useful: a processing timer or TTL deadline is due, an idle
+   * partition's watermark would reach its next window end or timer, or (jobs with processing
+   * time) events flowed since the last tick, so the partition's processing clock stays within
+   * about one interval of the wall clock. Ticks are cheap log records, but never written for a
+   * partition that has nothing that could fire.
+   */
+  #onTicker(info: JobInfo, every: number): void {
+    const mono = performance.now()
+    const now = Date.now()
+    for (const [p, rt] of this.#partitions) {
+      if (rt.ticking || rt.paused || this.#pausedAll) continue
+      const t = rt.time
+      const silence = mono - rt.lastEventAt
+      let due = info.processingTime && rt.batchesSinceTick > 0 && mono - rt.lastTickAt >= every
+      if (t !== null && t.nextProcessing <= now) due = true
+      if (
+        info.idleMs !== null &&
+        t !== null &&
+        silence > info.idleMs &&
+        t.base !== -Infinity &&
+        t.base + (silence - info.idleMs) >= t.nextEvent
+      ) {
+        due = true
+      }
+      if (due) this.#tick(p, rt, silence)
+    }
+  }
+
+  /**
+   * Append a tick to the partition's log and apply it, in order with its batches (the same path
+   * as a batch, without dedup or ack). Replayed, it does exactly what it did the first time.
+   */
+  #tick(partition: number, rt: PartitionRuntime, silence = 0): void {
+    const tick: Tick = { now: Date.now(), idle: Math.floor(silence) }
+    rt.ticking = true
+    rt.lastTickAt = performance.now()
+    rt.batchesSinceTick = 0
+    const store = this.#opts.store
+    let offset: number | null = null
+    let processed: Promise<BatchResult>
+    if (store === undefined) {
+      processed = this.#engine.tick(partition, tick)
+    } else {
+      const seq = ++rt.tickSeq
+      const logged =
+        this.#opts.durability === 'none'
+          ? null
+          : store.appendBatch(partition, rt.epoch, {
+              producerId: TICK_PRODUCER,
+              sequence: seq,
+              payload: packr.pack([tick.now, tick.idle]),
+              count: 0,
+            })
+      const handed = rt.chain.then(async () => {
+        const off = logged === null ? rt.appliedOffset : await logged
+        if (this.#partitions.get(partition) !== rt) {
+          throw new ShoalError(ErrorCodes.NOT_OWNER, `partition ${partition} moved`, { retryable: true })
+        }
+        rt.applied.delete(TICK_PRODUCER)
+        rt.applied.set(TICK_PRODUCER, seq)
+        rt.appliedOffset = off
+        if (logged !== null) offset = off
+        return { res: this.#engine.tick(partition, tick) }
+      })
+      rt.chain = handed.then(
+        () => undefined,
+        () => undefined,
+      )
+      processed = handed.then((h) => h.res)
+    }
+    const done = processed.then(
+      (res) => this.#afterBatch(partition, res, offset, rt),
+      (err: unknown) => this.#log.debug({ err, partition }, 'tick not applied (the next one retries)'),
+    )
+    rt.tail = rt.tail.then(() => done)
+    void done.finally(() => {
+      rt.ticking = false
+    })
+  }
+
+  /**
+   * Event-time jobs: the watermark of each served partition that has seen an event time (an idle
+   * partition's advancing with the wall clock, as its next tick will make it).
+   */
+  watermarks(): { partition: number; watermark: number | null; lagMs: number | null }[] {
+    const idleMs = this.#info?.idleMs ?? null
+    if (this.#info?.eventTime !== true) return []
+    const mono = performance.now()
+    const now = Date.now()
+    const out: { partition: number; watermark: number | null; lagMs: number | null }[] = []
+    for (const [partition, rt] of this.#partitions) {
+      const t = rt.time
+      let wm = t === null || t.watermark === -Infinity ? null : t.watermark
+      if (wm !== null && idleMs !== null && t !== null) {
+        const silence = mono - rt.lastEventAt
+        if (silence > idleMs) wm = Math.max(wm, t.base + (silence - idleMs))
+      }
+      if (wm !== null) out.push({ partition, watermark: wm, lagMs: Math.max(0, now - wm) })
+    }
+    return out.sort((a, b) => a.partition - b.partition)
+  }
+
+  /** Stop the tick timer (the node is closing). */
+  close(): void {
+    if (this.#ticker !== null) clearInterval(this.#ticker)
+    this.#ticker = null
   }
 
   async release(partition: number): Promise<void> {
@@ -408,8 +584,9 @@ export class DataPlane implements PartitionHost {
       const dedup = Object.fromEntries(rt.applied)
       const snap = this.#engine.snapshot(partition, full)
       let kv: PackedStates
+      let deleted: string[]
       try {
-        kv = (await snap).kv
+        ;({ kv, deleted } = await snap)
       } catch (err) {
         rt.needFull = true
         throw err
@@ -422,7 +599,14 @@ export class DataPlane implements PartitionHost {
         // Records emitted before the cut must be in the sinks before the log can be replayed
         // from after it.
         if (outputs !== undefined) await withTimeout(outputs.flushed(), flushTimeoutMs, sinksBehind)
-        await store.writeCheckpoint(partition, rt.epoch, { checkpointId, changed, logOffset, dedup, full })
+        await store.writeCheckpoint(partition, rt.epoch, {
+          checkpointId,
+          changed,
+          ...(deleted.length === 0 ? {} : { deleted }),
+          logOffset,
+          dedup,
+          full,
+        })
       } catch (err) {
         // The snapshot cleared the threads' dirty flags; keep those keys by writing all next time.
         rt.needFull = true
@@ -432,18 +616,19 @@ export class DataPlane implements PartitionHost {
       rt.needFull = false
       rt.checkpointedOffset = logOffset
       this.#checkpointsDone++
-      if (outputs?.wantsState === true && changed.length > 0) {
+      const upserts = changed.filter(([k]) => k !== TIME_KEY)
+      if (outputs?.wantsState === true && (upserts.length > 0 || deleted.length > 0)) {
         // Committed: write it behind. The log offset is the version: the state at a cut is a
         // function of the log up to it, and offsets only grow, across owners too.
         outputs.deliverState({
           partition,
           version: logOffset,
-          upserts: changed.map(([k, v]) => [k, stateUnpackr.unpack(v)] as const),
-          deletes: [],
+          upserts: upserts.map(([k, v]) => [k, userView(k, stateUnpackr.unpack(v))] as const),
+          deletes: deleted,
           full,
         })
       }
-      return { partition, epoch: rt.epoch, logOffset, keys: kv.keys.length }
+      return { partition, epoch: rt.epoch, logOffset, keys: upserts.length }
     })
     rt.checkpoints = run.catch(() => undefined)
     void rt.checkpoints.then(() => this.#room())
@@ -606,6 +791,10 @@ export class DataPlane implements PartitionHost {
       ack(false, new ShoalError(ErrorCodes.PAUSED, `partition ${b.partition} is paused`, { retryable: true }))
       return
     }
+    if (b.producerId === TICK_PRODUCER) {
+      ack(false, new ShoalError(ErrorCodes.BAD_MESSAGE, `producer id ${TICK_PRODUCER} is reserved by Shoal`))
+      return
+    }
     const first = b.firstSequence ?? b.sequence
     if (first > b.sequence) {
       ack(
@@ -668,6 +857,8 @@ export class DataPlane implements PartitionHost {
     let processed: Promise<BatchResult>
     let batchOffset: number | null = null
     if (store === undefined) {
+      rt.lastEventAt = performance.now()
+      rt.batchesSinceTick++
       processed = this.#engine.batch(b.partition, b.payload)
     } else {
       const logged =
@@ -690,6 +881,8 @@ export class DataPlane implements PartitionHost {
         if (rt.applied.size > maxProducers) rt.applied.delete(rt.applied.keys().next().value!)
         rt.appliedOffset = offset
         if (logged !== null) batchOffset = offset
+        rt.lastEventAt = performance.now()
+        rt.batchesSinceTick++
         return { res: this.#engine.batch(b.partition, b.payload) }
       })
       rt.chain = handed.then(
@@ -701,7 +894,7 @@ export class DataPlane implements PartitionHost {
     const done = processed.then(
       (res) => {
         settle(true)
-        this.#afterBatch(b.partition, res, batchOffset)
+        this.#afterBatch(b.partition, res, batchOffset, rt)
         this.#acked += b.count
         ack(true)
       },
@@ -717,7 +910,8 @@ export class DataPlane implements PartitionHost {
     })
   }
 
-  #afterBatch(partition: number, res: BatchResult, offset: number | null): void {
+  #afterBatch(partition: number, res: BatchResult, offset: number | null, rt: PartitionRuntime): void {
+    if (res.time !== undefined) rt.time = res.time
     if (res.deadLetters !== null) {
       this.#deadLettered += res.deadLetters.length
       for (const d of res.deadLetters.slice(0, 3)) {
@@ -811,6 +1005,15 @@ function trimCovered(b: EventBatchBody, done: number): EventBatchBody | null {
     count: keep.length,
     payload: packr.pack(keep),
   }
+}
+
+/** A tick record of the log (payload msgpack [now, idle]). */
+function decodeTick(payload: Uint8Array): Tick {
+  const v = packr.unpack(payload) as unknown
+  if (!Array.isArray(v) || typeof v[0] !== 'number' || typeof v[1] !== 'number') {
+    throw new ShoalError(ErrorCodes.BAD_MESSAGE, 'a tick record of the replay log is not [now, idle]')
+  }
+  return { now: v[0], idle: v[1] }
 }
 
 /** Checkpointed [key, value bytes] pairs as one PackedStates buffer for the engine. */

@@ -179,12 +179,14 @@ export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
       // Stop reading first: what was read is applied and acknowledged before partitions leave.
       await stopSources(Math.min(timeoutMs, 5000))
       await worker.drain({ timeoutMs })
+      dataPlane.close()
       await engine.close()
       await outputs.close()
     },
     async stop() {
       await stopSources(0)
       await worker.stop({ timeoutMs: 500 })
+      dataPlane.close()
       await engine.close()
       await outputs.close()
     },
