@@ -31,7 +31,9 @@ export interface WorkerNodeOptions {
   heartbeatIntervalMs?: number
   heartbeatMisses?: number
   logger: Logger
-  dataPlane?: Partial<Pick<DataPlaneOptions, 'maxInFlightBatches' | 'onDeadLetter' | 'onEmitted'>>
+  dataPlane?: Partial<
+    Pick<DataPlaneOptions, 'maxInFlightBatches' | 'onDeadLetter' | 'onEmitted' | 'tickIntervalMs'>
+  >
   /**
    * Where emitted events (and, for state sinks, committed state) go besides live subscribers.
    * State sinks need durable state with the replay log (`store`, durability 'log').

@@ -233,6 +233,8 @@ describe('event-time windows with real processes', { timeout: 240_000 }, () => {
     expect(seen.size).toBe(expected.size)
     const w = await workers[2]!.http<{ watermarks?: { watermark: number }[] }>('/status')
     expect((w.body.watermarks ?? []).length).toBeGreaterThan(0)
+    const metrics = await workers[2]!.http<string>('/metrics')
+    expect(metrics.body).toMatch(/^shoal_watermark_lag_ms\{partition="\d+"/m)
   })
 })
 
