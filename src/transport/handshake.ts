@@ -7,7 +7,7 @@
  * pick the highest version both ends speak.
  */
 import { createHash, timingSafeEqual } from 'node:crypto'
-import { ErrorCodes, ProtocolError, ShoalError, TransportError } from '../errors.ts'
+import { AbortedError, ErrorCodes, ProtocolError, ShoalError, TransportError } from '../errors.ts'
 import { decodeEnvelope, encodeFrame, peerErrorCode } from '../protocol/codec.ts'
 import { SUPPORTED_VERSIONS, type ControlBody, type Envelope } from '../protocol/messages.ts'
 import type { Link } from './link.ts'
@@ -54,13 +54,22 @@ export function tokensEqual(expected: string, received: string | undefined): boo
   return timingSafeEqual(a, b)
 }
 
-/** Wait for the first frame on a fresh link; later frames are kept in order. */
+/**
+ * Wait for the first frame on a fresh link; later frames are kept in order. `signal` ends the
+ * wait early: a peer that accepted the socket but never answers (a stopped process) would
+ * otherwise hold the dialer for the whole handshake timeout.
+ */
 function firstFrame(
   link: Link,
   timeoutMs: number,
   onTimeout: () => ShoalError,
+  signal?: AbortSignal,
 ): Promise<HandshakeResult & { env: Envelope }> {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted === true) {
+      reject(new AbortedError(signal.reason))
+      return
+    }
     const pending: Buffer[] = []
     const result: HandshakeResult & { env: Envelope } = {
       env: undefined as unknown as Envelope,
@@ -71,10 +80,13 @@ function firstFrame(
     let first: Envelope | undefined
     let settled = false
     const timer = setTimeout(() => fail(onTimeout()), timeoutMs)
+    const onAbort = (): void => fail(new AbortedError(signal?.reason))
+    signal?.addEventListener('abort', onAbort, { once: true })
     function fail(err: ShoalError): void {
       if (settled) return
       settled = true
       clearTimeout(timer)
+      signal?.removeEventListener('abort', onAbort)
       reject(err)
     }
     link.setHandlers({
@@ -91,6 +103,7 @@ function firstFrame(
         }
         settled = true
         clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
         // Resolution is async: keep buffering frames (and a close) that arrive before the
         // caller attaches its own handlers.
         result.env = first
@@ -113,7 +126,11 @@ function firstFrame(
   })
 }
 
-export async function dialHandshake(link: Link, opts: ResolvedTransportOptions): Promise<HandshakeResult> {
+export async function dialHandshake(
+  link: Link,
+  opts: ResolvedTransportOptions,
+  signal?: AbortSignal,
+): Promise<HandshakeResult> {
   link.write(
     controlFrame(
       opts.nodeId,
@@ -140,6 +157,7 @@ export async function dialHandshake(link: Link, opts: ResolvedTransportOptions):
             retryable: true,
           },
         ),
+      signal,
     )
   } catch (err) {
     link.destroy()

@@ -3,7 +3,7 @@
  * it. The owner of the connection's inbound loop hands every inbound envelope to settle()
  * first; whatever is not a reply it handles itself.
  */
-import { ErrorCodes, ShoalError, TransportClosedError, reviveError } from '../errors.ts'
+import { AbortedError, ErrorCodes, ShoalError, TransportClosedError, reviveError } from '../errors.ts'
 import type { Envelope } from '../protocol/messages.ts'
 import type { Connection, OutboundMessage } from './transport.ts'
 
@@ -34,9 +34,17 @@ export class Requests {
     this.#next = firstCorr
   }
 
-  /** Send `message` on `conn` and wait for the envelope that echoes its correlation id. */
-  request(conn: Connection, message: OutboundMessage, timeoutMs: number): Promise<Envelope> {
-    return this.#start(conn, message, timeoutMs, undefined)
+  /**
+   * Send `message` on `conn` and wait for the envelope that echoes its correlation id. `signal`
+   * gives up early (AbortedError); a reply that comes later is ignored.
+   */
+  request(
+    conn: Connection,
+    message: OutboundMessage,
+    timeoutMs: number,
+    signal?: AbortSignal,
+  ): Promise<Envelope> {
+    return this.#start(conn, message, timeoutMs, undefined, signal)
   }
 
   /**
@@ -49,8 +57,9 @@ export class Requests {
     message: OutboundMessage,
     timeoutMs: number,
     part: (env: Envelope) => boolean,
+    signal?: AbortSignal,
   ): Promise<Envelope> {
-    return this.#start(conn, message, timeoutMs, part)
+    return this.#start(conn, message, timeoutMs, part, signal)
   }
 
   #start(
@@ -58,31 +67,51 @@ export class Requests {
     message: OutboundMessage,
     timeoutMs: number,
     part: ((env: Envelope) => boolean) | undefined,
+    signal: AbortSignal | undefined,
   ): Promise<Envelope> {
+    if (signal?.aborted === true) return Promise.reject(new AbortedError(signal.reason))
     const corr = this.#next++
     if (this.#next > 0x7fffffff) this.#next = this.#first
     const onConn = this.#watch(conn)
     return new Promise<Envelope>((resolve, reject) => {
-      const expire = (): void => {
+      const onAbort = (): void => p.reject(new AbortedError(signal?.reason))
+      // Every way out (reply, error, timeout, abort, closed connection) goes through p, so the
+      // request leaves the maps and the abort listener never outlives it.
+      const finish = (): void => {
+        clearTimeout(p.timer)
         this.#pending.delete(corr)
         onConn.delete(corr)
-        reject(
-          new ShoalError(ErrorCodes.TIMEOUT, `no reply to ${describe(message)} within ${timeoutMs} ms`, {
-            retryable: true,
-          }),
-        )
+        signal?.removeEventListener('abort', onAbort)
       }
-      const timer = setTimeout(expire, timeoutMs)
-      timer.unref()
-      this.#pending.set(corr, { resolve, reject, timer, part, onConn })
+      const p: Pending = {
+        resolve: (env) => {
+          finish()
+          resolve(env)
+        },
+        reject: (err) => {
+          finish()
+          reject(err)
+        },
+        timer: setTimeout(
+          () =>
+            p.reject(
+              new ShoalError(ErrorCodes.TIMEOUT, `no reply to ${describe(message)} within ${timeoutMs} ms`, {
+                retryable: true,
+              }),
+            ),
+          timeoutMs,
+        ),
+        part,
+        onConn,
+      }
+      p.timer.unref()
+      this.#pending.set(corr, p)
       onConn.add(corr)
+      signal?.addEventListener('abort', onAbort, { once: true })
       try {
         conn.send({ ...message, corr })
       } catch (err) {
-        clearTimeout(timer)
-        this.#pending.delete(corr)
-        onConn.delete(corr)
-        reject(err instanceof ShoalError ? err : new TransportClosedError(String(err)))
+        p.reject(err instanceof ShoalError ? err : new TransportClosedError(String(err)))
       }
     })
   }

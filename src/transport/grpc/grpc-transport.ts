@@ -736,7 +736,7 @@ export class GrpcTransport implements Transport {
       signal: AbortSignal | undefined,
     ): Promise<{ link: Link; handshake: HandshakeResult }> => {
       const link = await openLink(target, this.#opts, signal)
-      const handshake = await dialHandshake(link, this.#opts)
+      const handshake = await dialHandshake(link, this.#opts, signal)
       return { link, handshake }
     }
     const { link, handshake } = await dial(options.signal)

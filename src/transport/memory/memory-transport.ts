@@ -237,8 +237,10 @@ export class MemoryTransport implements Transport {
   async connect(address: string, options: ConnectOptions = {}): Promise<Connection> {
     const { host, port } = parseHostPort(address)
     const key = formatHostPort(host, port)
-    const dial = async (): Promise<{ link: Link; handshake: HandshakeResult }> => {
-      options.signal?.throwIfAborted()
+    const dial = async (
+      signal: AbortSignal | undefined = options.signal,
+    ): Promise<{ link: Link; handshake: HandshakeResult }> => {
+      signal?.throwIfAborted()
       const server = registry.get(key)
       if (server === undefined) {
         throw new TransportError(ErrorCodes.CONNECT_FAILED, `cannot connect to ${key}: connection refused`, {
@@ -250,7 +252,7 @@ export class MemoryTransport implements Transport {
       client.peer = remote
       remote.peer = client
       server.accept(remote)
-      const handshake = await dialHandshake(client, this.#opts)
+      const handshake = await dialHandshake(client, this.#opts, signal)
       return { link: client, handshake }
     }
     const { link, handshake } = await dial()

@@ -295,7 +295,7 @@ export class TcpTransport implements Transport {
     ): Promise<{ link: Link; handshake: HandshakeResult }> => {
       const socket = await this.#dialSocket(host, port, signal)
       const link = new SocketLink(socket, this.#opts.maxFrameBytes)
-      const handshake = await dialHandshake(link, this.#opts)
+      const handshake = await dialHandshake(link, this.#opts, signal)
       return { link, handshake }
     }
     const { link, handshake } = await dial(options.signal)
