@@ -13,7 +13,7 @@
  */
 import { randomUUID } from 'node:crypto'
 import { Packr } from 'msgpackr'
-import { ErrorCodes, ShoalError, reviveError } from '../errors.ts'
+import { ErrorCodes, InvalidOptionError, ShoalError, reviveError } from '../errors.ts'
 import type { RoutingFields } from '../protocol/control.ts'
 import type { Envelope, EventAckBody } from '../protocol/messages.ts'
 import { createPartitioner, partitionForKey, type Partitioner } from '../protocol/partition.ts'
@@ -37,8 +37,25 @@ export interface ShoalClientOptions {
   lingerMs?: number
   /** send() returns false above this many unacknowledged events. @default 200000 */
   maxBufferedEvents?: number
-  /** Resend a batch not acked within this time. @default 10000 */
+  /**
+   * Resend a batch not acked within this time; also the longest a state query waits for one
+   * reply from a worker the coordinator still lists as its partition's owner. @default 10000
+   */
   ackTimeoutMs?: number
+  /**
+   * A request to a worker (a batch, a state get, a dump) unanswered for this long makes the
+   * client fetch the routing table from the coordinator, and again after every further
+   * interval: once the partition has another owner, the request goes there at once. Routing
+   * changes the coordinator pushes re-route at once without waiting for this. Keep it well
+   * below the transport's handshakeTimeoutMs (5000): a hung worker accepts connections but never
+   * answers. @default 1000
+   */
+  requestTimeoutMs?: number
+  /**
+   * getState() and dumpState() retry what is retryable (a partition moving or restoring, a lost
+   * connection) for this long before they reject. @default 15000
+   */
+  queryTimeoutMs?: number
   /** Delay before retrying a refused batch. @default 50 */
   retryDelayMs?: number
   /** Give up on a batch after this long without success: flush() then rejects. @default 60000 */
@@ -70,8 +87,82 @@ interface Sealed {
   payload: Uint8Array
   firstTriedAt: number
   attempts: number
+  /** The connection of the current attempt, once dialed: acks from any other are stale. */
   conn: Connection | null
+  /** The owner the current attempt went to (`workerId@address`), or null. See #reroute. */
+  target: string | null
+  /** When the current attempt was sent (performance.now()). */
+  sentAt: number
   timer: NodeJS.Timeout | null
+}
+
+/**
+ * A state query waiting on a worker. When the routing table changes so that it is `stale`
+ * (the worker no longer owns what is asked), it is aborted and asked again of the new owner.
+ */
+interface Watch {
+  stale(routing: RoutingFields): boolean
+  /** Abort with `reason`, by default a RoutedAwayError (ask the new owner). */
+  abort(reason?: ShoalError): void
+}
+
+/** A query aborted because the routing table moved its partitions: retried at once. */
+class RoutedAwayError extends ShoalError {
+  constructor(target: string) {
+    super(ErrorCodes.NOT_OWNER, `${target} no longer owns what was asked; asking the new owner`, {
+      retryable: true,
+    })
+  }
+}
+
+/**
+ * Refusals a query retries: workers answer a query for a partition they do not serve (moving,
+ * restoring) with a NOT_OWNER error reply, which arrives without its retryable flag.
+ */
+const RETRYABLE_QUERY_CODES: ReadonlySet<string> = new Set([
+  ErrorCodes.NOT_OWNER,
+  ErrorCodes.PAUSED,
+  ErrorCodes.TIMEOUT,
+  ErrorCodes.CONNECTION_LOST,
+  ErrorCodes.CONNECT_FAILED,
+  ErrorCodes.CONNECT_TIMEOUT,
+  ErrorCodes.HANDSHAKE_TIMEOUT,
+])
+
+function isRetryableQueryError(err: unknown): err is ShoalError {
+  return err instanceof ShoalError && (err.retryable || RETRYABLE_QUERY_CODES.has(err.code))
+}
+
+/** Where the routing table sends partition `p`: its owner, with `key` = `workerId@address`. */
+interface Target {
+  workerId: string
+  address: string
+  key: string
+}
+
+function targetOf(routing: RoutingFields, p: number): Target | null {
+  const route = routing.routes[p]
+  if (route == null) return null
+  const address = routing.addresses[route.workerId]
+  if (address === undefined) return null
+  return { workerId: route.workerId, address, key: `${route.workerId}@${address}` }
+}
+
+/** `p`, or the signal's reason as soon as it aborts (p keeps running; its outcome is ignored). */
+function raceSignal<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error)
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason as Error)
+    signal.addEventListener('abort', onAbort, { once: true })
+    void p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort))
+  })
+}
+
+function positive(name: string, value: number): number {
+  if (!Number.isSafeInteger(value) || value <= 0) {
+    throw new InvalidOptionError(`options.${name} must be a positive integer (got ${String(value)})`)
+  }
+  return value
 }
 
 interface PartitionQueue {
@@ -436,6 +527,12 @@ export class ShoalClient {
   #failure: ShoalError | null = null
   #closed = false
   #refreshing: Promise<void> | null = null
+  /** When the last routing fetch completed (performance.now()); see #checkRouting. */
+  #refreshedAt = 0
+  /** State queries waiting on a worker. */
+  readonly #watches = new Set<Watch>()
+  /** Dials in progress, by `workerId@address`: aborted once the worker owns nothing. */
+  readonly #dials = new Map<string, AbortController>()
   readonly stats: ClientStats = { sent: 0, acked: 0, batches: 0, retries: 0, failed: 0 }
 
   private constructor(opts: ShoalClientOptions, admin: AdminClient, routing: RoutingFields) {
@@ -446,7 +543,9 @@ export class ShoalClient {
       batchSize: opts.batchSize ?? 1000,
       lingerMs: opts.lingerMs ?? 5,
       maxBufferedEvents: opts.maxBufferedEvents ?? 200_000,
-      ackTimeoutMs: opts.ackTimeoutMs ?? 10_000,
+      ackTimeoutMs: positive('ackTimeoutMs', opts.ackTimeoutMs ?? 10_000),
+      requestTimeoutMs: positive('requestTimeoutMs', opts.requestTimeoutMs ?? 1000),
+      queryTimeoutMs: positive('queryTimeoutMs', opts.queryTimeoutMs ?? 15_000),
       retryDelayMs: opts.retryDelayMs ?? 50,
       deliveryTimeoutMs: opts.deliveryTimeoutMs ?? 60_000,
       gateway: opts.gateway ?? 'auto',
@@ -562,6 +661,8 @@ export class ShoalClient {
         firstTriedAt: 0,
         attempts: 0,
         conn: null,
+        target: null,
+        sentAt: 0,
         timer: null,
       })
       this.#unacked += batch.count
@@ -579,74 +680,188 @@ export class ShoalClient {
     return new Promise((resolve, reject) => this.#flushWaiters.push({ resolve, reject }))
   }
 
-  /** The current state of `key`, from its owner; undefined when the key has none. */
+  /**
+   * The current state of `key`, from its owner; undefined when the key has none. A partition
+   * that is moving or restoring is asked again until queryTimeoutMs; a query waiting on a worker
+   * that loses the partition (declared dead while it hangs) goes to the new owner at once.
+   */
   async getState(key: string): Promise<unknown> {
+    const started = performance.now()
     for (let attempt = 1; ; attempt++) {
-      const p = partitionForKey(key, this.#routing.partitions)
+      const routing = this.#routing
+      const p = partitionForKey(key, routing.partitions)
       try {
-        const conn = await this.#connFor(p)
-        const env = await this.#requests.request(
-          conn,
-          { kind: 'state', body: { op: 'get', key, partition: p } },
-          this.#opts.ackTimeoutMs,
+        const target = targetOf(routing, p)
+        if (target === null) {
+          throw new ShoalError(ErrorCodes.NOT_OWNER, `partition ${p} has no owner yet`, { retryable: true })
+        }
+        const env = await this.#ask(
+          target,
+          (r) => targetOf(r, p)?.key !== target.key,
+          (conn, signal) =>
+            this.#requests.request(
+              conn,
+              { kind: 'state', body: { op: 'get', key, partition: p } },
+              this.#opts.ackTimeoutMs,
+              signal,
+            ),
         )
         const body = env.body as { found?: boolean; data?: Uint8Array }
         return body.found === true && body.data !== undefined ? unpackr.unpack(body.data) : undefined
       } catch (err) {
-        if (attempt >= 20 || !(err instanceof ShoalError) || !err.retryable) throw err
-        await this.#refreshRouting()
-        await sleep(this.#opts.retryDelayMs * attempt)
+        await this.#beforeRetry(err, attempt, started)
       }
     }
   }
 
-  /** Every key's state across the cluster, partition by partition. */
+  /**
+   * Every key's state across the cluster, partition by partition. Each owner is asked for its
+   * partitions; those missing afterwards (moving, restoring, or their owner stopped answering
+   * and was replaced) are asked of their owners again, until every partition answered or
+   * queryTimeoutMs passed.
+   */
   async *dumpState(): AsyncGenerator<[string, unknown]> {
-    const routing = this.#routing
-    const workers = [...new Set(routing.routes.filter((r) => r !== null).map((r) => r.workerId))].sort()
+    const started = performance.now()
     const seen = new Set<number>()
-    let gateway: Connection | null = null
-    for (const w of workers) {
-      const conn = await this.#connTo(w, routing.addresses[w]!)
-      // The gateway dumps every worker's partitions at once: one request is enough.
-      if (this.#gatewayConn !== null && conn === (await this.#gatewayConn.catch(() => null))) {
-        if (gateway !== null) continue
-        gateway = conn
+    for (let attempt = 1; ; attempt++) {
+      const routing = this.#routing
+      // An empty cluster has no state to give; otherwise every partition must answer.
+      if (routing.routes.every((r) => r === null)) return
+      const wanted = new Map<string, { target: Target; partitions: number[] }>()
+      for (let p = 0; p < routing.partitions; p++) {
+        const t = seen.has(p) ? null : targetOf(routing, p)
+        if (t === null) continue
+        const w = wanted.get(t.key) ?? { target: t, partitions: [] }
+        w.partitions.push(p)
+        wanted.set(t.key, w)
       }
-      const chunks: { partition: number; data: Uint8Array }[] = []
-      await this.#requests.requestStream(
-        conn,
-        { kind: 'state', body: { op: 'dump' } },
-        this.#opts.ackTimeoutMs,
-        (env) => {
-          const b = env.body as { op: string; partition?: number; data?: Uint8Array }
-          if (b.op === 'chunk' && b.partition !== undefined && b.data !== undefined) {
-            chunks.push({ partition: b.partition, data: b.data })
-            return false
-          }
-          return b.op === 'end'
-        },
-      )
-      for (const c of chunks) {
-        if (seen.has(c.partition)) continue
-        seen.add(c.partition)
-        yield* unpackr.unpack(c.data) as [string, unknown][]
+      let failure: unknown = null
+      let viaGatewayDone = false
+      for (const { target, partitions } of [...wanted.values()].sort((a, b) =>
+        a.target.key < b.target.key ? -1 : 1,
+      )) {
+        if (partitions.every((p) => seen.has(p))) continue
+        if (viaGatewayDone && this.#viaGatewayFor(target.workerId)) continue
+        let got: { chunks: { partition: number; data: Uint8Array }[]; viaGateway: boolean }
+        try {
+          got = await this.#dumpFrom(target, partitions)
+        } catch (err) {
+          if (!isRetryableQueryError(err)) throw err
+          failure = err
+          continue
+        }
+        viaGatewayDone ||= got.viaGateway
+        for (const c of got.chunks) {
+          if (seen.has(c.partition)) continue
+          seen.add(c.partition)
+          yield* unpackr.unpack(c.data) as [string, unknown][]
+        }
       }
-    }
-    const owned = routing.routes.filter((r) => r !== null).length
-    if (seen.size < owned) {
-      throw new ShoalError(
-        ErrorCodes.NOT_OWNER,
-        `state dump is incomplete: ${owned - seen.size} partitions were moving; retry`,
-        { retryable: true },
+      const missing = this.#routing.partitions - seen.size
+      if (missing === 0) return
+      await this.#beforeRetry(
+        failure ??
+          new ShoalError(
+            ErrorCodes.NOT_OWNER,
+            `state dump is incomplete: ${missing} partitions were moving; retry`,
+            { retryable: true },
+          ),
+        attempt,
+        started,
       )
     }
+  }
+
+  /** One owner's dump: its chunks, and whether the gateway answered (for every worker it reaches). */
+  async #dumpFrom(
+    target: Target,
+    partitions: number[],
+  ): Promise<{ chunks: { partition: number; data: Uint8Array }[]; viaGateway: boolean }> {
+    let viaGateway = false
+    const chunks: { partition: number; data: Uint8Array }[] = []
+    await this.#ask(
+      target,
+      // Stale once none of what is asked is the worker's any more; a live worker that lost
+      // some of it answers anyway (without them), a hung one never would.
+      (r) => partitions.every((p) => targetOf(r, p)?.key !== target.key),
+      (conn, signal) => {
+        viaGateway = this.#viaGatewayFor(target.workerId)
+        return this.#requests.requestStream(
+          conn,
+          { kind: 'state', body: { op: 'dump' } },
+          this.#opts.ackTimeoutMs,
+          (env) => {
+            const b = env.body as { op: string; partition?: number; data?: Uint8Array }
+            if (b.op === 'chunk' && b.partition !== undefined && b.data !== undefined) {
+              chunks.push({ partition: b.partition, data: b.data })
+              return false
+            }
+            return b.op === 'end'
+          },
+          signal,
+        )
+      },
+    )
+    return { chunks, viaGateway }
+  }
+
+  /**
+   * Run `request` against `target`'s connection, watched: when the routing table makes it
+   * `stale` (pushed by the coordinator, or fetched after requestTimeoutMs without an answer), it
+   * is aborted, dial included, and rejects with RoutedAwayError.
+   */
+  async #ask<T>(
+    target: Target,
+    stale: (routing: RoutingFields) => boolean,
+    request: (conn: Connection, signal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
+    if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'client is closed')
+    const ac = new AbortController()
+    const watch: Watch = { stale, abort: (reason) => ac.abort(reason ?? new RoutedAwayError(target.key)) }
+    this.#watches.add(watch)
+    let timer: NodeJS.Timeout | null = null
+    const arm = (): void => {
+      timer = setTimeout(() => {
+        void this.#checkRouting().finally(() => {
+          if (this.#watches.has(watch)) arm()
+        })
+      }, this.#opts.requestTimeoutMs)
+      timer.unref()
+    }
+    arm()
+    try {
+      if (stale(this.#routing)) watch.abort()
+      const conn = await raceSignal(this.#connTo(target.workerId, target.address), ac.signal)
+      return await request(conn, ac.signal)
+    } catch (err) {
+      if (ac.signal.aborted) throw ac.signal.reason as ShoalError
+      throw err
+    } finally {
+      this.#watches.delete(watch)
+      if (timer !== null) clearTimeout(timer)
+    }
+  }
+
+  /**
+   * Between query attempts: rethrow what must not be retried, else wait. Nothing to wait for
+   * when the routing table already moved the query; otherwise fetch the table and back off.
+   */
+  async #beforeRetry(err: unknown, attempt: number, started: number): Promise<void> {
+    if (!isRetryableQueryError(err)) throw err
+    if (this.#closed || performance.now() - started > this.#opts.queryTimeoutMs) throw err
+    if (err instanceof RoutedAwayError) return
+    await this.#refreshRouting()
+    // Short steps: a restoring partition serves again within a second or two.
+    await sleep(Math.min(250, this.#opts.retryDelayMs * attempt))
   }
 
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
     if (this.#lingerTimer !== null) clearTimeout(this.#lingerTimer)
+    const closing = new ShoalError(ErrorCodes.CLOSED, 'client is closed')
+    for (const w of this.#watches) w.abort(closing)
+    for (const ac of this.#dials.values()) ac.abort(closing)
     for (const q of this.#queues) {
       if (q.retryTimer !== null) clearTimeout(q.retryTimer)
       if (q.inFlight?.timer != null) clearTimeout(q.inFlight.timer)
@@ -707,6 +922,8 @@ export class ShoalClient {
       firstTriedAt: 0,
       attempts: 0,
       conn: null,
+      target: null,
+      sentAt: 0,
       timer: null,
     })
     this.stats.batches++
@@ -725,11 +942,21 @@ export class ShoalClient {
     void this.#deliver(q, batch)
   }
 
+  /**
+   * Send `batch` to its partition's owner. Each call is one attempt: an attempt superseded by a
+   * newer one (a re-route while it was still dialing) finds batch.attempts moved on and stops.
+   */
   async #deliver(q: PartitionQueue, batch: Sealed): Promise<void> {
     if (batch.firstTriedAt === 0) batch.firstTriedAt = performance.now()
-    batch.attempts++
+    const attempt = ++batch.attempts
+    const current = (): boolean => q.inFlight === batch && batch.attempts === attempt && !this.#closed
+    if (batch.timer !== null) clearTimeout(batch.timer)
+    batch.timer = null
+    batch.conn = null
     const route = this.#routing.routes[batch.partition]
-    if (route == null) {
+    const target = targetOf(this.#routing, batch.partition)
+    batch.target = target?.key ?? null
+    if (route == null || target === null) {
       this.#retry(
         q,
         batch,
@@ -739,10 +966,11 @@ export class ShoalClient {
       )
       return
     }
-    let conn: Connection
     try {
-      conn = await this.#connTo(route.workerId, this.#routing.addresses[route.workerId]!)
+      const conn = await this.#connTo(target.workerId, target.address)
+      if (!current()) return
       batch.conn = conn
+      batch.sentAt = performance.now()
       conn.send({
         kind: 'event',
         body: {
@@ -758,6 +986,7 @@ export class ShoalClient {
         },
       })
     } catch (err) {
+      if (!current()) return
       this.#retry(
         q,
         batch,
@@ -765,25 +994,50 @@ export class ShoalClient {
       )
       return
     }
-    batch.timer = setTimeout(() => {
-      batch.timer = null
-      if (q.inFlight === batch) {
-        this.#retry(
-          q,
-          batch,
-          new ShoalError(ErrorCodes.TIMEOUT, `batch not acked in ${this.#opts.ackTimeoutMs} ms`, {
-            retryable: true,
-          }),
-        )
-      }
-    }, this.#opts.ackTimeoutMs)
+    this.#armAckTimer(q, batch)
   }
 
-  #onAck(ack: EventAckBody): void {
+  /**
+   * Every requestTimeoutMs without an ack, check the routing table with the coordinator (a
+   * moved partition re-routes the batch, see #reroute); resend after ackTimeoutMs. An owner that
+   * is only slow (backpressure, a long durable append) is not sent duplicates meanwhile.
+   */
+  #armAckTimer(q: PartitionQueue, batch: Sealed): void {
+    const waited = performance.now() - batch.sentAt
+    const left = this.#opts.ackTimeoutMs - waited
+    batch.timer = setTimeout(
+      () => {
+        batch.timer = null
+        if (q.inFlight !== batch || batch.conn === null) return
+        if (performance.now() - batch.sentAt >= this.#opts.ackTimeoutMs) {
+          this.#retry(
+            q,
+            batch,
+            new ShoalError(ErrorCodes.TIMEOUT, `batch not acked in ${this.#opts.ackTimeoutMs} ms`, {
+              retryable: true,
+            }),
+          )
+          return
+        }
+        const conn = batch.conn
+        void this.#checkRouting().finally(() => {
+          // Still this attempt, not re-routed by the check: keep waiting.
+          if (q.inFlight === batch && batch.conn === conn && batch.timer === null && q.retryTimer === null)
+            this.#armAckTimer(q, batch)
+        })
+      },
+      Math.max(0, Math.min(this.#opts.requestTimeoutMs, left)),
+    )
+  }
+
+  #onAck(ack: EventAckBody, conn: Connection): void {
     const q = this.#queues[ack.partition]
     const batch = q?.inFlight
     if (q === undefined || batch == null || batch.sequence !== ack.sequence) return
     if (ack.producerId !== (batch.producerId ?? this.producerId)) return
+    // An ack from an earlier attempt's connection (a worker the batch was re-routed away from)
+    // says nothing about the current attempt; the worker dedups the resend.
+    if (batch.conn !== conn) return
     if (batch.timer !== null) clearTimeout(batch.timer)
     batch.timer = null
     if (ack.ok) {
@@ -803,6 +1057,7 @@ export class ShoalClient {
   }
 
   #retry(q: PartitionQueue, batch: Sealed, err: ShoalError): void {
+    if (q.inFlight !== batch || q.retryTimer !== null) return
     if (performance.now() - batch.firstTriedAt > this.#opts.deliveryTimeoutMs) {
       this.#giveUp(q, batch, err)
       return
@@ -810,6 +1065,7 @@ export class ShoalClient {
     this.stats.retries++
     if (batch.timer !== null) clearTimeout(batch.timer)
     batch.timer = null
+    batch.conn = null
     if (
       err.code === ErrorCodes.NOT_OWNER ||
       err.code === ErrorCodes.CONNECTION_LOST ||
@@ -825,6 +1081,9 @@ export class ShoalClient {
   }
 
   #giveUp(q: PartitionQueue, batch: Sealed, err: ShoalError): void {
+    if (q.inFlight !== batch) return
+    if (batch.timer !== null) clearTimeout(batch.timer)
+    batch.timer = null
     q.inFlight = null
     this.stats.failed += batch.count
     if (batch.settle !== undefined) {
@@ -874,13 +1133,58 @@ export class ShoalClient {
   // --- routing and connections -------------------------------------------------------------------
 
   #onRouting(r: RoutingFields): void {
-    if (r.epoch >= this.#routing.epoch && r.partitions === this.#routing.partitions) this.#routing = r
+    if (r.epoch < this.#routing.epoch || r.partitions !== this.#routing.partitions) return
+    this.#routing = r
+    this.#refreshedAt = performance.now()
+    this.#reroute()
+  }
+
+  /**
+   * Apply the routing table to everything waiting on a worker. A batch whose partition has
+   * another owner now is sent to it at once (the worker dedups by producer and sequence, so a
+   * batch the old owner did apply is not applied twice); a state query is aborted and asked
+   * again; dials and connections to workers that own nothing any more are dropped. A worker
+   * declared dead while it hangs (SIGSTOP, a stuck host) accepts connections and never
+   * answers: without this everything aimed at it would wait out a handshake or ack timeout.
+   */
+  #reroute(): void {
+    if (this.#closed) return
+    const r = this.#routing
+    for (const w of [...this.#watches]) if (w.stale(r)) w.abort()
+    for (let p = 0; p < this.#queues.length; p++) {
+      const q = this.#queues[p]!
+      const b = q.inFlight
+      if (b === null || b.attempts === 0) continue
+      if ((targetOf(r, p)?.key ?? null) === b.target) continue
+      if (q.retryTimer !== null) {
+        clearTimeout(q.retryTimer)
+        q.retryTimer = null
+      }
+      this.stats.retries++
+      void this.#deliver(q, b)
+    }
+    const owners = new Set(Object.entries(r.addresses).map(([id, address]) => `${id}@${address}`))
+    for (const [key, ac] of this.#dials) {
+      if (!owners.has(key))
+        ac.abort(new ShoalError(ErrorCodes.NOT_OWNER, `${key} owns no partition now`, { retryable: true }))
+    }
+    for (const [key, c] of this.#conns) {
+      if (owners.has(key)) continue
+      this.#conns.delete(key)
+      c.then(
+        (conn) => conn.destroy(),
+        () => {},
+      )
+    }
   }
 
   #refreshRouting(): Promise<void> {
     this.#refreshing ??= this.#admin
       .routing()
-      .then((r) => this.#onRouting(r))
+      .then((r) => {
+        this.#refreshedAt = performance.now()
+        this.#onRouting(r)
+      })
       .catch(() => {})
       .finally(() => {
         this.#refreshing = null
@@ -888,27 +1192,51 @@ export class ShoalClient {
     return this.#refreshing
   }
 
-  async #connFor(partition: number): Promise<Connection> {
-    const route = this.#routing.routes[partition]
-    if (route == null)
-      throw new ShoalError(ErrorCodes.NOT_OWNER, `partition ${partition} has no owner yet`, {
-        retryable: true,
-      })
-    return this.#connTo(route.workerId, this.#routing.addresses[route.workerId]!)
+  /**
+   * A routing fetch for requests unanswered for requestTimeoutMs: at most one per half of that,
+   * however many requests wait, so a slow cluster is not flooded with routing requests too.
+   */
+  #checkRouting(): Promise<void> {
+    if (performance.now() - this.#refreshedAt < this.#opts.requestTimeoutMs / 2)
+      return this.#refreshing ?? Promise.resolve()
+    return this.#refreshRouting()
+  }
+
+  #viaGatewayFor(workerId: string): boolean {
+    return this.#opts.gateway === 'always' || this.#viaGateway.has(workerId)
   }
 
   #connTo(workerId: string, address: string): Promise<Connection> {
-    if (this.#opts.gateway === 'always' || this.#viaGateway.has(workerId)) return this.#gateway()
+    if (this.#viaGatewayFor(workerId)) return this.#gateway()
     const key = `${workerId}@${address}`
     let c = this.#conns.get(key)
     if (c === undefined) {
-      c = this.#opts.transport.connect(address).then((conn) => {
-        void this.#readAcks(key, conn)
-        return conn
-      })
+      // Abortable, so a dial to a worker that stopped answering ends once it owns nothing.
+      const ac = new AbortController()
+      const dial: Promise<Connection> = this.#opts.transport.connect(address, { signal: ac.signal }).then(
+        (conn) => {
+          if (this.#conns.get(key) !== dial || this.#closed) {
+            conn.destroy()
+            throw new ShoalError(ErrorCodes.NOT_OWNER, `${key} owns no partition now`, { retryable: true })
+          }
+          void this.#readAcks(key, conn, dial)
+          return conn
+        },
+        (err: unknown) => {
+          throw ac.signal.aborted ? (ac.signal.reason as ShoalError) : err
+        },
+      )
+      const forget = (): void => {
+        if (this.#dials.get(key) === ac) this.#dials.delete(key)
+      }
       // A failed dial is forgotten so the next attempt dials again.
-      c.catch(() => this.#conns.delete(key))
-      this.#conns.set(key, c)
+      dial.then(forget, () => {
+        forget()
+        if (this.#conns.get(key) === dial) this.#conns.delete(key)
+      })
+      this.#dials.set(key, ac)
+      this.#conns.set(key, dial)
+      c = dial
     }
     if (this.#opts.gateway === 'never') return c
     return c.catch((err: unknown) => {
@@ -936,22 +1264,22 @@ export class ShoalClient {
     return this.#gatewayConn
   }
 
-  async #readAcks(key: string, conn: Connection): Promise<void> {
+  async #readAcks(key: string, conn: Connection, dial?: Promise<Connection>): Promise<void> {
     try {
-      for await (const env of conn) this.#onData(env)
+      for await (const env of conn) this.#onData(env, conn)
     } catch {
       // handled below
     }
-    this.#conns.delete(key)
+    if (dial !== undefined && this.#conns.get(key) === dial) this.#conns.delete(key)
     const lost = new ShoalError(ErrorCodes.CONNECTION_LOST, `connection to ${key} lost`, { retryable: true })
     for (const q of this.#queues) {
       if (q.inFlight?.conn === conn && q.retryTimer === null) this.#retry(q, q.inFlight, lost)
     }
   }
 
-  #onData(env: Envelope): void {
+  #onData(env: Envelope, conn: Connection): void {
     if (env.kind === 'event' && env.body.op === 'ack') {
-      this.#onAck(env.body)
+      this.#onAck(env.body, conn)
       return
     }
     this.#requests.settle(env)

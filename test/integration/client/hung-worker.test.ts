@@ -1,0 +1,296 @@
+/**
+ * ShoalClient against a worker that stopped answering (issue 14): a scripted coordinator that
+ * serves a routing table, a "hung" worker (a TCP server that accepts and reads but never
+ * writes, as the kernel does for a SIGSTOPped process) and a healthy scripted worker. Every
+ * timeout that could end the wait on the hung worker (handshake, ack) is set far beyond the
+ * test's own timeout, so a query or batch completes only if the client re-routes it: on a
+ * routing push, or by fetching the table itself after requestTimeoutMs.
+ */
+import net from 'node:net'
+import { Packr } from 'msgpackr'
+import { afterEach, describe, expect, it } from 'vitest'
+import { ShoalClient, type ShoalClientOptions } from '../../../src/client/client.ts'
+import { ErrorCodes, ShoalError } from '../../../src/errors.ts'
+import type { RoutingFields } from '../../../src/protocol/control.ts'
+import type { EventBatchBody, StateBody } from '../../../src/protocol/messages.ts'
+import { partitionForKey } from '../../../src/protocol/partition.ts'
+import { reply, replyError } from '../../../src/transport/requests.ts'
+import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
+import type { Connection, Listener } from '../../../src/transport/transport.ts'
+import { waitFor } from '../../helpers/wait-for.ts'
+
+const packr = new Packr({ useRecords: true, moreTypes: true })
+const NEVER = 600_000
+const PARTITIONS = 4
+
+const cleanup: (() => Promise<void> | void)[] = []
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f()
+})
+
+/** A coordinator that answers `routing` with `table` and pushes it to subscribers on demand. */
+async function scriptedCoordinator(table: RoutingFields): Promise<{
+  address: string
+  table: RoutingFields
+  /** Change the table; `push` also sends it to every subscribed client. */
+  set(next: RoutingFields, push: boolean): void
+  fetches: number
+}> {
+  const subscribers = new Set<Connection>()
+  const state = {
+    address: '',
+    table,
+    fetches: 0,
+    set(next: RoutingFields, push: boolean) {
+      state.table = next
+      if (!push) return
+      for (const c of subscribers) c.send({ kind: 'control', body: { op: 'routing', ...next } })
+    },
+  }
+  const listener = await createTcpTransport({ nodeId: 'coordinator', role: 'coordinator' }).listen(
+    { host: '127.0.0.1', port: 0 },
+    (conn) => {
+      void (async () => {
+        try {
+          for await (const env of conn) {
+            if (env.kind === 'control' && env.body.op === 'routing') {
+              state.fetches++
+              subscribers.add(conn)
+              reply(conn, env, { kind: 'control', body: { op: 'routing', ...state.table } })
+            }
+          }
+        } catch {
+          // the client went away
+        }
+        subscribers.delete(conn)
+      })()
+    },
+  )
+  cleanup.push(() => listener.close({ timeoutMs: 200 }))
+  state.address = listener.address
+  return state
+}
+
+/** Accepts connections and reads, never answers: a stopped process, as its peers see it. */
+async function hungWorker(): Promise<{ address: string; bytes: () => number }> {
+  let bytes = 0
+  const sockets = new Set<net.Socket>()
+  const server = net.createServer((s) => {
+    sockets.add(s)
+    s.on('data', (d: Buffer) => (bytes += d.length))
+    s.on('error', () => {})
+    s.on('close', () => sockets.delete(s))
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  cleanup.push(async () => {
+    for (const s of sockets) s.destroy()
+    await new Promise<void>((r) => server.close(() => r()))
+  })
+  return { address: `127.0.0.1:${(server.address() as net.AddressInfo).port}`, bytes: () => bytes }
+}
+
+/**
+ * A worker that serves `state[key]` for the partitions in `ready`, dumps them, and acks every
+ * batch, recording (partition, producer, sequence) of each.
+ */
+async function scriptedWorker(
+  state: Record<string, unknown>,
+  ready: Set<number>,
+): Promise<{ address: string; batches: EventBatchBody[]; listener: Listener }> {
+  const batches: EventBatchBody[] = []
+  const listener = await createTcpTransport({ nodeId: 'good', role: 'worker' }).listen(
+    { host: '127.0.0.1', port: 0 },
+    (conn) => {
+      void (async () => {
+        try {
+          for await (const env of conn) {
+            if (env.kind === 'event' && env.body.op === 'batch') {
+              const b = env.body
+              batches.push(b)
+              conn.send({
+                kind: 'event',
+                body: {
+                  op: 'ack',
+                  partition: b.partition,
+                  producerId: b.producerId,
+                  sequence: b.sequence,
+                  ok: true,
+                },
+              })
+            } else if (env.kind === 'state') {
+              const body: StateBody = env.body
+              if (body.op === 'get' && body.key !== undefined) {
+                const p = partitionForKey(body.key, PARTITIONS)
+                if (!ready.has(p)) {
+                  replyError(conn, env, new ShoalError(ErrorCodes.NOT_OWNER, `partition ${p} is restoring`))
+                  continue
+                }
+                const v = state[body.key]
+                reply(conn, env, {
+                  kind: 'state',
+                  body: {
+                    op: 'result',
+                    key: body.key,
+                    partition: p,
+                    found: v !== undefined,
+                    data: v === undefined ? undefined : packr.pack(v),
+                  },
+                })
+              } else if (body.op === 'dump') {
+                for (const p of [...ready].sort()) {
+                  const entries = Object.entries(state).filter(([k]) => partitionForKey(k, PARTITIONS) === p)
+                  reply(conn, env, {
+                    kind: 'state',
+                    body: { op: 'chunk', partition: p, data: packr.pack(entries) },
+                  })
+                }
+                reply(conn, env, { kind: 'state', body: { op: 'end' } })
+              }
+            }
+          }
+        } catch {
+          // the client went away
+        }
+      })()
+    },
+  )
+  cleanup.push(() => listener.close({ timeoutMs: 200 }))
+  return { address: listener.address, batches, listener }
+}
+
+function table(epoch: number, owners: string[], addresses: Record<string, string>): RoutingFields {
+  return {
+    epoch,
+    partitions: PARTITIONS,
+    routes: owners.map((workerId) => ({ workerId, epoch })),
+    addresses,
+  }
+}
+
+/** One key per partition. */
+function keysPerPartition(): string[] {
+  const keys: string[] = []
+  for (let i = 0; keys.filter((k) => k !== undefined).length < PARTITIONS; i++) {
+    const k = `key-${i}`
+    keys[partitionForKey(k, PARTITIONS)] ??= k
+  }
+  return keys
+}
+
+async function client(coordinator: string, extra: Partial<ShoalClientOptions>): Promise<ShoalClient> {
+  const c = await ShoalClient.connect({
+    coordinator,
+    transport: createTcpTransport({ nodeId: 'client', role: 'client', handshakeTimeoutMs: NEVER }),
+    ackTimeoutMs: NEVER,
+    deliveryTimeoutMs: NEVER,
+    retryDelayMs: 5,
+    gateway: 'never',
+    ...extra,
+  })
+  cleanup.push(() => c.close())
+  return c
+}
+
+describe('transport dial to a hung worker', () => {
+  it('connect() stuck in the handshake ends with ABORTED when its signal aborts', async () => {
+    const hung = await hungWorker()
+    const ac = new AbortController()
+    const dial = createTcpTransport({ nodeId: 'c', role: 'client', handshakeTimeoutMs: NEVER }).connect(
+      hung.address,
+      { signal: ac.signal },
+    )
+    await waitFor(() => hung.bytes() > 0, 'the hello sent')
+    ac.abort()
+    await expect(dial).rejects.toMatchObject({ code: ErrorCodes.ABORTED })
+  })
+})
+
+describe('ShoalClient against a hung worker', () => {
+  const keys = keysPerPartition()
+  const state = Object.fromEntries(keys.map((k, i) => [k, { count: i + 1 }]))
+
+  /**
+   * Partitions 0 and 1 start on the hung worker, 2 and 3 on the healthy one; then every
+   * partition moves to the healthy one, announced by `move`. Gets, a dump and batches issued
+   * while the table still names the hung worker must all come back exact, and every batch be
+   * acked exactly once, in order per partition.
+   */
+  async function scenario(
+    extra: Partial<ShoalClientOptions>,
+    move: (coord: Awaited<ReturnType<typeof scriptedCoordinator>>, next: RoutingFields) => void,
+  ): Promise<void> {
+    const hung = await hungWorker()
+    // The healthy worker serves (and dumps) only what it owns: 2 and 3, then everything.
+    const ready = new Set([2, 3])
+    const good = await scriptedWorker(state, ready)
+    const addresses = { hung: hung.address, good: good.address }
+    const coord = await scriptedCoordinator(table(1, ['hung', 'hung', 'good', 'good'], addresses))
+    const acks: number[][] = Array.from({ length: PARTITIONS }, () => [])
+    const cl = await client(coord.address, { ...extra, onAck: (p, n) => acks[p]!.push(n) })
+
+    // Batches to every partition (two rounds: the second leaves only after the first is acked).
+    for (const k of keys) cl.send(k, { value: 1 })
+    const flushed = cl.flush()
+    for (const k of keys) cl.send(k, { value: 2 })
+    const second = cl.flush()
+    const gets = Promise.all(keys.map((k) => cl.getState(k)))
+    const dump = (async () => {
+      const out: Record<string, unknown> = {}
+      for await (const [k, v] of cl.dumpState()) out[k] = v
+      return out
+    })()
+    // The hung worker got the client's hello: everything aimed at it is stuck now.
+    await waitFor(() => hung.bytes() > 0, 'a dial to the hung worker')
+    ready.add(0).add(1)
+    move(coord, table(2, ['good', 'good', 'good', 'good'], { good: good.address }))
+
+    expect(await gets).toEqual(keys.map((k) => state[k]))
+    expect(await dump).toEqual(state)
+    await flushed
+    await second
+    expect(cl.stats.failed).toBe(0)
+    expect(cl.stats.acked).toBe(keys.length * 2)
+    // Each partition: both batches acked once each, and the healthy worker got them in order.
+    for (let p = 0; p < PARTITIONS; p++) {
+      expect(acks[p]).toEqual([1, 1])
+      const seqs = good.batches.filter((b) => b.partition === p).map((b) => b.sequence)
+      expect(seqs).toEqual([1, 2])
+    }
+  }
+
+  it('a routing push re-routes pending gets, dumps and batches to the new owner at once', async () => {
+    // No deadline could fire: only the push can end the wait.
+    await scenario({ requestTimeoutMs: NEVER }, (coord, next) => coord.set(next, true))
+  })
+
+  it('without a push, requestTimeoutMs makes the client fetch the table and re-route', async () => {
+    await scenario({ requestTimeoutMs: 100 }, (coord, next) => coord.set(next, false))
+  })
+
+  it('a partition its owner is still restoring (NOT_OWNER replies) is asked again until it serves', async () => {
+    const ready = new Set([0, 1, 2])
+    const good = await scriptedWorker(state, ready)
+    const coord = await scriptedCoordinator(
+      table(1, ['good', 'good', 'good', 'good'], { good: good.address }),
+    )
+    const cl = await client(coord.address, {})
+    const restoring = keys[3]!
+    const got = cl.getState(restoring)
+    const dump = (async () => {
+      const out: Record<string, unknown> = {}
+      for await (const [k, v] of cl.dumpState()) out[k] = v
+      return out
+    })()
+    // Routing fetched again after a NOT_OWNER reply: the client is retrying.
+    await waitFor(() => coord.fetches >= 3, 'retries of the restoring partition')
+    ready.add(3)
+    expect(await got).toEqual(state[restoring])
+    expect(await dump).toEqual(state)
+  })
+
+  it('rejects bad deadlines with the option named', async () => {
+    const coord = await scriptedCoordinator(table(1, ['good', 'good', 'good', 'good'], { good: 'x:1' }))
+    await expect(client(coord.address, { requestTimeoutMs: 0 })).rejects.toThrow(/requestTimeoutMs/)
+    await expect(client(coord.address, { queryTimeoutMs: -1 })).rejects.toThrow(/queryTimeoutMs/)
+  })
+})
