@@ -12,7 +12,7 @@ import type { JobContext, JobDefinition, JobTimers, Timer } from '../job.ts'
 import type { WindowRef, WindowSpec } from '../windows.ts'
 import type { DeadLetter } from '../task-types.ts'
 import { PartitionTime, TIME_KEY, TimedValue, type StoredWindow } from './codec.ts'
-import { TimeQueue } from './queue.ts'
+import { TimeQueue, type Bucket } from './queue.ts'
 
 /** Stream of window results and of events later than the allowed lateness. */
 export const WINDOWS_STREAM = 'windows'
@@ -222,8 +222,13 @@ export class TimedPartition {
         this.#wm = w
       }
     }
-    if (this.#eventQ.next <= this.#wm) this.#fireEventTime()
-    if (this.#procQ.next <= this.#clock) this.#fireProcessingTime()
+    // Until nothing is due: a processing timer may set an event timer that W has passed already
+    // (and an event timer a processing timer the clock has reached); fired only at the next
+    // record, it could wait for ever on an idle partition (no tick is written for it).
+    while (this.#eventQ.next <= this.#wm || this.#procQ.next <= this.#clock) {
+      if (this.#eventQ.next <= this.#wm) this.#fireEventTime()
+      if (this.#procQ.next <= this.#clock) this.#fireProcessingTime()
+    }
     this.#ts = undefined
   }
 
@@ -469,7 +474,12 @@ export class TimedPartition {
   #fireEventTime(): void {
     for (let due = this.#eventQ.takeDue(this.#wm); due !== null; due = this.#eventQ.takeDue(this.#wm)) {
       const { bucket, order } = due
-      for (const k of order) {
+      for (let n = 0; n < order.length; n++) {
+        if (n > 0 && this.#eventQ.next <= bucket.t) {
+          requeueRest(this.#eventQ, bucket, order, n)
+          break
+        }
+        const k = order[n]!
         const key = bucket.keys[k]!
         const kind = bucket.kinds[k]!
         const e = this.#entries.get(key)
@@ -499,7 +509,12 @@ export class TimedPartition {
   #fireProcessingTime(): void {
     for (let due = this.#procQ.takeDue(this.#clock); due !== null; due = this.#procQ.takeDue(this.#clock)) {
       const { bucket, order } = due
-      for (const k of order) {
+      for (let n = 0; n < order.length; n++) {
+        if (n > 0 && this.#procQ.next <= bucket.t) {
+          requeueRest(this.#procQ, bucket, order, n)
+          break
+        }
+        const k = order[n]!
         const key = bucket.keys[k]!
         const e = this.#entries.get(key)
         if (e === undefined) continue
@@ -509,7 +524,10 @@ export class TimedPartition {
         }
         if (e.ttlAt !== bucket.t) continue // a stale deadline of an earlier entry of this key
         const deadline = e.active + this.#ttl!
-        if (deadline > this.#clock) {
+        if (deadline > bucket.t) {
+          // Re-queued at the real deadline even when that is due too: the key goes in its place
+          // in (time, key) order, after its timers due before it (as a restored partition, which
+          // queues the real deadline, does), not at this stale one.
           e.ttlAt = deadline
           this.#procQ.push(deadline, key, TTL, 0)
         } else {
@@ -678,6 +696,18 @@ export class TimedPartition {
 
   get partition(): number {
     return this.#partition
+  }
+}
+
+/**
+ * A timer fired from a bucket set a timer due at or before the bucket's time (onTimer setting one
+ * in the past): due timers run in (time, key) order (docs/time.md), so that one goes before the
+ * rest of the bucket (other keys' timers, this key's TTL drop), which is queued again.
+ */
+function requeueRest(q: TimeQueue, bucket: Bucket, order: number[], from: number): void {
+  for (let n = from; n < order.length; n++) {
+    const k = order[n]!
+    q.push(bucket.t, bucket.keys[k]!, bucket.kinds[k]!, bucket.starts[k]!)
   }
 }
 
