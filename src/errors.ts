@@ -51,6 +51,10 @@ export const ErrorCodes = {
   FENCED: 'SHOAL_ERR_FENCED',
   /** The receiving worker does not own the partition (re-route with a fresh routing table). */
   NOT_OWNER: 'SHOAL_ERR_NOT_OWNER',
+  /** A coordinator replica that does not lead (a standby, or a deposed leader). */
+  NOT_LEADER: 'SHOAL_ERR_NOT_LEADER',
+  /** No coordinator leads right now (failover in progress): retry. */
+  NO_COORDINATOR: 'SHOAL_ERR_NO_COORDINATOR',
   /** The node is not registered with, or not known to, the coordinator. */
   NOT_REGISTERED: 'SHOAL_ERR_NOT_REGISTERED',
   /** A request did not get its reply in time. */

@@ -38,6 +38,8 @@ import {
   type WorkerConfig,
 } from '../config/config.ts'
 import { Coordinator } from '../coordinator/coordinator.ts'
+import { LeaderLease, WarmView } from '../coordinator/leader.ts'
+import type { RedisBackend } from '../state/redis/redis-backend.ts'
 import { ShoalError } from '../errors.ts'
 import { createLivenessMonitor } from '../observability/liveness.ts'
 import { createLogger } from '../observability/logger.ts'
@@ -175,15 +177,114 @@ function burnThreads(log: Logger): void {
   }
 }
 
+/**
+ * Coordinator high availability (docs/decisions.md): with `--state redis://` a coordinator is
+ * one of possibly several replicas and leads only while it holds the lease. Until then it is a
+ * standby: its HTTP port answers /healthz (alive) and /readyz 503 (so a Kubernetes Service routes
+ * to the leader), and its transport port is not open, so workers and clients that dial the
+ * replicas in turn reach the leader. Resolves once this replica leads.
+ */
+async function awaitLeadership(
+  cfg: CoordinatorConfig,
+  log: Logger,
+): Promise<{ lease: LeaderLease; expectedMembers: string[]; view: WarmView; close(): Promise<void> } | null> {
+  if (cfg.state.kind !== 'redis') return null
+  const backend = await createStateBackend(cfg.state.url)
+  const redis = (backend as RedisBackend).client
+  // Under the backend's key prefix: clusters sharing a Redis have a leader each.
+  const prefix = `${(backend as RedisBackend).prefix}:coordinator`
+  const view = new WarmView(redis, prefix)
+  const lease = new LeaderLease({
+    redis,
+    prefix,
+    id: cfg.nodeId,
+    // The failure-detection time, but never so short that a busy host's event-loop stall
+    // (a GC, a burst of work) costs the leader its lease.
+    ttlMs: Math.max(1500, cfg.heartbeatIntervalMs * cfg.heartbeatMisses),
+  })
+  const standby = { since: Date.now() }
+  const http = await startHttpServer({
+    host: cfg.http.host,
+    port: cfg.http.port,
+    ...httpAccess(cfg),
+    registry: { contentType: 'text/plain', metrics: () => Promise.resolve('') },
+    logger: log,
+    liveness: () => ({ ok: true, detail: { role: 'standby' } }),
+    readiness: async () => ({
+      ok: false,
+      detail: { role: 'standby', leader: await lease.current().catch(() => null) },
+    }),
+    status: async () => ({
+      role: 'standby',
+      nodeId: cfg.nodeId,
+      since: standby.since,
+      leader: await lease.current().catch(() => null),
+      view: await view.read().catch(() => null),
+    }),
+  })
+  out(JSON.stringify({ shoal: 'standby', role: 'coordinator', nodeId: cfg.nodeId, http: http.address }))
+  log.info({ http: http.address }, 'coordinator standby: waiting for the leader lease')
+  const elected = new Promise<number>((resolve) => lease.once('elected', resolve))
+  lease.start()
+  const epoch = await elected
+  const previous = await view.read().catch(() => null)
+  await http.close()
+  log.info(
+    { leaderEpoch: epoch, expectedMembers: previous?.members.length ?? 0 },
+    'elected coordinator leader',
+  )
+  lease.on('deposed', (reason) => {
+    // Another replica may lead already: this process must not act again. Exit at once; the
+    // supervisor (compose restart policy, Kubernetes) starts it again as a standby.
+    log.error({ reason, leaderEpoch: epoch }, 'deposed as coordinator leader; exiting')
+    process.exit(3)
+  })
+  return {
+    lease,
+    expectedMembers: previous?.members ?? [],
+    view,
+    close: async () => {
+      await lease.stop()
+      await backend.close()
+    },
+  }
+}
+
 async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
   const log = createLogger({ level: cfg.logLevel, name: 'coordinator', nodeId: cfg.nodeId })
   log.info({ config: describeConfig(cfg) }, 'starting coordinator')
+  const ha = await awaitLeadership(cfg, log)
   const metrics = createMetrics('coordinator', { labels: { node_id: cfg.nodeId } })
   const heartbeatStaleMs = cfg.heartbeatIntervalMs * (cfg.heartbeatMisses + 2)
   const liveness = createLivenessMonitor({ intervalMs: cfg.heartbeatIntervalMs, heartbeatStaleMs })
   const transport = transportFor(cfg, cfg.nodeId, 'coordinator')
   const epochFloor = await storedEpochFloor(cfg, log)
-  const coordinator = new Coordinator({
+  let coordinator: Coordinator
+  const publishView = (): void => {
+    if (ha === null || !ha.lease.valid) return
+    const s = coordinator.status()
+    void ha.view
+      .write({
+        leader: cfg.nodeId,
+        leaderEpoch: ha.lease.epoch,
+        members: s.members.filter((m) => m.state === 'alive' || m.state === 'suspect').map((m) => m.id),
+        owners: s.assignment.owners,
+      })
+      .catch((err: unknown) => log.debug({ err }, 'warm view not written'))
+  }
+  coordinator = new Coordinator({
+    ...(ha === null
+      ? {}
+      : {
+          leadership: ha.lease,
+          expectedMembers: ha.expectedMembers,
+          // After a takeover, workers find this replica only after giving up on the old leader
+          // (a paused one still accepts connections): wait longer for them, but end as soon as
+          // every member of the previous leader's view is back (usually well before).
+          ...(ha.expectedMembers.length > 0
+            ? { recoveryWindowMs: cfg.heartbeatIntervalMs * cfg.heartbeatMisses * 4 }
+            : {}),
+        }),
     epochFloor,
     transport,
     listen: cfg.listen,
@@ -192,9 +293,20 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
     heartbeatMisses: cfg.heartbeatMisses,
     checkpointIntervalMs: cfg.checkpointIntervalMs,
     logger: log,
-    hooks: { ...metrics.coordinatorHooks, tick: () => liveness.markHeartbeatTick() },
+    hooks: {
+      ...metrics.coordinatorHooks,
+      tick: () => liveness.markHeartbeatTick(),
+      assignmentChanged: (a) => {
+        metrics.coordinatorHooks.assignmentChanged?.(a)
+        publishView()
+      },
+    },
   })
   await coordinator.start()
+  // The standbys' warm view: who the members are (a new leader ends its recovery window once
+  // they all rejoined) and the assignment, refreshed as members come and go.
+  const viewTimer = ha === null ? null : setInterval(publishView, 1000)
+  viewTimer?.unref()
   let stateClient: Promise<ShoalClient> | null = null
   // POST /events: one client for the process, dialing this coordinator (with TLS, by the name
   // its certificate is for); see src/ingest/http-ingest.ts.
@@ -285,10 +397,13 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
   )
   onShutdownSignal(log, async () => {
     clearInterval(readyTimer)
+    if (viewTimer !== null) clearInterval(viewTimer)
     setServing(false)
     await (await stateClient?.catch(() => null))?.close()
     await ingest.close()
     await coordinator.stop({ timeoutMs: Math.min(cfg.drainTimeoutMs, 5000) })
+    // Released last: a standby takes over the moment the lease is gone.
+    await ha?.close()
     dashboard.close()
     await http.close()
     liveness.close()
@@ -410,6 +525,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
     sinks,
     clientTransport: transportFor(cfg, `${cfg.nodeId}-sources`, 'client'),
     coordinator: formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
+    coordinators: cfg.coordinators.map((c) => formatHostPort(c.host, c.port)),
     listen: cfg.listen,
     httpAddress: http.address,
     memberId: cfg.nodeId,

@@ -180,8 +180,10 @@ export interface CoordinatorConfig extends NodeConfigBase {
 
 export interface WorkerConfig extends NodeConfigBase {
   readonly role: 'worker'
-  /** The coordinator's transport address. */
+  /** The coordinator's transport address (the first of `coordinators`). */
   readonly coordinator: HostPort
+  /** Every coordinator replica (`--coordinator a:7400,b:7400`): the worker follows the leader. */
+  readonly coordinators: readonly HostPort[]
   /** A built-in job name or an absolute path to a job module. */
   readonly job: string
   readonly threads: number
@@ -226,6 +228,8 @@ export interface UpConfig extends BaseConfig {
 export interface ClientConfig extends BaseConfig {
   readonly role: 'client'
   readonly coordinator: HostPort
+  /** Every coordinator replica (`--coordinator a:7400,b:7400`). */
+  readonly coordinators: readonly HostPort[]
   /** Print JSON instead of text. */
   readonly json: boolean
   /** `shoal send`: the event field holding the routing key. */
@@ -327,7 +331,7 @@ export const CONFIG_FIELDS = Object.freeze({
     'string',
     ['worker', 'client'],
     true,
-    "the coordinator's HOST:PORT (required)",
+    "the coordinator's HOST:PORT, or every replica's: HOST:PORT,HOST:PORT (required)",
   ),
   job: f('job', 'SHOAL_JOB', 'string', ['worker', 'up'], true, 'job module path or built-in name', 'count'),
   threads: f('threads', 'SHOAL_THREADS', 'string', ['worker', 'up'], true, 'processing threads', 'CPUs'),
@@ -771,7 +775,7 @@ class Loader {
             role: 'worker',
             ...base,
             ...node,
-            coordinator: this.#dialAddress('coordinator'),
+            ...this.#coordinators(),
             job: this.#job(),
             threads: this.#int('threads', this.#cpus()),
             durability: this.#oneOf('durability', DURABILITY_KINDS, D.durability),
@@ -821,7 +825,7 @@ class Loader {
         config = {
           role: 'client',
           ...base,
-          coordinator: this.#dialAddress('coordinator'),
+          ...this.#coordinators(),
           json: this.#bool('json', false),
           keyField: this.#nonEmpty('keyField', D.keyField),
           strict: this.#bool('strict', false),
@@ -1099,6 +1103,30 @@ class Loader {
       http.raw?.source ?? listen.raw?.source ?? 'default',
       `${httpLabel} and ${listenLabel} must use different ports, got ${show(formatHostPort(b.host, b.port))} and ${show(formatHostPort(a.host, a.port))}`,
     )
+  }
+
+  /** `--coordinator`: one address or a comma-separated list of replicas (HA). */
+  #coordinators(): { coordinator: HostPort; coordinators: HostPort[] } {
+    const s = this.#string('coordinator')
+    if (s === undefined || !s.value.includes(',')) {
+      const one = this.#dialAddress('coordinator')
+      return { coordinator: one, coordinators: [one] }
+    }
+    const list: HostPort[] = []
+    for (const part of s.value.split(',')) {
+      const hp = parseAddress(part.trim(), '127.0.0.1')
+      if (hp === undefined || hp.port === 0 || isWildcard(hp.host)) {
+        this.#bad(
+          'coordinator',
+          s.raw,
+          `each replica must be a HOST:PORT to dial, with a port between 1 and 65535 (got ${JSON.stringify(part.trim())})`,
+        )
+        const fallback = { host: '127.0.0.1', port: 7400 }
+        return { coordinator: fallback, coordinators: [fallback] }
+      }
+      list.push(hp)
+    }
+    return { coordinator: list[0]!, coordinators: list }
   }
 
   /** An address to dial: HOST:PORT with a port in 1..65535. Required. */

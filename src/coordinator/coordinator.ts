@@ -69,6 +69,17 @@ export interface CoordinatorOptions {
   logger: Logger
   /** Observers (metrics) of membership and assignment changes. */
   hooks?: CoordinatorHooks
+  /**
+   * HA (src/coordinator/leader.ts): the leadership this coordinator holds. Its epoch goes into
+   * every join reply, assignment, revoke, fence and checkpoint trigger (workers ignore a lower
+   * one); while `valid()` is false (the lease may have expired) it changes nothing.
+   */
+  leadership?: { readonly epoch: number; readonly valid: boolean }
+  /**
+   * Members the previous leader had (its warm view): the recovery window ends as soon as all of
+   * them rejoined instead of after the whole window.
+   */
+  expectedMembers?: readonly string[]
 }
 
 export interface CoordinatorHooks {
@@ -209,7 +220,19 @@ export class Coordinator extends EventEmitter<{
   'member-left': [id: string]
   assignment: [assignment: Assignment]
 }> {
-  readonly #opts: Required<Omit<CoordinatorOptions, 'hooks'>> & { hooks: CoordinatorHooks }
+  readonly #opts: Required<Omit<CoordinatorOptions, 'hooks' | 'leadership' | 'expectedMembers'>> & {
+    hooks: CoordinatorHooks
+  }
+  readonly #leadership: { readonly epoch: number; readonly valid: boolean } | undefined
+  readonly #expected: ReadonlySet<string>
+  /** The leadership epoch stamped on what this coordinator sends (0 without HA). */
+  get #leader(): number {
+    return this.#leadership?.epoch ?? 0
+  }
+  /** False once an HA lease may have expired: a deposed leader changes nothing. */
+  get #leads(): boolean {
+    return this.#leadership?.valid ?? true
+  }
   readonly #log: Logger
   readonly #members = new Map<string, Member>()
   /** Disjoint from the ids workers use for their own requests (see Requests). */
@@ -254,6 +277,8 @@ export class Coordinator extends EventEmitter<{
       logger: options.logger,
       hooks: options.hooks ?? {},
     }
+    this.#leadership = options.leadership
+    this.#expected = new Set(options.expectedMembers ?? [])
     this.#log = options.logger
     this.#assignment = emptyAssignment(partitions, options.epochFloor ?? 0)
     this.#gateway = new Gateway(options.transport, () => this.routing(), options.logger)
@@ -315,7 +340,7 @@ export class Coordinator extends EventEmitter<{
    * the logs behind them.
    */
   async checkpoint(options: { full?: boolean } = {}): Promise<CheckpointRecord | null> {
-    if (this.#checkpointInFlight || this.#stopping || this.#recovering) return null
+    if (this.#checkpointInFlight || this.#stopping || this.#recovering || !this.#leads) return null
     const members = [...this.#members.values()].filter((m) => m.state === 'alive' && m.conn !== null)
     if (members.length === 0) return null
     this.#checkpointInFlight = true
@@ -332,7 +357,10 @@ export class Coordinator extends EventEmitter<{
           try {
             const res = await this.#requests.request(
               conn,
-              { kind: 'checkpoint', body: { op: 'trigger', checkpointId: id, full: options.full === true } },
+              {
+                kind: 'checkpoint',
+                body: { op: 'trigger', checkpointId: id, full: options.full === true, leader: this.#leader },
+              },
               this.#opts.checkpointTimeoutMs,
             )
             if (res.kind !== 'checkpoint' || res.body.op !== 'ack') {
@@ -552,6 +580,11 @@ export class Coordinator extends EventEmitter<{
   }
 
   #onWorkerMessage(conn: Connection, member: Member | null, env: Envelope): Member | undefined {
+    if (!this.#leads) {
+      throw new ShoalError(ErrorCodes.NOT_LEADER, 'this coordinator no longer leads; follow the leader', {
+        retryable: true,
+      })
+    }
     if (env.kind === 'control') {
       const body = env.body
       if (body.op === 'join') return this.#onJoin(conn, parseJoin(body), env)
@@ -717,6 +750,7 @@ export class Coordinator extends EventEmitter<{
         kind: 'control',
         body: {
           op: 'fenced',
+          leader: this.#leader,
           epoch: a.epoch,
           partitions: dropped,
           reason: wasDead
@@ -729,6 +763,7 @@ export class Coordinator extends EventEmitter<{
       kind: 'control',
       body: {
         op: 'joined',
+        leader: this.#leader,
         memberId: member.id,
         partitions: a.partitions,
         heartbeatIntervalMs: this.#opts.heartbeatIntervalMs,
@@ -748,6 +783,12 @@ export class Coordinator extends EventEmitter<{
       'worker joined',
     )
     this.emit('member-joined', member.id)
+    // HA takeover: every member the previous leader had is back, so the assignment can be
+    // rebuilt now rather than after the whole recovery window.
+    if (this.#recovering && this.#expected.size > 0) {
+      const back = [...this.#expected].every((id) => this.#members.get(id)?.state === 'alive')
+      if (back) queueMicrotask(() => this.#endRecovery())
+    }
     // Partitions the assignment gives this worker but it did not report (it restarted, or an
     // assign was lost with the link) are sent again.
     if (!this.#recovering) this.#resendAssignments(member)
@@ -762,7 +803,10 @@ export class Coordinator extends EventEmitter<{
       if (owner === member.id && !member.ready.has(p)) missing.push({ partition: p, epoch: a.epochs[p] ?? 0 })
     })
     if (missing.length > 0 && member.conn !== null) {
-      trySend(member.conn, { kind: 'control', body: { op: 'assign', epoch: a.epoch, partitions: missing } })
+      trySend(member.conn, {
+        kind: 'control',
+        body: { op: 'assign', epoch: a.epoch, partitions: missing, leader: this.#leader },
+      })
     }
   }
 
@@ -826,6 +870,8 @@ export class Coordinator extends EventEmitter<{
   #tick(): void {
     this.#lastTickAt = performance.now()
     this.#opts.hooks.tick?.()
+    // A deposed leader declares nobody dead and moves nothing: the process is on its way out.
+    if (!this.#leads) return
     this.#tickN++
     const now = performance.now()
     for (const m of this.#members.values()) {
@@ -904,6 +950,7 @@ export class Coordinator extends EventEmitter<{
           kind: 'control',
           body: {
             op: 'fenced',
+            leader: this.#leader,
             epoch,
             partitions: lost,
             reason: 'another worker holds these at a newer epoch',
@@ -924,7 +971,7 @@ export class Coordinator extends EventEmitter<{
 
   /** Recompute the assignment; rebalances never overlap, and one more runs if asked meanwhile. */
   #rebalance(reason: string): void {
-    if (this.#recovering || this.#stopping) return
+    if (this.#recovering || this.#stopping || !this.#leads) return
     if (this.#rebalancing !== null) {
       this.#rebalanceAgain = true
       return
@@ -968,7 +1015,12 @@ export class Coordinator extends EventEmitter<{
               m.conn,
               {
                 kind: 'control',
-                body: { op: 'revoke', epoch: next.epoch, partitions: w.revoke.map((r) => ({ ...r })) },
+                body: {
+                  op: 'revoke',
+                  epoch: next.epoch,
+                  partitions: w.revoke.map((r) => ({ ...r })),
+                  leader: this.#leader,
+                },
               },
               this.#opts.revokeTimeoutMs,
             )
@@ -992,6 +1044,7 @@ export class Coordinator extends EventEmitter<{
         kind: 'control',
         body: {
           op: 'assign',
+          leader: this.#leader,
           epoch: next.epoch,
           partitions: w.assign.map((e) => ({ partition: e.partition, epoch: e.epoch })),
         },

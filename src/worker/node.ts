@@ -17,6 +17,8 @@ import type { Source } from '../connectors/source.ts'
 export interface WorkerNodeOptions {
   transport: Transport
   coordinator: string
+  /** Coordinator replicas (HA); the worker follows whichever leads. Includes `coordinator`. */
+  coordinators?: readonly string[]
   listen: ListenAddress
   advertise?: string | undefined
   httpAddress?: string | null
@@ -110,6 +112,7 @@ export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
   const worker = new Worker({
     transport: o.transport,
     coordinator: o.coordinator,
+    ...(o.coordinators === undefined ? {} : { coordinators: o.coordinators }),
     listen: o.listen,
     advertise: o.advertise,
     httpAddress: o.httpAddress ?? null,

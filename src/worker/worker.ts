@@ -59,6 +59,13 @@ export interface WorkerOptions {
   transport: Transport
   /** The coordinator's transport address. */
   coordinator: string
+  /**
+   * Coordinator replicas (docs/decisions.md, "Coordinator high availability"): with more than
+   * one, the worker dials them in turn until one accepts its join (standbys do not listen), and
+   * moves to the next when its link closes or the coordinator falls silent. Includes
+   * `coordinator`.
+   */
+  coordinators?: readonly string[]
   /** Where this worker's data listener binds. */
   listen: ListenAddress
   /** Address clients use to reach the data listener. @default the bound address */
@@ -153,6 +160,12 @@ export class Worker extends EventEmitter<{
   #refused: ShoalError | null = null
   /** Serializes assign/revoke/fence handling so they apply in the order the coordinator sent them. */
   #work: Promise<void> = Promise.resolve()
+  /** Coordinator replicas to follow (more than one: HA mode, see WorkerOptions.coordinators). */
+  readonly #replicas: readonly string[]
+  #nextReplica = 0
+  #dialing: Promise<void> | null = null
+  /** Highest leadership epoch seen: a coordinator with a lower one was deposed. */
+  #leaderEpoch = 0
 
   constructor(options: WorkerOptions) {
     super()
@@ -161,6 +174,8 @@ export class Worker extends EventEmitter<{
     this.#host = options.host ?? idleHost
     this.#interval = options.heartbeatIntervalMs ?? 500
     this.#misses = options.heartbeatMisses ?? 3
+    const replicas = [...new Set([options.coordinator, ...(options.coordinators ?? [])])]
+    this.#replicas = replicas
     if (options.jobId !== undefined) {
       this.#identity = {
         jobId: options.jobId,
@@ -227,14 +242,20 @@ export class Worker extends EventEmitter<{
 
   async start(): Promise<void> {
     await this.startListening()
-    this.#conn = await this.#opts.transport.connect(this.#opts.coordinator, {
-      reconnect: { initialDelayMs: 50, maxDelayMs: Math.max(500, this.#interval * 2) },
-    })
-    void this.#watchStatus(this.#conn)
-    void this.#serveCoordinator(this.#conn)
-    this.#ticker = setInterval(() => this.#tick(), this.#interval)
-    this.#ticker.unref()
-    await this.#join()
+    if (this.#replicas.length > 1) {
+      this.#ticker = setInterval(() => this.#tick(), this.#interval)
+      this.#ticker.unref()
+      await this.#follow('starting')
+    } else {
+      this.#conn = await this.#opts.transport.connect(this.#opts.coordinator, {
+        reconnect: { initialDelayMs: 50, maxDelayMs: Math.max(500, this.#interval * 2) },
+      })
+      void this.#watchStatus(this.#conn)
+      void this.#serveCoordinator(this.#conn)
+      this.#ticker = setInterval(() => this.#tick(), this.#interval)
+      this.#ticker.unref()
+      await this.#join()
+    }
     if (this.#refused !== null) {
       await this.stop()
       throw this.#refused
@@ -324,6 +345,18 @@ export class Worker extends EventEmitter<{
 
   async #watchStatus(conn: Connection): Promise<void> {
     for await (const s of conn.status()) {
+      if (this.#replicas.length > 1) {
+        // HA: no redial of the same replica; the next one that accepts is the leader.
+        if ((s.type === 'disconnected' || s.type === 'closed') && conn === this.#conn && !this.#stopped) {
+          this.#registered = false
+          this.#log.warn(
+            { err: s.error, coordinator: conn.peer.address },
+            'lost the coordinator; following the leader',
+          )
+          void this.#follow('link lost')
+        }
+        continue
+      }
       if (s.type === 'disconnected') {
         this.#registered = false
         this.#log.warn({ err: s.error }, 'lost the coordinator; reconnecting')
@@ -334,6 +367,50 @@ export class Worker extends EventEmitter<{
         this.#log.error({ err: s.error }, 'coordinator connection closed for good')
       }
     }
+  }
+
+  /**
+   * HA mode: drop the current link and dial the replicas in turn (after the one that failed)
+   * until one accepts and takes the join. A standby does not listen, so the first replica that
+   * answers is the leader; one that answers with a lower leadership epoch than this worker has
+   * seen was deposed and is skipped. Meanwhile the worker is suspect and serves nothing.
+   */
+  #follow(reason: string): Promise<void> {
+    this.#dialing ??= (async () => {
+      const old = this.#conn
+      this.#conn = null
+      this.#registered = false
+      if (old !== null) void old.close({ timeoutMs: 0 }).catch(() => {})
+      for (let attempt = 0; !this.#stopped && this.#refused === null; attempt++) {
+        const address = this.#replicas[this.#nextReplica++ % this.#replicas.length]!
+        let conn: Connection
+        try {
+          conn = await this.#opts.transport.connect(address, {
+            signal: AbortSignal.timeout(Math.max(500, this.#interval * this.#misses)),
+          })
+        } catch (err) {
+          this.#log.debug({ err, coordinator: address, reason }, 'coordinator replica not reachable')
+          if ((attempt + 1) % this.#replicas.length === 0) await sleep(Math.min(1000, this.#interval))
+          continue
+        }
+        this.#conn = conn
+        void this.#serveCoordinator(conn)
+        await this.#join()
+        if (this.#registered && this.#conn === conn) {
+          void this.#watchStatus(conn)
+          this.#log.info(
+            { coordinator: address, leader: this.#leaderEpoch },
+            'following the coordinator leader',
+          )
+          return
+        }
+        this.#conn = null
+        void conn.close({ timeoutMs: 0 }).catch(() => {})
+      }
+    })().finally(() => {
+      this.#dialing = null
+    })
+    return this.#dialing
   }
 
   async #join(): Promise<void> {
@@ -370,6 +447,15 @@ export class Worker extends EventEmitter<{
         throw new ShoalError(ErrorCodes.BAD_MESSAGE, `expected joined, got ${res.kind}`)
       }
       const joined = parseJoined(res.body)
+      const leader = typeof res.body.leader === 'number' ? res.body.leader : 0
+      if (leader < this.#leaderEpoch) {
+        throw new ShoalError(
+          ErrorCodes.NOT_LEADER,
+          `coordinator ${conn.peer.address} leads at epoch ${leader}, below ${this.#leaderEpoch}: it was deposed`,
+          { retryable: true },
+        )
+      }
+      this.#leaderEpoch = leader
       this.#partitions = joined.partitions
       this.#epoch = Math.max(this.#epoch, joined.epoch)
       if (joined.heartbeatIntervalMs !== this.#interval || joined.heartbeatMisses !== this.#misses) {
@@ -399,6 +485,8 @@ export class Worker extends EventEmitter<{
         if (this.#owned.size > 0) this.#fence([...this.#owned.keys()], 'refused by the coordinator')
         this.#log.error({ err }, 'the coordinator refused this worker')
         this.emit('refused', err)
+      } else if (!this.#stopped && this.#replicas.length > 1) {
+        this.#log.warn({ err, coordinator: conn.peer.address }, 'join failed; trying the next coordinator')
       } else if (!this.#stopped) {
         this.#log.warn({ err }, 'join failed; retrying')
         setTimeout(() => void this.#join(), this.#interval).unref()
@@ -448,6 +536,13 @@ export class Worker extends EventEmitter<{
     if (env.kind !== 'control')
       throw new ShoalError(ErrorCodes.BAD_MESSAGE, `unexpected ${env.kind} from the coordinator`)
     const body = env.body
+    const leader = (body as { leader?: unknown }).leader
+    if (typeof leader === 'number' && leader < this.#leaderEpoch) {
+      throw new ShoalError(
+        ErrorCodes.NOT_LEADER,
+        `${body.op} from a deposed coordinator (leadership epoch ${leader} < ${this.#leaderEpoch}) ignored`,
+      )
+    }
     switch (body.op) {
       case 'assign': {
         const a = parseAssign(body)
@@ -661,7 +756,12 @@ export class Worker extends EventEmitter<{
       this.#opts.hooks?.heartbeatMissed?.()
     }
     this.#heard = false
-    if (this.#missed >= this.#misses) this.#setSuspect(true)
+    if (this.#missed >= this.#misses) {
+      this.#setSuspect(true)
+      // HA: a silent coordinator (paused, cut off) is left for the replica that leads now.
+      if (this.#replicas.length > 1 && this.#dialing === null && !this.#stopped)
+        void this.#follow('coordinator silent')
+    }
     const conn = this.#conn
     if (conn === null || !this.#registered || conn.state !== 'ready') return
     try {
@@ -674,6 +774,10 @@ export class Worker extends EventEmitter<{
       // Closed meanwhile: the status watcher handles it.
     }
   }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref())
 }
 
 function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {

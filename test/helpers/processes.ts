@@ -30,15 +30,21 @@ export interface ShoalProcess {
   signal(sig: NodeJS.Signals): void
   /** GET a JSON endpoint of the node's HTTP server. */
   http<T = unknown>(path: string): Promise<{ status: number; body: T }>
+  /** Resolves when the node prints {"shoal":"listening"} (a standby coordinator: once it leads). */
+  listening: Promise<NodeInfo>
 }
 
 const live = new Set<ShoalProcess>()
 
-/** Start `shoal <args>` and wait until it listens. */
+/**
+ * Start `shoal <args>` and wait until it listens (`until: 'standby'`: until a coordinator
+ * replica reports it waits as a standby; `listening` resolves later, if it comes to lead).
+ */
 export async function startShoal(
   args: string[],
   env: Record<string, string> = {},
   timeoutMs = 20_000,
+  until: 'listening' | 'standby' = 'listening',
 ): Promise<ShoalProcess> {
   const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
     env: { ...process.env, SHOAL_LOG_LEVEL: 'debug', ...env },
@@ -53,16 +59,30 @@ export async function startShoal(
     code: code as number | null,
     signal: signal as NodeJS.Signals | null,
   }))
+  let listened: (info: NodeInfo) => void = () => {}
+  const listening = new Promise<NodeInfo>((resolve) => (listened = resolve))
   const info = await new Promise<NodeInfo>((resolve, reject) => {
     const timer = setTimeout(
       () =>
-        reject(new Error(`shoal ${args.join(' ')} did not listen within ${timeoutMs} ms\n${logs.join('')}`)),
+        reject(
+          new Error(
+            `shoal ${args.join(' ')} did not ${until === 'standby' ? 'stand by' : 'listen'} within ${timeoutMs} ms\n${logs.join('')}`,
+          ),
+        ),
       timeoutMs,
     )
     onListening(child.stdout, (j) => {
+      listened(j)
+      if (until !== 'listening') return
       clearTimeout(timer)
       resolve(j)
     })
+    if (until === 'standby') {
+      onStandby(child.stdout, (j) => {
+        clearTimeout(timer)
+        resolve(j)
+      })
+    }
     void exited.then(({ code, signal }) => {
       clearTimeout(timer)
       reject(
@@ -73,6 +93,7 @@ export async function startShoal(
   const p: ShoalProcess = {
     child,
     info,
+    listening,
     logs,
     exited,
     signal: (sig) => {
@@ -96,6 +117,34 @@ export async function startShoal(
     console.error(`--- logs of shoal ${args.join(' ')} (${info.nodeId}) ---\n${logs.join('').slice(-20_000)}`)
   })
   return p
+}
+
+/** A standby coordinator's line: {"shoal":"standby","http":...} (no transport address yet). */
+function onStandby(stdout: NodeJS.ReadableStream, callback: (info: NodeInfo) => void): void {
+  let buf = ''
+  stdout.on('data', (d: string) => {
+    buf += d
+    let i: number
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i)
+      buf = buf.slice(i + 1)
+      if (!line.includes('"standby"')) continue
+      try {
+        const j = JSON.parse(line) as { shoal?: string; role?: string; nodeId?: string; http?: string }
+        if (j.shoal === 'standby') {
+          callback({
+            shoal: 'listening',
+            role: j.role ?? 'coordinator',
+            nodeId: j.nodeId ?? '',
+            address: '',
+            http: j.http ?? '',
+          })
+        }
+      } catch {
+        // other output
+      }
+    }
+  })
 }
 
 /** Kill every node still running (afterEach). SIGCONT first so stopped ones can die. */

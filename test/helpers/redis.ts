@@ -50,6 +50,8 @@ export interface RedisServer {
   stop(signal?: NodeJS.Signals): Promise<void>
   /** Start it again on the same port and directory (AOF data is replayed). Stops it first if running. */
   restart(): Promise<void>
+  /** Send a signal to the server process (SIGSTOP/SIGCONT: unreachable without closing sockets). */
+  signal(sig: NodeJS.Signals): void
   /** Run redis-cli against this server; returns stdout. */
   cli(...args: string[]): string
   /** Stop and delete the directory. */
@@ -208,6 +210,9 @@ export async function startRedis(options: RedisServerOptions = {}): Promise<Redi
     async restart() {
       await halt(proc)
       proc = await launch(args, port, logFile, what)
+    },
+    signal(sig) {
+      proc?.child.kill(sig)
     },
     cli(...cliArgs) {
       const base = ['-h', '127.0.0.1', '-p', String(port)]

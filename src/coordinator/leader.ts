@@ -1,0 +1,240 @@
+/**
+ * Coordinator leadership through a lease in Redis (docs/decisions.md, "Coordinator high
+ * availability"). Replicas sharing `--state redis://` compete for one key:
+ *
+ *   acquire   INCR <prefix>:leader-epoch, then SET <prefix>:leader "<id> <epoch>" NX PX ttl
+ *   renew     Lua: PEXPIRE only if the key still holds our "<id> <epoch>" (fenced renewal)
+ *   release   Lua: DEL only if it holds ours
+ *
+ * The leadership epoch (the INCR value) only grows: every assignment a leader sends carries it
+ * and workers ignore a lower one, so a deposed leader cannot move a partition.
+ *
+ * A leader counts its lease from the moment it *sent* the last successful renewal, on its own
+ * monotonic clock, and considers itself deposed `safetyMs` before that lease would expire in
+ * Redis: when its process was paused (SIGSTOP, a long GC) or cut off from Redis, it knows it
+ * may have been replaced before it acts again, without comparing clocks across hosts.
+ */
+import { EventEmitter } from 'node:events'
+import type { Cluster, Redis } from 'ioredis'
+
+const RENEW = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0`
+
+const RELEASE = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0`
+
+export interface LeaderLeaseOptions {
+  redis: Redis | Cluster
+  /** This replica's id (the coordinator's node id). */
+  id: string
+  /** Key prefix. @default 'shoal:coordinator' */
+  prefix?: string
+  /** Lease length. @default 1500 */
+  ttlMs?: number
+  /** How often a leader renews and a standby tries to acquire. @default ttlMs / 5 */
+  intervalMs?: number
+  /** A leader steps down this long before its lease could expire in Redis. @default ttlMs / 5 */
+  safetyMs?: number
+}
+
+export interface LeaderInfo {
+  id: string
+  epoch: number
+}
+
+/**
+ * Events: 'elected' (epoch), 'deposed' (reason). A deposed lease stops for good: the process
+ * that held it restarts as a standby (a coordinator that was leader has state that a newer
+ * leader may have superseded, so it never resumes leading).
+ */
+export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [string] }> {
+  readonly #redis: Redis | Cluster
+  readonly #id: string
+  readonly #key: string
+  readonly #epochKey: string
+  readonly #ttl: number
+  readonly #interval: number
+  readonly #safety: number
+  #epoch = 0
+  #value = ''
+  /** performance.now() when the last successful acquire or renewal was sent. */
+  #validFrom = -Infinity
+  #leading = false
+  #stopped = false
+  #timer: NodeJS.Timeout | null = null
+  #busy = false
+
+  constructor(o: LeaderLeaseOptions) {
+    super()
+    this.#redis = o.redis
+    this.#id = o.id
+    const prefix = o.prefix ?? 'shoal:coordinator'
+    this.#key = `${prefix}:leader`
+    this.#epochKey = `${prefix}:leader-epoch`
+    this.#ttl = o.ttlMs ?? 1500
+    this.#interval = o.intervalMs ?? Math.max(50, Math.floor(this.#ttl / 5))
+    this.#safety = o.safetyMs ?? Math.floor(this.#ttl / 5)
+    this.#redis.defineCommand('shoalLeaseRenew', { numberOfKeys: 1, lua: RENEW })
+    this.#redis.defineCommand('shoalLeaseRelease', { numberOfKeys: 1, lua: RELEASE })
+  }
+
+  /** The leadership epoch while leading (0 before). */
+  get epoch(): number {
+    return this.#epoch
+  }
+
+  /** Leading, and the lease cannot have expired yet by this process's own clock. */
+  get valid(): boolean {
+    return this.#leading && performance.now() - this.#validFrom < this.#ttl - this.#safety
+  }
+
+  get leading(): boolean {
+    return this.#leading
+  }
+
+  start(): void {
+    if (this.#timer !== null || this.#stopped) return
+    this.#timer = setInterval(() => void this.#step(), this.#interval)
+    void this.#step()
+  }
+
+  /** Who leads now, as recorded in Redis (null when nobody holds the lease). */
+  async current(): Promise<LeaderInfo | null> {
+    const v = await this.#redis.get(this.#key)
+    return v === null ? null : parseValue(v)
+  }
+
+  /** Stop competing; a leader releases its lease so a standby takes over at once. */
+  async stop(): Promise<void> {
+    this.#stopped = true
+    if (this.#timer !== null) clearInterval(this.#timer)
+    this.#timer = null
+    if (this.#leading) {
+      this.#leading = false
+      await (this.#redis as unknown as { shoalLeaseRelease(k: string, v: string): Promise<number> })
+        .shoalLeaseRelease(this.#key, this.#value)
+        .catch(() => 0)
+    }
+  }
+
+  async #step(): Promise<void> {
+    if (this.#busy || this.#stopped) return
+    this.#busy = true
+    try {
+      if (this.#leading) await this.#renew()
+      else await this.#acquire()
+    } finally {
+      this.#busy = false
+    }
+  }
+
+  async #acquire(): Promise<void> {
+    const sentAt = performance.now()
+    try {
+      // Cheap check first: an epoch is spent only when the lease is free.
+      if ((await this.#redis.exists(this.#key)) === 1) return
+      const epoch = await this.#redis.incr(this.#epochKey)
+      const value = `${this.#id} ${epoch}`
+      const ok = await this.#redis.set(this.#key, value, 'PX', this.#ttl, 'NX')
+      if (ok !== 'OK' || this.#stopped) return
+      this.#epoch = epoch
+      this.#value = value
+      this.#validFrom = sentAt
+      this.#leading = true
+      this.emit('elected', epoch)
+    } catch {
+      // Redis unreachable: a standby just keeps trying.
+    }
+  }
+
+  async #renew(): Promise<void> {
+    if (!this.valid) {
+      this.#depose('the lease may have expired (renewals failed or this process was paused)')
+      return
+    }
+    const sentAt = performance.now()
+    let renewed: number
+    try {
+      renewed = await (
+        this.#redis as unknown as { shoalLeaseRenew(k: string, v: string, ttl: number): Promise<number> }
+      ).shoalLeaseRenew(this.#key, this.#value, this.#ttl)
+    } catch {
+      // Keep leading while the lease is still valid by our clock; the next step decides.
+      if (!this.valid) this.#depose('Redis unreachable: could not renew the lease in time')
+      return
+    }
+    if (renewed !== 1) {
+      this.#depose('another coordinator holds the lease')
+      return
+    }
+    this.#validFrom = sentAt
+  }
+
+  #depose(reason: string): void {
+    if (!this.#leading) return
+    this.#leading = false
+    this.#stopped = true
+    if (this.#timer !== null) clearInterval(this.#timer)
+    this.#timer = null
+    this.emit('deposed', reason)
+  }
+}
+
+function parseValue(v: string): LeaderInfo | null {
+  const i = v.lastIndexOf(' ')
+  const epoch = Number(v.slice(i + 1))
+  return i <= 0 || !Number.isSafeInteger(epoch) ? null : { id: v.slice(0, i), epoch }
+}
+
+/** What the leader publishes for standbys (and operators): members and the assignment. */
+export interface WarmViewRecord {
+  leader: string
+  leaderEpoch: number
+  members: string[]
+  owners: (string | null)[]
+  /** Wall-clock ms when written. */
+  at?: number
+}
+
+/**
+ * The leader's view, kept in Redis so a standby is warm: on takeover it knows which members to
+ * expect back (and ends its recovery window when they all rejoined), and a standby's /status
+ * shows the cluster it would take over. Writes are guarded by the leadership epoch: a record
+ * with a lower epoch never replaces a newer leader's.
+ */
+export class WarmView {
+  readonly #redis: Redis | Cluster
+  readonly #key: string
+
+  constructor(redis: Redis | Cluster, prefix = 'shoal:coordinator') {
+    this.#redis = redis
+    this.#key = `${prefix}:view`
+    this.#redis.defineCommand('shoalViewWrite', { numberOfKeys: 1, lua: VIEW_WRITE })
+  }
+
+  async write(view: WarmViewRecord): Promise<void> {
+    await (
+      this.#redis as unknown as { shoalViewWrite(k: string, epoch: number, v: string): Promise<number> }
+    ).shoalViewWrite(this.#key, view.leaderEpoch, JSON.stringify({ ...view, at: Date.now() }))
+  }
+
+  async read(): Promise<WarmViewRecord | null> {
+    const v = await this.#redis.hget(this.#key, 'view')
+    if (v === null) return null
+    const parsed = JSON.parse(v) as Partial<WarmViewRecord>
+    if (!Array.isArray(parsed.members) || typeof parsed.leaderEpoch !== 'number') return null
+    return parsed as WarmViewRecord
+  }
+}
+
+const VIEW_WRITE = `
+local cur = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
+if tonumber(ARGV[1]) < cur then return 0 end
+redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'view', ARGV[2])
+return 1`
