@@ -56,6 +56,8 @@ export interface OutputsView {
 export interface OwnershipView {
   serves(partition: number, epoch?: number): boolean
   readonly partitionCount: number
+  /** No coordinator reachable (see Worker.coordinatorSilent): batches get NO_COORDINATOR. */
+  readonly coordinatorSilent?: boolean
 }
 
 export interface DataPlaneOptions {
@@ -774,6 +776,19 @@ export class DataPlane implements PartitionHost {
       })
     }
     const rt = this.#partitions.get(b.partition)
+    if (rt !== undefined && this.#ownership?.coordinatorSilent === true) {
+      // The partition is ours, but without a coordinator we cannot know it still is (its lease
+      // ran out): refuse, retryably, and say why.
+      ack(
+        false,
+        new ShoalError(
+          ErrorCodes.NO_COORDINATOR,
+          `no coordinator reachable: partition ${b.partition} is not served until one leads again`,
+          { retryable: true },
+        ),
+      )
+      return
+    }
     if (rt === undefined || this.#ownership === null || !this.#ownership.serves(b.partition, b.epoch)) {
       ack(
         false,

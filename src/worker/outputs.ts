@@ -141,6 +141,11 @@ export class OutputHub {
    */
   deliver(partition: number, offset: number | null, payload: Uint8Array): void {
     if (this.#closed) return
+    if (this.#eventRunners.length === 0 && this.#subscribers.size === 0) {
+      // Nobody takes emitted records: count them from the array header, decode nothing.
+      this.#emitted += msgpackArrayLength(payload) ?? (packr.unpack(payload) as unknown[]).length
+      return
+    }
     let records: EmittedRecord[]
     try {
       records = packr.unpack(payload) as EmittedRecord[]
@@ -192,4 +197,14 @@ export class OutputHub {
         this.#log.error({ err: r.reason as unknown }, 'sink closed with records unwritten')
     }
   }
+}
+
+/** The length of a msgpack array from its header (fixarray, array 16, array 32), or null. */
+function msgpackArrayLength(b: Uint8Array): number | null {
+  const t = b[0]
+  if (t === undefined) return null
+  if (t >= 0x90 && t <= 0x9f) return t & 0x0f
+  if (t === 0xdc && b.length >= 3) return (b[1]! << 8) | b[2]!
+  if (t === 0xdd && b.length >= 5) return ((b[1]! << 24) | (b[2]! << 16) | (b[3]! << 8) | b[4]!) >>> 0
+  return null
 }

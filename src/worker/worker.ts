@@ -235,6 +235,14 @@ export class Worker extends EventEmitter<{
     this.#identity = { jobId: identity.jobId, sources: [...identity.sources], sinks: [...identity.sinks] }
   }
 
+  /**
+   * No coordinator has been heard from for the failure-detection time (it died, hangs, or a
+   * failover is in progress): the worker serves nothing until it is back in touch.
+   */
+  get coordinatorSilent(): boolean {
+    return this.#coordinatorSuspect
+  }
+
   /** The error the coordinator refused this worker with, if it did (see the 'refused' event). */
   get refusal(): ShoalError | null {
     return this.#refused
