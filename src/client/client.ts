@@ -531,6 +531,8 @@ export class ShoalClient {
   #refreshedAt = 0
   /** State queries waiting on a worker. */
   readonly #watches = new Set<Watch>()
+  /** Connections opened for one dump each (see #dumpConn). */
+  readonly #dumpConns = new WeakSet<Connection>()
   /** Dials in progress, by `workerId@address`: aborted once the worker owns nothing. */
   readonly #dials = new Map<string, AbortController>()
   readonly stats: ClientStats = { sent: 0, acked: 0, batches: 0, retries: 0, failed: 0 }
@@ -715,14 +717,16 @@ export class ShoalClient {
   }
 
   /**
-   * Every key's state across the cluster, partition by partition. Each owner is asked for its
-   * partitions; those missing afterwards (moving, restoring, or their owner stopped answering
-   * and was replaced) are asked of their owners again, until every partition answered or
-   * queryTimeoutMs passed.
+   * Every key's state across the cluster, partition by partition. Every owner is asked at once
+   * for its partitions; those missing afterwards (moving, restoring, or their owner stopped
+   * answering and was replaced) are asked of their owners again, once these serve them, until
+   * every partition answered or queryTimeoutMs passed.
    */
   async *dumpState(): AsyncGenerator<[string, unknown]> {
     const started = performance.now()
     const seen = new Set<number>()
+    /** Owners dumped before: asked again only once they serve what is missing. */
+    const dumped = new Set<string>()
     for (let attempt = 1; ; attempt++) {
       const routing = this.#routing
       // An empty cluster has no state to give; otherwise every partition must answer.
@@ -735,23 +739,32 @@ export class ShoalClient {
         w.partitions.push(p)
         wanted.set(t.key, w)
       }
+      // The gateway answers a dump for every worker it reaches: one request covers them all.
+      let viaGateway = false
+      const asks = [...wanted.values()].filter(({ target }) => {
+        if (!this.#viaGatewayFor(target.workerId)) return true
+        if (viaGateway) return false
+        viaGateway = true
+        return true
+      })
       let failure: unknown = null
-      let viaGatewayDone = false
-      for (const { target, partitions } of [...wanted.values()].sort((a, b) =>
-        a.target.key < b.target.key ? -1 : 1,
-      )) {
-        if (partitions.every((p) => seen.has(p))) continue
-        if (viaGatewayDone && this.#viaGatewayFor(target.workerId)) continue
-        let got: { chunks: { partition: number; data: Uint8Array }[]; viaGateway: boolean }
-        try {
-          got = await this.#dumpFrom(target, partitions)
-        } catch (err) {
-          if (!isRetryableQueryError(err)) throw err
-          failure = err
-          continue
-        }
-        viaGatewayDone ||= got.viaGateway
-        for (const c of got.chunks) {
+      const results = await Promise.all(
+        asks.map(async ({ target, partitions }) => {
+          try {
+            // A dump sends every partition the worker serves: not again until it serves the
+            // missing ones (they restore on a new owner), which a get per partition tells.
+            if (dumped.has(target.key) && !(await this.#serves(target, partitions))) return []
+            dumped.add(target.key)
+            return await this.#dumpFrom(target, partitions)
+          } catch (err) {
+            if (!isRetryableQueryError(err)) throw err
+            failure = err
+            return []
+          }
+        }),
+      )
+      for (const chunks of results) {
+        for (const c of chunks) {
           if (seen.has(c.partition)) continue
           seen.add(c.partition)
           yield* unpackr.unpack(c.data) as [string, unknown][]
@@ -772,41 +785,104 @@ export class ShoalClient {
     }
   }
 
-  /** One owner's dump: its chunks, and whether the gateway answered (for every worker it reaches). */
-  async #dumpFrom(
-    target: Target,
-    partitions: number[],
-  ): Promise<{ chunks: { partition: number; data: Uint8Array }[]; viaGateway: boolean }> {
-    let viaGateway = false
+  /**
+   * Whether `target` serves every one of `partitions` now: a get of the empty key in each
+   * (answered, found or not, only by a worker that serves the partition; NOT_OWNER while it
+   * restores). Through the gateway, which routes a get by its key, the answer is just yes.
+   */
+  async #serves(target: Target, partitions: number[]): Promise<boolean> {
+    if (this.#viaGatewayFor(target.workerId)) return true
+    const served = await Promise.all(
+      partitions.map((p) =>
+        this.#ask(
+          target,
+          (r) => targetOf(r, p)?.key !== target.key,
+          (conn, signal) =>
+            this.#requests.request(
+              conn,
+              { kind: 'state', body: { op: 'get', key: '', partition: p } },
+              this.#opts.ackTimeoutMs,
+              signal,
+            ),
+        ).then(
+          () => true,
+          (err: unknown) => {
+            if (!isRetryableQueryError(err)) throw err
+            return false
+          },
+        ),
+      ),
+    )
+    return served.every((s) => s)
+  }
+
+  /** One owner's dump (through the gateway: every worker's). */
+  async #dumpFrom(target: Target, partitions: number[]): Promise<{ partition: number; data: Uint8Array }[]> {
     const chunks: { partition: number; data: Uint8Array }[] = []
     await this.#ask(
       target,
       // Stale once none of what is asked is the worker's any more; a live worker that lost
       // some of it answers anyway (without them), a hung one never would.
       (r) => partitions.every((p) => targetOf(r, p)?.key !== target.key),
-      (conn, signal) => {
-        viaGateway = this.#viaGatewayFor(target.workerId)
-        return this.#requests.requestStream(
-          conn,
-          { kind: 'state', body: { op: 'dump' } },
-          this.#opts.ackTimeoutMs,
-          (env) => {
-            const b = env.body as { op: string; partition?: number; data?: Uint8Array }
-            if (b.op === 'chunk' && b.partition !== undefined && b.data !== undefined) {
-              chunks.push({ partition: b.partition, data: b.data })
-              return false
-            }
-            return b.op === 'end'
-          },
-          signal,
-        )
+      async (conn, signal) => {
+        try {
+          await this.#requests.requestStream(
+            conn,
+            { kind: 'state', body: { op: 'dump' } },
+            this.#opts.ackTimeoutMs,
+            (env) => {
+              const b = env.body as { op: string; partition?: number; data?: Uint8Array }
+              if (b.op === 'chunk' && b.partition !== undefined && b.data !== undefined) {
+                chunks.push({ partition: b.partition, data: b.data })
+                return false
+              }
+              return b.op === 'end'
+            },
+            signal,
+          )
+        } finally {
+          if (this.#dumpConns.has(conn)) void conn.close({ timeoutMs: 1000 })
+        }
       },
+      (signal) => this.#dumpConn(target, signal),
     )
-    return { chunks, viaGateway }
+    return chunks
   }
 
   /**
-   * Run `request` against `target`'s connection, watched: when the routing table makes it
+   * A connection of its own for one dump. A worker answers a connection's messages in order
+   * and holds it until the dump's last chunk: on the shared one, this client's batches and
+   * gets to that worker would wait behind the whole dump. Through the gateway, the gateway's.
+   */
+  async #dumpConn(target: Target, signal: AbortSignal): Promise<Connection> {
+    if (this.#viaGatewayFor(target.workerId)) return raceSignal(this.#gateway(), signal)
+    let conn: Connection
+    try {
+      conn = await this.#opts.transport.connect(target.address, { signal })
+    } catch (err) {
+      if (signal.aborted) throw signal.reason as ShoalError
+      if (
+        this.#opts.gateway === 'never' ||
+        !(err instanceof ShoalError) ||
+        err.code !== ErrorCodes.CONNECT_FAILED
+      )
+        throw err
+      this.#viaGateway.add(target.workerId)
+      return raceSignal(this.#gateway(), signal)
+    }
+    this.#dumpConns.add(conn)
+    void (async () => {
+      try {
+        for await (const env of conn) this.#requests.settle(env)
+      } catch {
+        // Requests fail with the connection (see Requests); nothing else uses it.
+      }
+    })()
+    return conn
+  }
+
+  /**
+   * Run `request` on a connection to `target` (`dial`: the shared one), watched: when the routing table makes it
    * `stale` (pushed by the coordinator, or fetched after requestTimeoutMs without an answer), it
    * is aborted, dial included, and rejects with RoutedAwayError.
    */
@@ -814,6 +890,8 @@ export class ShoalClient {
     target: Target,
     stale: (routing: RoutingFields) => boolean,
     request: (conn: Connection, signal: AbortSignal) => Promise<T>,
+    dial: (signal: AbortSignal) => Promise<Connection> = (signal) =>
+      raceSignal(this.#connTo(target.workerId, target.address), signal),
   ): Promise<T> {
     if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'client is closed')
     const ac = new AbortController()
@@ -831,8 +909,7 @@ export class ShoalClient {
     arm()
     try {
       if (stale(this.#routing)) watch.abort()
-      const conn = await raceSignal(this.#connTo(target.workerId, target.address), ac.signal)
-      return await request(conn, ac.signal)
+      return await request(await dial(ac.signal), ac.signal)
     } catch (err) {
       if (ac.signal.aborted) throw ac.signal.reason as ShoalError
       throw err
@@ -851,8 +928,9 @@ export class ShoalClient {
     if (this.#closed || performance.now() - started > this.#opts.queryTimeoutMs) throw err
     if (err instanceof RoutedAwayError) return
     await this.#refreshRouting()
-    // Short steps: a restoring partition serves again within a second or two.
-    await sleep(Math.min(250, this.#opts.retryDelayMs * attempt))
+    // Short steps: a restoring partition serves again within a second or two, and the
+    // requests are small (a dump is repeated only once its owner serves what was missing).
+    await sleep(Math.min(100, this.#opts.retryDelayMs * attempt))
   }
 
   async close(): Promise<void> {

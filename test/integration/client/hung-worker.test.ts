@@ -120,7 +120,7 @@ async function scriptedWorker(
             } else if (env.kind === 'state') {
               const body: StateBody = env.body
               if (body.op === 'get' && body.key !== undefined) {
-                const p = partitionForKey(body.key, PARTITIONS)
+                const p = body.partition ?? partitionForKey(body.key, PARTITIONS)
                 if (!ready.has(p)) {
                   replyError(conn, env, new ShoalError(ErrorCodes.NOT_OWNER, `partition ${p} is restoring`))
                   continue
