@@ -26,6 +26,14 @@
  *      checkpoint record are read back from Redis (in the JSON); error lines the nodes logged
  *      are counted by message ('replayed batch failed' is a replayed batch the survivor skipped).
  *
+ * hung (--runs N times, issue 14): the same cluster and load, then SIGSTOP of one worker (a
+ * different one each run) from the client's process, which at once gets one key of each of the
+ * stopped worker's partitions, dumps every key through its long-lived client, and dumps every
+ * key through a client it connects after the stop (as `shoal state dump` would); each is timed
+ * from the SIGSTOP until it returned, and checked exact (a wrong answer is a FAILED line). The
+ * coordinator's log gives when it declared the worker dead. Then SIGCONT: the worker rejoins,
+ * the cluster settles, and every key is checked again. Goal: exact answers <= 3 s after the stop.
+ *
  * throughput (--runs N times each, modes interleaved, a fresh cluster each time): max-rate
  * sends of 5M events (~40 B, 100k keys; 10% more first as a warm-up) with
  *   memory       --state memory:                      no log, no checkpoints, nothing durable
@@ -37,7 +45,7 @@
  *
  * Options: --quick (1 failover run, 500k events per throughput run), --runs N, --settle (wait
  * for an idle machine before each run, and record how busy it was).
- * Knobs (environment): FAILOVER_PARTS (failover,throughput), FAILOVER_MODES
+ * Knobs (environment): FAILOVER_PARTS (failover,hung,throughput), FAILOVER_MODES
  * (memory,redis-none,redis-log), FAILOVER_RATE (20000 events/s), FAILOVER_KEYS (300000),
  * FAILOVER_EVENTS (5000000), FAILOVER_CHECKPOINT_MS (the coordinator's default, 5000),
  * FAILOVER_HEARTBEAT_MS / FAILOVER_HEARTBEAT_MISSES (the defaults, 500 and 3).
@@ -201,8 +209,16 @@ async function stopNode(p: NodeProc): Promise<void> {
 }
 
 async function status(http: string): Promise<ClusterStatus> {
-  const r = await fetch(`http://${http}/status`)
-  return (await r.json()) as ClusterStatus
+  // A kept-alive socket the server closed meanwhile fails once (ECONNRESET): ask again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const r = await fetch(`http://${http}/status`)
+      return (await r.json()) as ClusterStatus
+    } catch (err) {
+      if (attempt >= 3) throw err
+      await sleep(50)
+    }
+  }
 }
 
 /** Every partition owned by a live (alive) member that reports all its partitions ready. */
@@ -399,6 +415,7 @@ type ClientCommand =
   | { cmd: 'stream-stop'; after: number; partitions: number[] }
   | { cmd: 'max'; events: number; keys: number }
   | { cmd: 'verify' }
+  | { cmd: 'hung'; pid: number; partitions: number[] }
   | { cmd: 'exit' }
 
 interface LoadedReply {
@@ -441,6 +458,24 @@ interface VerifyReply {
   events: number
   detail: string
 }
+interface HungReply {
+  type: 'hung'
+  /** Wall ms of the SIGSTOP. */
+  stoppedAt: number
+  /** Keys got: one of each of the stopped worker's partitions. */
+  probes: number
+  /** A full dump before the stop, for scale: what a dump costs with nothing wrong. */
+  healthyDumpMs: number
+  healthyOk: boolean
+  /** From the SIGSTOP until each returned, ms; and whether the answer was exact. */
+  getMs: number
+  getExact: boolean
+  dumpMs: number
+  dumpExact: boolean
+  freshDumpMs: number
+  freshExact: boolean
+  errors: string[]
+}
 type ClientReply =
   | { type: 'ready' }
   | { type: 'started' }
@@ -448,6 +483,7 @@ type ClientReply =
   | StreamedReply
   | MaxReply
   | VerifyReply
+  | HungReply
   | { type: 'error'; message: string }
 
 class ClientChild {
@@ -605,64 +641,144 @@ async function clientMain(): Promise<void> {
     }
   }
 
+  /** One full state dump through `c`: every key's {count, sum} against what was sent. */
+  async function checkDump(c: ShoalClient): Promise<VerifyReply> {
+    const seen = new Uint8Array(count.length)
+    let wrong = 0
+    let extra = 0
+    const samples: string[] = []
+    const wrongKeys: WrongKey[] = []
+    for await (const [k, v] of c.dumpState()) {
+      const i = /^user-(\d{6})$/.test(k) ? Number(k.slice(5)) : -1
+      if (i < 0 || i >= count.length || count[i] === 0) {
+        extra++
+        continue
+      }
+      seen[i] = 1
+      const st = v as { count?: number; sum?: number }
+      if (st.count !== count[i] || st.sum !== sum[i]) {
+        wrong++
+        if (wrongKeys.length < 100)
+          wrongKeys.push({
+            key: k,
+            partition: partitionForKey(k, client.partitions),
+            got: v,
+            expected: { count: count[i]!, sum: sum[i]! },
+            lastSentAt: lastSent[i]!,
+          })
+        if (samples.length < 3)
+          samples.push(
+            `${k}: ${JSON.stringify(v)}, expected ${JSON.stringify({ count: count[i], sum: sum[i] })}`,
+          )
+      }
+    }
+    let missing = 0
+    let keys = 0
+    for (let i = 0; i < count.length; i++) {
+      if (count[i] === 0) continue
+      keys++
+      if (seen[i] === 0) missing++
+    }
+    const ok = wrong === 0 && missing === 0 && extra === 0
+    return {
+      type: 'verify',
+      ok,
+      wrongKeys,
+      keys,
+      wrong,
+      missing,
+      extra,
+      events: next,
+      detail: ok
+        ? `${keys} keys exact (count and sum) after ${next} events`
+        : `${wrong} wrong, ${missing} missing, ${extra} unexpected of ${keys} keys; ${samples.join('; ')}`,
+    }
+  }
+
   /** Every key's {count, sum} against what was sent (all of them: a full state dump). */
   async function verify(): Promise<VerifyReply> {
     for (let attempt = 1; ; attempt++) {
       try {
-        const seen = new Uint8Array(count.length)
-        let wrong = 0
-        let extra = 0
-        const samples: string[] = []
-        const wrongKeys: WrongKey[] = []
-        for await (const [k, v] of client.dumpState()) {
-          const i = /^user-(\d{6})$/.test(k) ? Number(k.slice(5)) : -1
-          if (i < 0 || i >= count.length || count[i] === 0) {
-            extra++
-            continue
-          }
-          seen[i] = 1
-          const st = v as { count?: number; sum?: number }
-          if (st.count !== count[i] || st.sum !== sum[i]) {
-            wrong++
-            if (wrongKeys.length < 100)
-              wrongKeys.push({
-                key: k,
-                partition: partitionForKey(k, client.partitions),
-                got: v,
-                expected: { count: count[i]!, sum: sum[i]! },
-                lastSentAt: lastSent[i]!,
-              })
-            if (samples.length < 3)
-              samples.push(
-                `${k}: ${JSON.stringify(v)}, expected ${JSON.stringify({ count: count[i], sum: sum[i] })}`,
-              )
-          }
-        }
-        let missing = 0
-        let keys = 0
-        for (let i = 0; i < count.length; i++) {
-          if (count[i] === 0) continue
-          keys++
-          if (seen[i] === 0) missing++
-        }
-        const ok = wrong === 0 && missing === 0 && extra === 0
-        return {
-          type: 'verify',
-          ok,
-          wrongKeys,
-          keys,
-          wrong,
-          missing,
-          extra,
-          events: next,
-          detail: ok
-            ? `${keys} keys exact (count and sum) after ${next} events`
-            : `${wrong} wrong, ${missing} missing, ${extra} unexpected of ${keys} keys; ${samples.join('; ')}`,
-        }
+        return await checkDump(client)
       } catch (err) {
         if (!(err instanceof ShoalError && err.code === ErrorCodes.NOT_OWNER) || attempt >= 10) throw err
         await sleep(200)
       }
+    }
+  }
+
+  /**
+   * SIGSTOP the worker `pid` and, at once, query the state its partitions hold: a get of one
+   * key of each, a full dump through this client (connected long before, its connections to the
+   * stopped worker open) and a full dump through a client connected after the stop (its first
+   * dial meets the stopped worker, as `shoal state dump` would). Each is timed from the stop
+   * until it returned, and checked exact.
+   */
+  async function hung(pid: number, partitions: number[]): Promise<HungReply> {
+    const probes: number[] = []
+    for (const p of partitions) {
+      for (let k = 0; k < count.length; k++) {
+        if (count[k]! > 0 && partitionForKey(key(k), client.partitions) === p) {
+          probes.push(k)
+          break
+        }
+      }
+    }
+    const healthy0 = performance.now()
+    const healthy = await checkDump(client)
+    const healthyDumpMs = performance.now() - healthy0
+    const t0 = now()
+    process.kill(pid, 'SIGSTOP')
+    const timed = async <T>(
+      f: () => Promise<T>,
+    ): Promise<{ ms: number; value: T | null; error: string | null }> => {
+      try {
+        const value = await f()
+        return { ms: now() - t0, value, error: null }
+      } catch (err) {
+        return { ms: now() - t0, value: null, error: String(err) }
+      }
+    }
+    const [gets, dump, fresh] = await Promise.all([
+      timed(async () => {
+        const got = await Promise.all(probes.map((k) => client.getState(key(k))))
+        return got.every((v, i) => {
+          const st = v as { count?: number; sum?: number } | undefined
+          const k = probes[i]!
+          return st?.count === count[k] && st?.sum === sum[k]
+        })
+      }),
+      timed(() => checkDump(client)),
+      timed(async () => {
+        const c = await ShoalClient.connect({
+          coordinator: process.env.FAILOVER_COORDINATOR!,
+          transport: createTransport('tcp', { nodeId: `bench-fresh-${process.pid}`, role: 'client' }),
+        })
+        try {
+          return await checkDump(c)
+        } finally {
+          await c.close()
+        }
+      }),
+    ])
+    return {
+      type: 'hung',
+      stoppedAt: t0,
+      probes: probes.length,
+      healthyDumpMs,
+      healthyOk: healthy.ok,
+      getMs: gets.ms,
+      getExact: gets.value === true,
+      dumpMs: dump.ms,
+      dumpExact: dump.value?.ok === true,
+      freshDumpMs: fresh.ms,
+      freshExact: fresh.value?.ok === true,
+      errors: [
+        gets.error,
+        dump.error,
+        fresh.error,
+        dump.value?.ok === false ? dump.value.detail : null,
+      ].filter((e): e is string => e !== null),
     }
   }
 
@@ -684,6 +800,9 @@ async function clientMain(): Promise<void> {
         break
       case 'verify':
         run = verify()
+        break
+      case 'hung':
+        run = hung(m.pid, m.partitions)
         break
       case 'exit':
         run = client.close().then(() => process.exit(0))
@@ -924,6 +1043,105 @@ async function failoverRun(run: number, redis: RedisServer, o: FailoverOptions):
   }
 }
 
+// --- hung worker: clients fail over (issue 14) -----------------------------------------------------
+
+interface HungRun {
+  run: number
+  victim: string
+  partitionsMoved: number
+  /** From the SIGSTOP, ms: the coordinator declared it dead (its log line). */
+  detectMs: number
+  /** The last moved partition restored on a survivor. */
+  restoredMs: number
+  reply: HungReply
+  /** After SIGCONT: the worker rejoined, the cluster settled, every key exact. */
+  verify: VerifyReply
+  load: MeterReading
+  nodeErrorCounts: Record<string, number>
+}
+
+/**
+ * SIGSTOP of one worker (a different one each run) with `keys` keys loaded and checkpointed:
+ * the client child stops it and times gets and dumps until they come back exact (see its
+ * hung()); the coordinator's log gives the detection time. Then SIGCONT, settle, verify.
+ */
+async function hungRun(run: number, redis: RedisServer, o: FailoverOptions): Promise<HungRun> {
+  redis.cli('flushall')
+  const cluster = await startCluster(o.spec)
+  const client = new ClientChild(cluster.coordinator.address)
+  const http = cluster.coordinator.http
+  const victim = cluster.workers[(run - 1) % WORKERS]!
+  try {
+    await client.ask(null, 'ready')
+    await client.ask({ cmd: 'load', keys: o.keys }, 'loaded')
+    // A checkpoint that started after the load, so a survivor restores it rather than
+    // replaying the whole load from the log (as in the kill -9 runs).
+    const c0 = (await status(http)).checkpoints
+    const need = c0.completed + (c0.inFlight ? 2 : 1)
+    const cpDeadline = performance.now() + 60_000
+    while ((await status(http)).checkpoints.completed < need) {
+      if (performance.now() > cpDeadline) throw new Error('no checkpoint completed within 60 s of the load')
+      await sleep(50)
+    }
+    const before = await status(http)
+    const moved = before.assignment.owners.flatMap((owner, p) => (owner === victim.nodeId ? [p] : []))
+    const meter = new LoadMeter(
+      [cluster.coordinator.child.pid, ...cluster.workers.map((w) => w.child.pid), client.child.pid],
+      redis,
+    )
+    await meter.take()
+    let reply: HungReply
+    try {
+      reply = await client.ask({ cmd: 'hung', pid: victim.child.pid!, partitions: moved }, 'hung')
+    } finally {
+      victim.child.kill('SIGCONT')
+    }
+    const load = await meter.done()
+    const t0 = reply.stoppedAt
+    const dead = cluster.coordinator.lines.find(
+      (l) => l.msg === 'member dead; its partitions move' && l.fields.member === victim.nodeId,
+    )
+    const movedSet = new Set(moved)
+    const restores = cluster.workers
+      .filter((w) => w !== victim)
+      .flatMap((w) => w.lines)
+      .filter(
+        (l) => l.msg === 'partition restored' && l.t >= t0 && movedSet.has(l.fields.partition as number),
+      )
+    // Back: it rejoins (fenced), the cluster settles with every worker, and state is exact.
+    const deadline = performance.now() + 60_000
+    while (!serving(await status(http), WORKERS)) {
+      if (performance.now() > deadline) throw new Error('the cluster did not settle within 60 s of SIGCONT')
+      await sleep(100)
+    }
+    const verify = await client.ask({ cmd: 'verify' }, 'verify')
+    const result: HungRun = {
+      run,
+      victim: victim.nodeId,
+      partitionsMoved: moved.length,
+      detectMs: dead === undefined ? NaN : dead.t - t0,
+      restoredMs: restores.length === 0 ? NaN : Math.max(...restores.map((l) => l.t)) - t0,
+      reply,
+      verify,
+      load,
+      nodeErrorCounts: errorCounts([cluster.coordinator, ...cluster.workers]),
+    }
+    console.error(
+      `  hung run ${run}: SIGSTOP of ${victim.nodeId} (${moved.length} partitions): dead ${ms(result.detectMs)}, ` +
+        `restored ${ms(result.restoredMs)}, gets ${ms(reply.getMs)} (${reply.getExact ? 'exact' : 'WRONG'}), ` +
+        `dump ${ms(reply.dumpMs)} (${reply.dumpExact ? 'exact' : 'WRONG'}), fresh client's dump ` +
+        `${ms(reply.freshDumpMs)} (${reply.freshExact ? 'exact' : 'WRONG'}) after the stop; healthy dump ` +
+        `${ms(reply.healthyDumpMs)}; after SIGCONT ${verify.ok ? 'exact' : 'WRONG: ' + verify.detail}` +
+        (reply.errors.length > 0 ? `; errors: ${reply.errors.join(' | ')}` : ''),
+    )
+    return result
+  } finally {
+    victim.child.kill('SIGCONT')
+    await client.stop()
+    await cluster.stop()
+  }
+}
+
 /**
  * Diagnosis of a wrong key: its partition's checkpoint record and replay log in Redis (the log
  * entries whose batch carries the key, with their offset, producer sequence and epoch).
@@ -1079,12 +1297,13 @@ const benchmark: Benchmark = {
   name: 'failover',
   description:
     'kill -9 of a worker in a 3-worker cluster with Redis state (AOF): time to detection and until its ' +
-    'partitions serve again, state exact; and end-to-end throughput with state in memory, in Redis ' +
+    'partitions serve again, state exact; SIGSTOP of a worker: time until state gets and dumps are exact ' +
+    'again; and end-to-end throughput with state in memory, in Redis ' +
     'without the replay log, and with it',
   async run(opts: BenchOptions): Promise<BenchResult> {
     const runs = runsOf(opts)
     const env = process.env
-    const parts = (env.FAILOVER_PARTS ?? 'failover,throughput').split(',')
+    const parts = (env.FAILOVER_PARTS ?? 'failover,hung,throughput').split(',')
     const modes = (env.FAILOVER_MODES ?? 'memory,redis-none,redis-log')
       .split(',')
       .filter((m): m is ModeId => m in MODES)
@@ -1103,6 +1322,7 @@ const benchmark: Benchmark = {
       heartbeatMisses: Number(env.FAILOVER_HEARTBEAT_MISSES ?? 3),
     }
     const failovers: FailoverRun[] = []
+    const hungs: HungRun[] = []
     const throughput: ThroughputRun[] = []
     const idle: number[] = []
     try {
@@ -1110,6 +1330,12 @@ const benchmark: Benchmark = {
         for (let r = 1; r <= runs; r++) {
           if (opts.settle === true) idle.push(await waitForIdle())
           failovers.push(await failoverRun(r, redis, { keys, rate, spec }))
+        }
+      }
+      if (parts.includes('hung')) {
+        for (let r = 1; r <= runs; r++) {
+          if (opts.settle === true) idle.push(await waitForIdle())
+          hungs.push(await hungRun(r, redis, { keys, rate, spec }))
         }
       }
       if (parts.includes('throughput')) {
@@ -1254,6 +1480,91 @@ const benchmark: Benchmark = {
           ),
       )
     }
+    if (hungs.length > 0) {
+      const h = hungs
+      const exact = (r: HungRun): boolean => r.reply.getExact && r.reply.dumpExact && r.reply.freshExact
+      const answered = (r: HungRun): number => Math.max(r.reply.getMs, r.reply.dumpMs, r.reply.freshDumpMs)
+      tables.push({
+        title:
+          `hung worker: SIGSTOP of 1 of ${WORKERS} workers, ${keys} keys, heartbeat ${spec.heartbeatMs} ms x ` +
+          `${spec.heartbeatMisses}; ms from the SIGSTOP until each answer came back (default client options)`,
+        columns: [
+          'run',
+          'moved',
+          'dead (detect)',
+          'restored',
+          'gets (1 key/moved partition)',
+          'dump',
+          'dump, client connected after the stop',
+          'dump, healthy cluster',
+          'answers',
+          'after SIGCONT',
+          'busy/other cores',
+        ],
+        rows: [
+          ...h.map((r) => [
+            String(r.run),
+            r.partitionsMoved,
+            r.detectMs.toFixed(0),
+            r.restoredMs.toFixed(0),
+            r.reply.getMs.toFixed(0),
+            r.reply.dumpMs.toFixed(0),
+            r.reply.freshDumpMs.toFixed(0),
+            r.reply.healthyDumpMs.toFixed(0),
+            exact(r) ? 'exact' : `WRONG: ${r.reply.errors.join('; ').slice(0, 200)}`,
+            r.verify.ok ? 'exact' : `WRONG (${r.verify.wrong} keys)`,
+            `${r.load.busyCores.toFixed(2)}/${r.load.otherCores.toFixed(2)}`,
+          ]),
+          ...(h.length > 1
+            ? [
+                [
+                  'median (range)',
+                  '',
+                  spreadMs(h.map((r) => r.detectMs)),
+                  spreadMs(h.map((r) => r.restoredMs)),
+                  spreadMs(h.map((r) => r.reply.getMs)),
+                  spreadMs(h.map((r) => r.reply.dumpMs)),
+                  spreadMs(h.map((r) => r.reply.freshDumpMs)),
+                  spreadMs(h.map((r) => r.reply.healthyDumpMs)),
+                  '',
+                  '',
+                  '',
+                ],
+              ]
+            : []),
+        ],
+      })
+      const worstGet = Math.max(...h.map((r) => r.reply.getMs))
+      const worst = Math.max(...h.map(answered))
+      headlines.push(
+        {
+          label: 'hung worker: SIGSTOP to exact state gets of its partitions (median; worst)',
+          value: `${median(h.map((r) => r.reply.getMs)).toFixed(0)} ms; worst ${worstGet.toFixed(0)} ms`,
+          goal: '<= 3000 ms',
+          pass: worstGet <= 3000 && h.every((r) => r.reply.getExact),
+        },
+        {
+          label: 'hung worker: SIGSTOP to an exact full dump, either client (median; worst)',
+          value: `${median(h.map(answered)).toFixed(0)} ms; worst ${worst.toFixed(0)} ms (a healthy dump takes ${median(h.map((r) => r.reply.healthyDumpMs)).toFixed(0)} ms)`,
+          goal: '<= 3000 ms',
+          pass: worst <= 3000 && h.every(exact),
+        },
+      )
+      notes.push(
+        'hung worker: the client child stops the worker (SIGSTOP) and at once gets one key of each of its partitions, ' +
+          'dumps every key through its own client (connected before, with open connections to the stopped worker) and ' +
+          'through a client it connects after the stop (its first dial meets the stopped worker: `shoal state dump`); ' +
+          'each timed until it returned and checked exact; dead: the coordinator declared the worker dead (its log); ' +
+          "restored: the last moved partition's 'partition restored' line; after SIGCONT: the worker rejoined, the " +
+          'cluster settled with 3 workers and every key was exact',
+        ...h
+          .filter((r) => Object.keys(r.nodeErrorCounts).length > 0 || r.reply.errors.length > 0)
+          .map(
+            (r) =>
+              `hung run ${r.run}: client errors ${JSON.stringify(r.reply.errors)}; error log lines ${JSON.stringify(r.nodeErrorCounts)}`,
+          ),
+      )
+    }
     if (throughput.length > 0) {
       const rateOf = (m: ModeId): number[] => throughput.filter((t) => t.mode === m).map((t) => t.rate)
       const memory = median(rateOf('memory'))
@@ -1310,10 +1621,20 @@ const benchmark: Benchmark = {
           ? `; --settle: other processes used ${Math.min(...idle).toFixed(0)}-${Math.max(...idle).toFixed(0)}% of a core before the runs`
           : ''),
     )
+    // Wrong answers are failures (goals missed are not).
+    const failed = hungs
+      .filter((r) => !(r.reply.getExact && r.reply.dumpExact && r.reply.freshExact) || !r.verify.ok)
+      .map(
+        (r) =>
+          `hung run ${r.run}: gets ${r.reply.getExact ? 'exact' : 'WRONG'}, dump ${r.reply.dumpExact ? 'exact' : 'WRONG'}, ` +
+          `fresh dump ${r.reply.freshExact ? 'exact' : 'WRONG'}, after SIGCONT ${r.verify.ok ? 'exact' : r.verify.detail}; ` +
+          r.reply.errors.join(' | '),
+      )
     return {
       tables,
       headlines,
       notes,
+      failed,
       data: {
         keys,
         rate,
@@ -1321,6 +1642,7 @@ const benchmark: Benchmark = {
         throughputKeys,
         spec: { ...spec, state: 'redis (loopback)' },
         failovers,
+        hungs,
         throughput,
       },
     }
