@@ -38,7 +38,7 @@ import {
   type WorkerConfig,
 } from '../config/config.ts'
 import { Coordinator } from '../coordinator/coordinator.ts'
-import { LeaderLease, WarmView } from '../coordinator/leader.ts'
+import { LeaderLease, WarmView, type LeaderInfo, type WarmViewRecord } from '../coordinator/leader.ts'
 import type { RedisBackend } from '../state/redis/redis-backend.ts'
 import { ShoalError } from '../errors.ts'
 import { createLivenessMonitor } from '../observability/liveness.ts'
@@ -202,7 +202,19 @@ async function awaitLeadership(
     // (a GC, a burst of work) costs the leader its lease.
     ttlMs: Math.max(1500, cfg.heartbeatIntervalMs * cfg.heartbeatMisses),
   })
-  const standby = { since: Date.now() }
+  const standby: { since: number; leader: LeaderInfo | null; view: WarmViewRecord | null } = {
+    since: Date.now(),
+    leader: null,
+    view: null,
+  }
+  // Probes must answer at once even when Redis does not: they read what was last seen.
+  const refresh = async (): Promise<void> => {
+    standby.leader = await lease.current().catch(() => standby.leader)
+    standby.view = await view.read().catch(() => standby.view)
+  }
+  const refreshTimer = setInterval(() => void refresh(), 1000)
+  refreshTimer.unref()
+  void refresh()
   const http = await startHttpServer({
     host: cfg.http.host,
     port: cfg.http.port,
@@ -210,16 +222,13 @@ async function awaitLeadership(
     registry: { contentType: 'text/plain', metrics: () => Promise.resolve('') },
     logger: log,
     liveness: () => ({ ok: true, detail: { role: 'standby' } }),
-    readiness: async () => ({
-      ok: false,
-      detail: { role: 'standby', leader: await lease.current().catch(() => null) },
-    }),
-    status: async () => ({
+    readiness: () => ({ ok: false, detail: { role: 'standby', leader: standby.leader } }),
+    status: () => ({
       role: 'standby',
       nodeId: cfg.nodeId,
       since: standby.since,
-      leader: await lease.current().catch(() => null),
-      view: await view.read().catch(() => null),
+      leader: standby.leader,
+      view: standby.view,
     }),
   })
   out(JSON.stringify({ shoal: 'standby', role: 'coordinator', nodeId: cfg.nodeId, http: http.address }))
@@ -227,6 +236,7 @@ async function awaitLeadership(
   const elected = new Promise<number>((resolve) => lease.once('elected', resolve))
   lease.start()
   const epoch = await elected
+  clearInterval(refreshTimer)
   const previous = await view.read().catch(() => null)
   await http.close()
   log.info(
@@ -584,12 +594,14 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   })
 }
 
+/** `--coordinator` as the clients take it: every replica, comma-separated. */
+function coordinatorsOf(cfg: { coordinators: readonly { host: string; port: number }[] }): string {
+  return cfg.coordinators.map((c) => formatHostPort(c.host, c.port)).join(',')
+}
+
 async function withAdmin<T>(cfg: ClientConfig, f: (a: AdminClient) => Promise<T>): Promise<T> {
   const transport = transportFor(cfg, `cli-${process.pid}`, 'client')
-  const admin = await AdminClient.connect(
-    transport,
-    formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
-  )
+  const admin = await AdminClient.connect(transport, coordinatorsOf(cfg))
   try {
     return await f(admin)
   } finally {
@@ -599,7 +611,7 @@ async function withAdmin<T>(cfg: ClientConfig, f: (a: AdminClient) => Promise<T>
 
 async function withClient<T>(cfg: ClientConfig, f: (c: ShoalClient) => Promise<T>): Promise<T> {
   const client = await ShoalClient.connect({
-    coordinator: formatHostPort(cfg.coordinator.host, cfg.coordinator.port),
+    coordinator: coordinatorsOf(cfg),
     transport: transportFor(cfg, `cli-${process.pid}`, 'client'),
   })
   try {

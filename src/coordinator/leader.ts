@@ -135,12 +135,14 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
   }
 
   async #acquire(): Promise<void> {
-    const sentAt = performance.now()
     try {
       // Cheap check first: an epoch is spent only when the lease is free.
       if ((await this.#redis.exists(this.#key)) === 1) return
       const epoch = await this.#redis.incr(this.#epochKey)
       const value = `${this.#id} ${epoch}`
+      // The lease runs from no earlier than this send (the commands before it may have waited
+      // long for a Redis that was unreachable).
+      const sentAt = performance.now()
       const ok = await this.#redis.set(this.#key, value, 'PX', this.#ttl, 'NX')
       if (ok !== 'OK' || this.#stopped) return
       this.#epoch = epoch

@@ -137,7 +137,8 @@ export function createWorkerNode(o: WorkerNodeOptions): WorkerNode {
       throw new ShoalError(ErrorCodes.INVALID_OPTION, 'sources need a clientTransport to route records')
     }
     const client = await ShoalClient.connect({
-      coordinator: o.coordinator,
+      // Every replica: the sources' client follows the leader like the worker does.
+      coordinator: [...new Set([o.coordinator, ...(o.coordinators ?? [])])].join(','),
       transport: o.clientTransport,
       producerId: `src:${o.memberId}`,
       // Never give up on a batch: the next one of its producer would make it look applied.

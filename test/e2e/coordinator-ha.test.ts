@@ -112,10 +112,11 @@ async function statusAt(http: number): Promise<ClusterStatus> {
   return (await res.json()) as ClusterStatus
 }
 
-async function clientOf(port: number): Promise<ShoalClient> {
+let clients = 0
+async function clientOf(...ports: number[]): Promise<ShoalClient> {
   return ShoalClient.connect({
-    coordinator: `127.0.0.1:${port}`,
-    transport: createTransport('tcp', { nodeId: `ha-client-${process.pid}-${port}`, role: 'client' }),
+    coordinator: ports.map((p) => `127.0.0.1:${p}`).join(','),
+    transport: createTransport('tcp', { nodeId: `ha-client-${process.pid}-${++clients}`, role: 'client' }),
     retryDelayMs: 20,
   })
 }
@@ -133,23 +134,22 @@ async function setup() {
 }
 
 describe('coordinator high availability', { timeout: 120_000 }, () => {
-  it('leader killed: the standby leads, workers follow, no partition moves, state exact', async () => {
+  it('leader killed: the standby leads, workers and clients follow, no partition moves, state exact', async () => {
     const { a, b, leader, standby } = await setup()
     const before = (await statusAt(a.http)).assignment.owners
     const expected: Totals = new Map()
-    const cl = await clientOf(a.port)
+    // One client with both replicas, sending across the takeover.
+    const cl = await clientOf(a.port, b.port)
     sendCounted(cl, 0, 5000, expected, 200)
     await cl.flush()
-    await cl.close()
     leader.signal('SIGKILL')
+    sendCounted(cl, 5000, 10_000, expected, 200)
     await standby.listening
     const after = await balanced(b.http)
     expect(after.assignment.owners).toEqual(before)
-    const cl2 = await clientOf(b.port)
-    sendCounted(cl2, 5000, 10_000, expected, 200)
-    await cl2.flush()
-    await expectExactState(cl2, expected)
-    await cl2.close()
+    await cl.flush()
+    await expectExactState(cl, expected)
+    await cl.close()
     const ready = await fetch(`http://127.0.0.1:${b.http}/readyz`)
     expect(ready.status).toBe(200)
   })

@@ -1,0 +1,76 @@
+/**
+ * The coordinator leader lease against a real redis-server: one holder at a time, a fresh
+ * leadership epoch per acquisition, a released lease taken over at once, an expired one after its
+ * TTL, and a holder that cannot renew in time deposes itself (it never assumes it still leads).
+ */
+import { Redis } from 'ioredis'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { LeaderLease, WarmView } from '../../../src/coordinator/leader.ts'
+import { startRedis, type RedisServer } from '../../helpers/redis.ts'
+import { waitFor } from '../../helpers/wait-for.ts'
+
+let redis: RedisServer
+const clients: Redis[] = []
+let prefixN = 0
+beforeAll(async () => {
+  redis = await startRedis()
+})
+afterAll(async () => {
+  for (const c of clients) c.disconnect()
+  await redis.dispose()
+})
+
+function client(): Redis {
+  const c = new Redis(redis.port, redis.host, { maxRetriesPerRequest: 1, commandTimeout: 1000 })
+  clients.push(c)
+  return c
+}
+
+describe('LeaderLease', () => {
+  it('one leader at a time; a released lease goes to the other at once, with a higher epoch', async () => {
+    const prefix = `t${++prefixN}`
+    const a = new LeaderLease({ redis: client(), id: 'a', prefix, ttlMs: 1000 })
+    const b = new LeaderLease({ redis: client(), id: 'b', prefix, ttlMs: 1000 })
+    a.start()
+    await waitFor(() => a.leading, 'a leads')
+    b.start()
+    await new Promise((r) => setTimeout(r, 600))
+    expect(b.leading).toBe(false)
+    expect(await a.current()).toEqual({ id: 'a', epoch: a.epoch })
+    const first = a.epoch
+    await a.stop()
+    await waitFor(() => b.leading, 'b leads')
+    expect(b.epoch).toBeGreaterThan(first)
+    expect(a.leading).toBe(false)
+    await b.stop()
+  })
+
+  it('a holder that dies is replaced once its lease expires', async () => {
+    const prefix = `t${++prefixN}`
+    const ra = client()
+    const a = new LeaderLease({ redis: ra, id: 'a', prefix, ttlMs: 600 })
+    a.start()
+    await waitFor(() => a.leading, 'a leads')
+    // "Dies": stops renewing without releasing.
+    ;(a as unknown as { stop(): Promise<void> }).stop = () => Promise.resolve()
+    ra.disconnect()
+    const b = new LeaderLease({ redis: client(), id: 'b', prefix, ttlMs: 600 })
+    const deposed = new Promise<string>((resolve) => a.once('deposed', resolve))
+    b.start()
+    await waitFor(() => b.leading, 'b leads after the TTL')
+    // a could not renew: it deposed itself rather than keep acting.
+    expect(await deposed).toMatch(/lease/)
+    expect(a.valid).toBe(false)
+    await b.stop()
+  })
+
+  it('the warm view keeps the newest leader epoch', async () => {
+    const prefix = `t${++prefixN}`
+    const v = new WarmView(client(), prefix)
+    await v.write({ leader: 'b', leaderEpoch: 5, members: ['w0', 'w1'], owners: ['w0', null] })
+    await v.write({ leader: 'a', leaderEpoch: 4, members: ['w9'], owners: [] })
+    const got = await v.read()
+    expect(got?.leader).toBe('b')
+    expect(got?.members).toEqual(['w0', 'w1'])
+  })
+})
