@@ -739,23 +739,26 @@ export class ShoalClient {
         w.partitions.push(p)
         wanted.set(t.key, w)
       }
-      // The gateway answers a dump for every worker it reaches: one request covers them all.
-      let viaGateway = false
-      const asks = [...wanted.values()].filter(({ target }) => {
-        if (!this.#viaGatewayFor(target.workerId)) return true
-        if (viaGateway) return false
-        viaGateway = true
-        return true
-      })
+      // The gateway answers a dump for every worker it reaches: one request covers them all,
+      // and is stale as soon as any of their partitions moves (one may be a hung worker).
+      const asks: { target: Target; partitions: number[]; gateway?: true }[] = []
+      let gateway: { target: Target; partitions: number[]; gateway: true } | null = null
+      for (const w of wanted.values()) {
+        if (!this.#viaGatewayFor(w.target.workerId)) asks.push(w)
+        else if (gateway === null) {
+          gateway = { target: w.target, partitions: [...w.partitions], gateway: true }
+          asks.push(gateway)
+        } else gateway.partitions.push(...w.partitions)
+      }
       let failure: unknown = null
       const results = await Promise.all(
-        asks.map(async ({ target, partitions }) => {
+        asks.map(async ({ target, partitions, gateway }) => {
           try {
             // A dump sends every partition the worker serves: not again until it serves the
             // missing ones (they restore on a new owner), which a get per partition tells.
             if (dumped.has(target.key) && !(await this.#serves(target, partitions))) return []
             dumped.add(target.key)
-            return await this.#dumpFrom(target, partitions)
+            return await this.#dumpFrom(target, partitions, gateway === true)
           } catch (err) {
             if (!isRetryableQueryError(err)) throw err
             failure = err
@@ -817,13 +820,21 @@ export class ShoalClient {
   }
 
   /** One owner's dump (through the gateway: every worker's). */
-  async #dumpFrom(target: Target, partitions: number[]): Promise<{ partition: number; data: Uint8Array }[]> {
+  async #dumpFrom(
+    target: Target,
+    partitions: number[],
+    viaGateway = false,
+  ): Promise<{ partition: number; data: Uint8Array }[]> {
     const chunks: { partition: number; data: Uint8Array }[] = []
+    const owners = partitions.map((p) => targetOf(this.#routing, p)?.key)
     await this.#ask(
       target,
-      // Stale once none of what is asked is the worker's any more; a live worker that lost
-      // some of it answers anyway (without them), a hung one never would.
-      (r) => partitions.every((p) => targetOf(r, p)?.key !== target.key),
+      // A worker: stale once none of what is asked is its any more (a live worker that lost
+      // some of it answers anyway, without them; a hung one never would). The gateway, which
+      // walks every worker it reaches: once any of them lost a partition.
+      viaGateway
+        ? (r) => partitions.some((p, i) => targetOf(r, p)?.key !== owners[i])
+        : (r) => partitions.every((p) => targetOf(r, p)?.key !== target.key),
       async (conn, signal) => {
         try {
           await this.#requests.requestStream(
