@@ -56,6 +56,7 @@ import { readFile } from 'node:fs/promises'
 import os from 'node:os'
 import { fileURLToPath } from 'node:url'
 import { ShoalClient } from '../../src/client/client.ts'
+import { takeoverRun, type TakeoverRun } from './takeover.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
 import { ErrorCodes, ShoalError } from '../../src/errors.ts'
 import { partitionForKey } from '../../src/protocol/partition.ts'
@@ -1298,12 +1299,12 @@ const benchmark: Benchmark = {
   description:
     'kill -9 of a worker in a 3-worker cluster with Redis state (AOF): time to detection and until its ' +
     'partitions serve again, state exact; SIGSTOP of a worker: time until state gets and dumps are exact ' +
-    'again; and end-to-end throughput with state in memory, in Redis ' +
+    'again; coordinator takeover (leader killed or paused, 2 replicas); and end-to-end throughput with state in memory, in Redis ' +
     'without the replay log, and with it',
   async run(opts: BenchOptions): Promise<BenchResult> {
     const runs = runsOf(opts)
     const env = process.env
-    const parts = (env.FAILOVER_PARTS ?? 'failover,hung,throughput').split(',')
+    const parts = (env.FAILOVER_PARTS ?? 'failover,hung,takeover,throughput').split(',')
     const modes = (env.FAILOVER_MODES ?? 'memory,redis-none,redis-log')
       .split(',')
       .filter((m): m is ModeId => m in MODES)
@@ -1323,6 +1324,7 @@ const benchmark: Benchmark = {
     }
     const failovers: FailoverRun[] = []
     const hungs: HungRun[] = []
+    const takeovers: TakeoverRun[] = []
     const throughput: ThroughputRun[] = []
     const idle: number[] = []
     try {
@@ -1336,6 +1338,14 @@ const benchmark: Benchmark = {
         for (let r = 1; r <= runs; r++) {
           if (opts.settle === true) idle.push(await waitForIdle())
           hungs.push(await hungRun(r, redis, { keys, rate, spec }))
+        }
+      }
+      if (parts.includes('takeover')) {
+        for (let r = 1; r <= runs; r++) {
+          for (const fault of ['kill', 'stop'] as const) {
+            if (opts.settle === true) idle.push(await waitForIdle())
+            takeovers.push(await takeoverRun(redis, fault, r))
+          }
         }
       }
       if (parts.includes('throughput')) {
@@ -1630,12 +1640,53 @@ const benchmark: Benchmark = {
           `fresh dump ${r.reply.freshExact ? 'exact' : 'WRONG'}, after SIGCONT ${r.verify.ok ? 'exact' : r.verify.detail}; ` +
           r.reply.errors.join(' | '),
       )
+    if (takeovers.length > 0) {
+      const t = takeovers
+      tables.push({
+        title:
+          'coordinator takeover: 2 replicas (Redis lease 1.5 s), 3 workers and a client given both, heartbeat 500 ms x 3; ms from the fault to the leader',
+        columns: [
+          'fault',
+          'run',
+          'standby leads',
+          'every partition ready',
+          'longest client ack gap',
+          'partitions moved',
+          'stale leader',
+        ],
+        rows: t.map((r) => [
+          r.fault === 'kill' ? 'SIGKILL' : 'SIGSTOP',
+          String(r.run),
+          r.leadsMs.toFixed(0),
+          r.readyMs.toFixed(0),
+          r.ackGapMs.toFixed(0),
+          String(r.moved),
+          r.fault === 'stop' ? (r.staleExitCode === 3 ? 'exited (deposed)' : `exit ${r.staleExitCode}`) : '',
+        ]),
+      })
+      const worst = Math.max(...t.map((r) => r.readyMs))
+      headlines.push({
+        label:
+          'coordinator takeover: leader killed or paused to every partition ready under the new leader (worst)',
+        value: `${worst.toFixed(0)} ms; kill median ${median(t.filter((r) => r.fault === 'kill').map((r) => r.readyMs)).toFixed(0)} ms, stop median ${median(t.filter((r) => r.fault === 'stop').map((r) => r.readyMs)).toFixed(0)} ms; ${t.reduce((n, r) => n + r.moved, 0)} partitions moved`,
+        goal: '<= 3000 ms, none moved',
+        pass: worst <= 3000 && t.every((r) => r.moved === 0),
+      })
+      for (const r of t) {
+        if (r.moved > 0) failed.push(`takeover ${r.fault} run ${r.run}: ${r.moved} partitions moved`)
+        if (r.fault === 'stop' && r.staleExitCode !== 3)
+          failed.push(
+            `takeover stop run ${r.run}: the resumed stale leader did not exit as deposed (${r.staleExitCode})`,
+          )
+      }
+    }
     return {
       tables,
       headlines,
       notes,
       failed,
       data: {
+        takeovers,
         keys,
         rate,
         events,

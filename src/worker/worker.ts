@@ -164,6 +164,8 @@ export class Worker extends EventEmitter<{
   readonly #replicas: readonly string[]
   #nextReplica = 0
   #dialing: Promise<void> | null = null
+  /** The replica followed now (HA mode). */
+  #leaderAddress: string | undefined
   /** Highest leadership epoch seen: a coordinator with a lower one was deposed. */
   #leaderEpoch = 0
 
@@ -389,22 +391,29 @@ export class Worker extends EventEmitter<{
       this.#conn = null
       this.#registered = false
       if (old !== null) void old.close({ timeoutMs: 0 }).catch(() => {})
+      // The replica just left is tried again only after a while: it is dead or paused (a paused
+      // one accepts the connection and never answers), and a standby takes over within the
+      // lease time, so the others are the ones to keep trying meanwhile.
+      const left = old === null ? undefined : this.#leaderAddress
+      const avoidUntil = performance.now() + 2 * this.#interval * this.#misses
       for (let attempt = 0; !this.#stopped && this.#refused === null; attempt++) {
         const address = this.#replicas[this.#nextReplica++ % this.#replicas.length]!
+        if ((attempt + 1) % this.#replicas.length === 0) await sleep(Math.min(200, this.#interval))
+        if (address === left && performance.now() < avoidUntil) continue
         let conn: Connection
         try {
           conn = await this.#opts.transport.connect(address, {
-            signal: AbortSignal.timeout(Math.max(500, this.#interval * this.#misses)),
+            signal: AbortSignal.timeout(Math.max(500, this.#interval)),
           })
         } catch (err) {
           this.#log.debug({ err, coordinator: address, reason }, 'coordinator replica not reachable')
-          if ((attempt + 1) % this.#replicas.length === 0) await sleep(Math.min(1000, this.#interval))
           continue
         }
         this.#conn = conn
         void this.#serveCoordinator(conn)
         await this.#join()
         if (this.#registered && this.#conn === conn) {
+          this.#leaderAddress = address
           void this.#watchStatus(conn)
           this.#log.info(
             { coordinator: address, leader: this.#leaderEpoch },
