@@ -46,9 +46,31 @@ export async function sendNdjson(client: ShoalClient, o: SendOptions): Promise<S
     const secs = (now - started) / 1000
     const rate = secs > 0 ? Math.round(client.stats.acked / secs) : 0
     o.progress.write(
-      `\r\x1b[2Ksent ${client.stats.sent}  acked ${client.stats.acked}  ${rate} ev/s${final ? '\n' : ''}`,
+      `\r\x1b[2Ksent ${client.stats.sent}  acked ${client.stats.acked}  ${rate} ev/s${waiting()}${final ? '\n' : ''}`,
     )
   }
+  /** Why batches are being retried right now (a failover, a worker restoring), if they are. */
+  const waiting = (): string => {
+    const r = client.stats.lastRetry
+    return r !== undefined && performance.now() - r.at < 2000 ? `  waiting: ${r.code} (${r.message})` : ''
+  }
+  // Keep saying where it stands and why it waits, also while a send blocks (a terminal gets the
+  // progress line; otherwise a line every 5 s while batches are being retried).
+  let lastReport = performance.now()
+  const ticker = setInterval(() => {
+    if (o.progress !== null) {
+      progress()
+      return
+    }
+    const why = waiting()
+    if (why !== '' && performance.now() - lastReport >= 5000) {
+      lastReport = performance.now()
+      o.err.write(
+        `acked ${client.stats.acked} of ${client.stats.sent}; still sending,${why.replace('  waiting:', '')}\n`,
+      )
+    }
+  }, 1000)
+  ticker.unref()
   for await (const line of rl) {
     lines++
     if (line.trim() === '') continue
@@ -85,6 +107,8 @@ export async function sendNdjson(client: ShoalClient, o: SendOptions): Promise<S
   } catch (err) {
     failed = client.stats.failed
     o.err.write(`error: ${(err as Error).message}\n`)
+  } finally {
+    clearInterval(ticker)
   }
   progress(true)
   return {

@@ -22,7 +22,10 @@ import type { Connection, Transport } from '../transport/transport.ts'
 import { AdminClient } from './admin.ts'
 
 export interface ShoalClientOptions {
-  /** The coordinator's transport address. */
+  /**
+   * The coordinator's transport address, or every replica's, comma-separated
+   * (`a:7400,b:7400`): the client follows whichever leads (AdminClient).
+   */
   coordinator: string
   /** A transport created with role 'client'. */
   transport: Transport
@@ -185,6 +188,8 @@ export interface ClientStats {
   batches: number
   retries: number
   failed: number
+  /** Why the last batch was retried (e.g. SHOAL_ERR_NO_COORDINATOR during a failover), and when. */
+  lastRetry?: { code: string; message: string; at: number }
 }
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
@@ -1152,6 +1157,7 @@ export class ShoalClient {
       return
     }
     this.stats.retries++
+    this.stats.lastRetry = { code: err.code, message: err.message, at: performance.now() }
     if (batch.timer !== null) clearTimeout(batch.timer)
     batch.timer = null
     batch.conn = null
@@ -1339,7 +1345,8 @@ export class ShoalClient {
   /** A connection to the coordinator used as a gateway: batches, acks and state queries. */
   #gateway(): Promise<Connection> {
     if (this.#gatewayConn === null) {
-      const c = this.#opts.transport.connect(this.#opts.coordinator).then((conn) => {
+      // The replica that leads now (the admin link follows the leader).
+      const c = this.#opts.transport.connect(this.#admin.address).then((conn) => {
         void this.#readAcks('gateway', conn).finally(() => {
           if (this.#gatewayConn === c) this.#gatewayConn = null
         })
