@@ -132,6 +132,15 @@ const RETRYABLE_QUERY_CODES: ReadonlySet<string> = new Set([
   ErrorCodes.HANDSHAKE_TIMEOUT,
 ])
 
+/**
+ * Whether `routing` names an owner for partition `p` other than `key` (`workerId@address`). A
+ * partition without an owner has not moved yet: its old owner may still answer.
+ */
+function movedAway(routing: RoutingFields, p: number, key: string): boolean {
+  const t = targetOf(routing, p)
+  return t !== null && t.key !== key
+}
+
 function isRetryableQueryError(err: unknown): err is ShoalError {
   return err instanceof ShoalError && (err.retryable || RETRYABLE_QUERY_CODES.has(err.code))
 }
@@ -704,7 +713,7 @@ export class ShoalClient {
         }
         const env = await this.#ask(
           target,
-          (r) => targetOf(r, p)?.key !== target.key,
+          (r) => movedAway(r, p, target.key),
           (conn, signal) =>
             this.#requests.request(
               conn,
@@ -804,7 +813,7 @@ export class ShoalClient {
       partitions.map((p) =>
         this.#ask(
           target,
-          (r) => targetOf(r, p)?.key !== target.key,
+          (r) => movedAway(r, p, target.key),
           (conn, signal) =>
             this.#requests.request(
               conn,
@@ -838,8 +847,10 @@ export class ShoalClient {
       // some of it answers anyway, without them; a hung one never would). The gateway, which
       // walks every worker it reaches: once any of them lost a partition.
       viaGateway
-        ? (r) => partitions.some((p, i) => targetOf(r, p)?.key !== owners[i])
-        : (r) => partitions.every((p) => targetOf(r, p)?.key !== target.key),
+        ? (r) => partitions.some((p, i) => owners[i] !== undefined && movedAway(r, p, owners[i]))
+        : (r) =>
+            partitions.every((p) => targetOf(r, p)?.key !== target.key) &&
+            partitions.some((p) => movedAway(r, p, target.key)),
       async (conn, signal) => {
         try {
           await this.#requests.requestStream(
@@ -1250,7 +1261,10 @@ export class ShoalClient {
       const q = this.#queues[p]!
       const b = q.inFlight
       if (b === null || b.attempts === 0) continue
-      if ((targetOf(r, p)?.key ?? null) === b.target) continue
+      // No owner in this table (a move in progress, a coordinator recovering): the current
+      // attempt may still be acked; the table that names the new owner re-routes it.
+      const t = targetOf(r, p)
+      if (t === null || t.key === b.target) continue
       if (q.retryTimer !== null) {
         clearTimeout(q.retryTimer)
         q.retryTimer = null
@@ -1258,6 +1272,8 @@ export class ShoalClient {
       this.stats.retries++
       void this.#deliver(q, b)
     }
+    // Only a table that names an owner for every partition says a missing worker owns nothing.
+    if (r.routes.some((route) => route === null)) return
     const owners = new Set(Object.entries(r.addresses).map(([id, address]) => `${id}@${address}`))
     for (const [key, ac] of this.#dials) {
       if (!owners.has(key))

@@ -96,6 +96,8 @@ async function hungWorker(): Promise<{ address: string; bytes: () => number }> {
 async function scriptedWorker(
   state: Record<string, unknown>,
   ready: Set<number>,
+  /** Acks wait until this resolves (a slow but live worker). */
+  acksAfter: Promise<void> = Promise.resolve(),
 ): Promise<{ address: string; batches: EventBatchBody[]; listener: Listener }> {
   const batches: EventBatchBody[] = []
   const listener = await createTcpTransport({ nodeId: 'good', role: 'worker' }).listen(
@@ -107,6 +109,7 @@ async function scriptedWorker(
             if (env.kind === 'event' && env.body.op === 'batch') {
               const b = env.body
               batches.push(b)
+              await acksAfter
               conn.send({
                 kind: 'event',
                 body: {
@@ -286,6 +289,25 @@ describe('ShoalClient against a hung worker', () => {
     ready.add(3)
     expect(await got).toEqual(state[restoring])
     expect(await dump).toEqual(state)
+  })
+
+  it('a table without an owner for a partition (a move in progress) does not abandon the batch sent to its owner', async () => {
+    let release!: () => void
+    const good = await scriptedWorker(state, new Set([0, 1, 2, 3]), new Promise((r) => (release = r)))
+    const coord = await scriptedCoordinator(
+      table(1, ['good', 'good', 'good', 'good'], { good: good.address }),
+    )
+    const cl = await client(coord.address, { requestTimeoutMs: NEVER })
+    cl.send(keys[0]!, { value: 1 })
+    const flushed = cl.flush()
+    await waitFor(() => good.batches.length === 1, 'the batch at its owner')
+    coord.set({ ...table(2, ['good', 'good', 'good', 'good'], {}), routes: [null, null, null, null] }, true)
+    // The push arrives before the owner acks: the ack still counts, nothing is sent again.
+    await waitFor(() => cl.routing.epoch === 2, 'the ownerless table')
+    release()
+    await flushed
+    expect(good.batches.map((b) => b.sequence)).toEqual([1])
+    expect(cl.stats).toMatchObject({ acked: 1, failed: 0, retries: 0 })
   })
 
   it('rejects bad deadlines with the option named', async () => {
