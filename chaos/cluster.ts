@@ -12,7 +12,7 @@
  * everything is on 127.0.0.1 and partitions are not available (the runner says why).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { createWriteStream, type WriteStream } from 'node:fs'
+import { cpSync, createWriteStream, type WriteStream } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { NodeListening } from '../src/cli/up.ts'
@@ -239,7 +239,8 @@ export interface Cluster {
   exits: ExitRecord[]
   /** Reconfigure a restarted Redis for the namespaces (bind address). */
   afterRedisStart(): void
-  stop(): Promise<void>
+  /** Kill every node and Redis; `keepRedisIn`: copy Redis's directory (AOF) there first. */
+  stop(keepRedisIn?: string): Promise<void>
 }
 
 export async function startCluster(o: {
@@ -352,7 +353,7 @@ export async function startCluster(o: {
     netns,
     exits,
     afterRedisStart,
-    async stop() {
+    async stop(keepRedisIn?: string) {
       stopping = true
       const all = [...workers, ...coordinators]
       for (const n of all) {
@@ -362,6 +363,10 @@ export async function startCluster(o: {
       }
       await Promise.all(all.map((n) => n.exited))
       for (const n of all) n.close()
+      if (keepRedisIn !== undefined) {
+        await redis.stop()
+        cpSync(redis.dir, keepRedisIn, { recursive: true })
+      }
       await redis.dispose()
     },
   }

@@ -449,6 +449,48 @@ function compare(got: Map<string, unknown>, expected: Totals, inDoubt: Totals, p
   return c
 }
 
+/** One client key per partition (the lowest numbered), for the spot check after each cycle. */
+function keysPerPartition(): string[] {
+  const keys = new Map<number, string>()
+  for (let k = 0; k < KEYS && keys.size < PARTITIONS; k++) {
+    const p = partitionForKey(`c${k}`, PARTITIONS)
+    if (!keys.has(p)) keys.set(p, `c${k}`)
+  }
+  return [...keys.values()]
+}
+
+/**
+ * After each cycle, one key per partition read while the load goes on: it must hold at least
+ * what was acknowledged before the read (an ack follows the application) and at most what was
+ * sent by the end of it. Tells after which fault something went missing.
+ */
+async function spotCheck(load: ClientLoad, keys: string[]): Promise<string[]> {
+  const client = load.client
+  if (client === null) return []
+  const found: string[] = []
+  await Promise.all(
+    keys.map(async (key) => {
+      const acked = load.acked.get(key)?.count ?? 0
+      let v: { count?: unknown } | undefined
+      try {
+        v = (await client.getState(key)) as { count?: unknown } | undefined
+      } catch {
+        return // not a finding: the final check reads every key
+      }
+      const sent = load.sentCounts.get(key) ?? 0
+      const count = typeof v?.count === 'number' ? v.count : 0
+      const p = partitionForKey(key, PARTITIONS)
+      if (count < acked)
+        found.push(
+          `lost: ${key} (partition ${p}) holds ${count} events, ${acked} acknowledged before the read`,
+        )
+      else if (count > sent)
+        found.push(`duplicated: ${key} (partition ${p}) holds ${count} events, ${sent} sent`)
+    }),
+  )
+  return found
+}
+
 /** Every key's state, through `client` (all partitions, retried until queryTimeoutMs). */
 async function dumpAll(client: ShoalClient): Promise<Map<string, unknown>> {
   const got = new Map<string, unknown>()
@@ -572,6 +614,7 @@ async function main(): Promise<number> {
   let cluster: Cluster | null = null
   let load: ClientLoad | null = null
   let stream: StreamLoad | null = null
+  const problems: string[] = []
   let teardownDone = false
   const teardown = async (): Promise<void> => {
     if (teardownDone) return
@@ -580,7 +623,11 @@ async function main(): Promise<number> {
     await stream?.stop().catch(() => {})
     stream?.close()
     await load?.close().catch(() => {})
-    await cluster?.stop().catch(() => {})
+    // On a failure, keep Redis's data (the AOF) with the logs for a post-mortem.
+    const keep = problems.length > 0 ? join(LOG_DIR, 'redis-data') : undefined
+    await cluster?.stop(keep).catch(() => {})
+    if (keep !== undefined)
+      say(`chaos: Redis data kept in ${keep} (redis-server --dir ${keep} --appendonly yes)`)
     if (netns !== null) cleanNetns(netns.topo)
     rmSync(LOCK, { force: true })
   }
@@ -592,7 +639,6 @@ async function main(): Promise<number> {
   }
   const cases: Case[] = []
   const records: CycleRecord[] = []
-  const problems: string[] = []
   let verdict: Record<string, unknown> = {}
   try {
     say(
@@ -637,11 +683,19 @@ async function main(): Promise<number> {
     }
     load.start()
 
+    const spotKeys = keysPerPartition()
     say(`\n${HEADER}`)
     for (const [i, plan] of plans(SEED, CYCLES).entries()) {
       const started = performance.now()
       const rec = await runCycle(i + 1, plan, cluster, netns, netnsSkip, load)
       records.push(rec)
+      if (rec.failure === null && rec.skipped === null) {
+        const found = await spotCheck(load, spotKeys)
+        for (const f of found) {
+          rec.notes.push(`SPOT CHECK ${f}`)
+          problems.push(`after cycle ${rec.cycle} (${rec.kind} ${rec.target}): ${f}`)
+        }
+      }
       if (rec.failure === null && rec.leaderAfter !== null) {
         const leaderNode = cluster.coordinators.find((c) => c.name === rec.leaderAfter)!
         if (await load.rotate(cluster.coordinatorAddress(leaderNode)))
@@ -679,12 +733,12 @@ async function main(): Promise<number> {
     } catch (err) {
       problems.push(`final settle: ${(err as Error).message}`)
     }
-    let streamInfo: { lag: number | null; pending: number; deadLetters: number } | null = null
+    let streamInfo: Awaited<ReturnType<StreamLoad['drained']>> | null = null
     if (stream !== null) {
       const deadline = performance.now() + 60_000
       for (;;) {
         streamInfo = await stream.drained(GROUP).catch(() => null)
-        if (streamInfo !== null && streamInfo.lag === 0 && streamInfo.pending === 0) break
+        if (streamInfo !== null && streamInfo.delivered === streamInfo.last && streamInfo.pending === 0) break
         if (performance.now() > deadline) {
           problems.push(`stream group not drained within 60 s: ${JSON.stringify(streamInfo)}`)
           break
@@ -745,7 +799,8 @@ async function main(): Promise<number> {
     if (stream !== null && streamCmp !== null) {
       say(
         `chaos: stream source: ${stream.confirmed} entries in ${STREAM} (${stream.errors} XADD retries); group ${GROUP}: ` +
-          `lag ${streamInfo?.lag ?? '?'}, pending ${streamInfo?.pending ?? '?'}, dead letters ${streamInfo?.deadLetters ?? '?'}; ` +
+          `last delivered ${streamInfo?.delivered ?? '?'} of ${streamInfo?.last ?? '?'}, pending ${streamInfo?.pending ?? '?'}, ` +
+          `dead letters ${streamInfo?.deadLetters ?? '?'}; ` +
           `${streamCmp.keys} keys: lost ${streamCmp.lostKeys} keys (${streamCmp.lostEvents} events), ` +
           `duplicated ${streamCmp.duplicatedKeys} keys (${streamCmp.duplicatedEvents} events), ` +
           `wrong ${streamCmp.wrongKeys}, unexpected ${streamCmp.unexpectedKeys}`,
