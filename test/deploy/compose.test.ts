@@ -6,15 +6,19 @@
  *    enforce at run time, plus Shoal's contract (ports, SHOAL_* variables, probe commands).
  *    Each rule is also shown to fire on a broken copy of the file. docker-compose.pipeline.yml is
  *    checked the same way, merged over docker-compose.yml with its profile active.
- * 2. Live: a real coordinator and worker (`node --import tsx src/cli/main.ts`) started with the
- *    exact environment compose gives them (ports remapped to free loopback ports, `redis` and
- *    `coordinator` mapped to 127.0.0.1, a real redis-server), then every healthcheck command the
- *    file and the image define is run against them, and a worker is stopped with SIGTERM.
+ * 2. Live: both coordinator replicas and a worker (`node --import tsx src/cli/main.ts`) started
+ *    with the exact environment compose gives them (each service's ports remapped to free
+ *    loopback ports, service names to 127.0.0.1, a real redis-server): exactly one replica leads
+ *    (ready), the other stands by (alive, not ready, transport port closed); every healthcheck
+ *    command the file and the image define is run against them; the worker joins through its
+ *    list of replicas; the leader is paused until the standby leads and the worker follows,
+ *    then resumed: it exits 3 and, restarted as the restart policy would, stands by; the cli
+ *    service's `shoal status` reaches each leader; a worker is stopped with SIGTERM.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs'
 import { once } from 'node:events'
-import { createServer } from 'node:net'
+import { connect, createServer } from 'node:net'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -23,6 +27,7 @@ import { Ajv } from 'ajv'
 import { parseDocument } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseSinkUrl, parseSourceUrl } from '../../src/connectors/url.ts'
+import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url))
 const COMPOSE_FILE = join(ROOT, 'docker-compose.yml')
@@ -87,6 +92,8 @@ interface Service {
   scale?: number
   deploy?: { replicas?: number }
   stop_grace_period?: string
+  restart?: string
+  init?: boolean
   profiles?: string[]
   volumes?: (string | { type?: string; source?: string; target?: string })[]
 }
@@ -223,15 +230,38 @@ function durationMs(d: string | undefined): number {
 interface PublishedPort {
   target: number
   published: string | undefined
+  /** The host address it is published on; undefined means every interface. */
+  hostIp: string | undefined
 }
 function portsOf(s: Service): PublishedPort[] {
   return (s.ports ?? []).map((p) => {
-    if (typeof p === 'object') return { target: Number(p.target), published: p.published?.toString() }
+    if (typeof p === 'object')
+      return { target: Number(p.target), published: p.published?.toString(), hostIp: p.host_ip }
     const parts = String(p)
       .replace(/\/(tcp|udp)$/, '')
       .split(':')
-    return { target: Number(parts.at(-1)), published: parts.length > 1 ? parts.at(-2) : undefined }
+    return {
+      target: Number(parts.at(-1)),
+      published: parts.length > 1 ? parts.at(-2) : undefined,
+      hostIp: parts.length > 2 ? parts.slice(0, -2).join(':') : undefined,
+    }
   })
+}
+
+/** The compose services that run `shoal coordinator`, by name. */
+function coordinatorServices(doc: Compose): string[] {
+  return Object.keys(doc.services ?? {})
+    .filter((n) => roleOf(doc.services[n]!) === 'coordinator')
+    .sort()
+}
+
+/** Whether a compose restart policy starts a container again after it exited with `code`. */
+function restartsAfterExit(policy: string | undefined, code: number): boolean {
+  const p = policy ?? 'no'
+  if (p === 'always' || p === 'unless-stopped') return true
+  // on-failure[:max-retries]: a retry limit would leave a replica down for good after a few
+  // depositions, so only the unlimited form counts.
+  return p === 'on-failure' && code !== 0
 }
 
 function roleOf(s: Service): 'coordinator' | 'worker' | undefined {
@@ -265,8 +295,13 @@ function checkCompose(
       }
     }
   }
-  for (const want of ['redis', 'coordinator', 'worker'])
-    if (!services[want]) errs.push(`missing service "${want}"`)
+  for (const want of ['redis', 'worker']) if (!services[want]) errs.push(`missing service "${want}"`)
+  const coordinators = coordinatorServices(doc)
+  if (coordinators.length < 2) {
+    errs.push(
+      `need at least 2 coordinator services (one leads, the others stand by), got ${coordinators.length}`,
+    )
+  }
 
   // depends_on targets, health-gated dependencies, cycles
   for (const [name, s] of Object.entries(services)) {
@@ -395,31 +430,57 @@ function checkCompose(
       }
     }
 
-    // healthcheck: the node's own probe command against its readiness endpoint
+    // healthcheck: the node's own probe command. A worker: its readiness (HTTP /readyz, or gRPC
+    // health on the transport port). A coordinator: its liveness, /healthz: a standby is alive
+    // but never ready and does not listen on its transport port, and must still count as healthy.
     const test = asList(s.healthcheck?.test)
     const [kind, ...cmd] = test
-    const httpProbe = ['node', IMAGE_ENTRY, 'probe', 'http', `http://127.0.0.1:${want.http}/readyz`]
+    const httpProbe = [
+      'node',
+      IMAGE_ENTRY,
+      'probe',
+      'http',
+      `http://127.0.0.1:${want.http}/${role === 'coordinator' ? 'healthz' : 'readyz'}`,
+    ]
     const grpcProbe = ['node', IMAGE_ENTRY, 'probe', 'grpc', `127.0.0.1:${want.transport}`]
     const sameAs = (a: string[], b: string[]): boolean =>
       a.length >= b.length && b.every((x, i) => a[i] === x)
-    if (kind !== 'CMD' || !(sameAs(cmd, httpProbe) || sameAs(cmd, grpcProbe))) {
-      errs.push(`${name}: healthcheck must be ["CMD", ${httpProbe.map((x) => JSON.stringify(x)).join(', ')}]`)
+    if (kind !== 'CMD' || !(sameAs(cmd, httpProbe) || (role === 'worker' && sameAs(cmd, grpcProbe)))) {
+      errs.push(
+        `${name}: healthcheck must be ["CMD", ${httpProbe.map((x) => JSON.stringify(x)).join(', ')}]` +
+          (role === 'coordinator' ? ' (a standby is alive but never ready)' : ''),
+      )
     }
     if (durationMs(s.healthcheck?.timeout ?? '30s') < 1000) {
       errs.push(`${name}: healthcheck.timeout is below the probe's own 1 s timeout`)
     }
 
     if (role === 'coordinator') {
+      // Either replica may lead: both publish their transport and HTTP ports, on loopback.
       const published = portsOf(s)
       for (const port of [want.transport, want.http]) {
-        const p = published.find((x) => x.target === port)
-        if (!p || p.published !== String(port))
-          errs.push(`${name}: container port ${port} must be published as ${port}`)
+        const ps = published.filter((x) => x.target === port)
+        if (ps.length !== 1 || !/^\d+$/.test(ps[0]!.published ?? ''))
+          errs.push(`${name}: publish container port ${port} once, on a fixed host port`)
       }
       for (const p of published) {
         if (p.target !== want.transport && p.target !== want.http)
           errs.push(`${name}: unexpected port ${p.target}`)
+        if (p.hostIp !== '127.0.0.1')
+          errs.push(
+            `${name}: publish ${p.target} on the host's loopback (127.0.0.1:...), not every interface`,
+          )
       }
+      if (!restartsAfterExit(s.restart, 3)) {
+        errs.push(
+          `${name}: restart must be unless-stopped, always or on-failure (got ${s.restart ?? 'no'}): a deposed leader exits 3 and must come back as a standby`,
+        )
+      }
+      if (!/^rediss?:/.test(env.SHOAL_STATE ?? '')) {
+        errs.push(`${name}: coordinator replicas need SHOAL_STATE redis:// (the leader lease lives there)`)
+      }
+      if (env.SHOAL_NODE_ID === undefined || env.SHOAL_NODE_ID === '')
+        errs.push(`${name}: set SHOAL_NODE_ID (the replica's name in the leader lease and /status)`)
     } else {
       if (portsOf(s).length > 0) errs.push(`${name}: workers must not publish ports to the host`)
       const exposed = new Set((s.expose ?? []).map(Number))
@@ -430,15 +491,7 @@ function checkCompose(
       for (const k of ['SHOAL_NODE_ID', 'SHOAL_ADVERTISE']) {
         if (env[k] !== undefined) errs.push(`${name}: ${k} is shared by all replicas; leave it unset`)
       }
-      const coordinatorName = Object.keys(services).find((n) => roleOf(services[n]!) === 'coordinator')
-      const coordinator = coordinatorName === undefined ? undefined : services[coordinatorName]
-      const expected = `${coordinatorName}:${portOf(coordinator && envOf(coordinator).SHOAL_LISTEN)}`
-      if (env.SHOAL_COORDINATOR !== expected) {
-        errs.push(`${name}: SHOAL_COORDINATOR must be ${expected} (got ${env.SHOAL_COORDINATOR})`)
-      }
-      if (depsOf(s)[coordinatorName ?? '']?.condition !== 'service_healthy') {
-        errs.push(`${name}: must depend on ${coordinatorName} with condition service_healthy`)
-      }
+      if (env.SHOAL_COORDINATOR === undefined) errs.push(`${name}: SHOAL_COORDINATOR is not set`)
       const drain = Number(env.SHOAL_DRAIN_TIMEOUT_MS ?? 20_000)
       if (!(durationMs(s.stop_grace_period ?? '10s') > drain)) {
         errs.push(
@@ -447,6 +500,60 @@ function checkCompose(
       }
     }
   }
+
+  // Every service that dials the coordinator (workers, the cli) lists every replica, each once,
+  // at its transport port, and starts once they are all healthy (alive: leader or standby).
+  const wantList = coordinators.map((n) => `${n}:${portOf(envOf(services[n]!).SHOAL_LISTEN)}`)
+  for (const [name, s] of Object.entries(services)) {
+    const list = envOf(s).SHOAL_COORDINATOR
+    if (list === undefined) continue
+    const got = list.split(',').map((x) => x.trim())
+    if (got.length !== wantList.length || [...got].sort().join(',') !== wantList.join(',')) {
+      errs.push(
+        `${name}: SHOAL_COORDINATOR must list every coordinator replica once: ${wantList.join(',')} (got ${list})`,
+      )
+    }
+    for (const c of coordinators) {
+      if (depsOf(s)[c]?.condition !== 'service_healthy')
+        errs.push(`${name}: must depend on ${c} with condition service_healthy`)
+    }
+  }
+
+  // The coordinator replicas: one configuration (but the node id), distinct ids, host ports
+  // that differ, and one of them on the default 7400/7401.
+  const first = coordinators[0]
+  for (const name of coordinators.slice(1)) {
+    const a = envOf(services[first!]!)
+    const b = envOf(services[name]!)
+    for (const k of [...new Set([...Object.keys(a), ...Object.keys(b)])].sort()) {
+      if (k === 'SHOAL_NODE_ID') continue
+      if (a[k] !== b[k])
+        errs.push(`${name}: ${k} differs from ${first} (replicas share every setting but SHOAL_NODE_ID)`)
+    }
+    if (JSON.stringify(services[name]!.command) !== JSON.stringify(services[first!]!.command))
+      errs.push(`${name}: command differs from ${first}`)
+  }
+  const ids = coordinators.map((n) => envOf(services[n]!).SHOAL_NODE_ID).filter((x) => x)
+  if (new Set(ids).size !== ids.length) errs.push('coordinator replicas must have distinct SHOAL_NODE_IDs')
+  const hostPorts = new Map<string, string>()
+  for (const [name, s] of Object.entries(services)) {
+    for (const p of portsOf(s)) {
+      if (p.published === undefined) continue
+      const other = hostPorts.get(p.published)
+      if (other !== undefined && other !== name)
+        errs.push(`host port ${p.published} is published by both ${other} and ${name}`)
+      hostPorts.set(p.published, name)
+    }
+  }
+  const defaults = coordinators.filter((n) =>
+    [PORTS.coordinator.transport, PORTS.coordinator.http].every((port) =>
+      portsOf(services[n]!).some((p) => p.target === port && p.published === String(port)),
+    ),
+  )
+  if (coordinators.length > 0 && defaults.length !== 1)
+    errs.push(
+      'exactly one coordinator replica publishes 7400 and 7401 as themselves (the documented address)',
+    )
 
   // the token must be the same everywhere
   const tokens = new Set(
@@ -658,28 +765,55 @@ function run(
   })
 }
 
-/** Rewrite compose addresses to the test's loopback ports: HOST:PORT, and URLs for SHOAL_STATE. */
-function remapEnv(env: Record<string, string>, ports: Map<number, number>, hosts: Record<string, string>) {
+/** Where each service's container ports are on loopback: service -> container port -> port. */
+type Endpoints = Map<string, Map<number, number>>
+
+/**
+ * Rewrite compose addresses to the test's loopback ports: the service's own listen addresses
+ * (0.0.0.0:PORT), other services by name (SERVICE:PORT, comma lists for SHOAL_COORDINATOR), and
+ * the Redis URL of SHOAL_STATE. A name or port no service has is an error: compose DNS would
+ * not resolve it either.
+ */
+function remapEnv(env: Record<string, string>, self: string, endpoints: Endpoints): Record<string, string> {
   const out: Record<string, string> = {}
+  const port = (service: string, p: number, what: string): number => {
+    const mapped = endpoints.get(service)?.get(p)
+    if (mapped === undefined) throw new Error(`${self}: ${what}: no service "${service}" with port ${p}`)
+    return mapped
+  }
   const addr = (v: string): string => {
     const host = hostOf(v)
-    const port = portOf(v)
-    return `${hosts[host] ?? host}:${ports.get(port) ?? port}`
+    const service = ['0.0.0.0', '[::]', ''].includes(host) ? self : host
+    return `127.0.0.1:${port(service, portOf(v), v)}`
   }
   for (const [k, v] of Object.entries(env)) {
-    if (
-      ['SHOAL_LISTEN', 'SHOAL_HTTP', 'SHOAL_COORDINATOR', 'SHOAL_ADVERTISE'].includes(k) &&
-      v.includes(':')
-    ) {
+    if (['SHOAL_LISTEN', 'SHOAL_HTTP', 'SHOAL_ADVERTISE'].includes(k) && v.includes(':')) {
       out[k] = addr(v)
+    } else if (k === 'SHOAL_COORDINATOR') {
+      out[k] = v
+        .split(',')
+        .map((x) => addr(x.trim()))
+        .join(',')
     } else if (k === 'SHOAL_STATE' && /^rediss?:/.test(v)) {
       const u = new URL(v)
-      u.hostname = hosts[u.hostname] ?? u.hostname
-      u.port = String(ports.get(Number(u.port || 6379)) ?? u.port)
+      u.port = String(port(u.hostname, Number(u.port || 6379), v))
+      u.hostname = '127.0.0.1'
       out[k] = u.href.replace(/\/$/, '')
     } else out[k] = v
   }
   return out
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:port. */
+async function accepts(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(port, '127.0.0.1', () => {
+      s.destroy()
+      resolve(true)
+    })
+    s.setTimeout(1000, () => s.destroy(new Error('timeout')))
+    s.on('error', () => resolve(false))
+  })
 }
 
 /** The image's command line, run from the source tree: node /app/dist/src/cli/main.js -> tsx main.ts. */
@@ -707,7 +841,7 @@ describe('docker-compose.yml (static)', () => {
   it('parses (no duplicate keys) and interpolates with an empty environment', () => {
     expect(errors).toEqual([])
     expect(Object.keys(doc.services).sort()).toEqual(
-      expect.arrayContaining(['coordinator', 'redis', 'worker']),
+      expect.arrayContaining(['coordinator-a', 'coordinator-b', 'redis', 'worker']),
     )
   })
 
@@ -728,10 +862,40 @@ describe('docker-compose.yml (static)', () => {
     expect(envOf(r.doc.services.worker!).SHOAL_TRANSPORT).toBe('grpc')
   })
 
-  it('starts in health-gated order: redis, coordinator, then workers', () => {
-    expect(depsOf(doc.services.coordinator!)).toEqual({ redis: { condition: 'service_healthy' } })
-    expect(depsOf(doc.services.worker!).coordinator).toEqual({ condition: 'service_healthy' })
+  it('starts in health-gated order: redis, both coordinator replicas, then workers', () => {
+    for (const c of ['coordinator-a', 'coordinator-b'])
+      expect(depsOf(doc.services[c]!)).toEqual({ redis: { condition: 'service_healthy' } })
+    expect(depsOf(doc.services.worker!)).toEqual({
+      'coordinator-a': { condition: 'service_healthy' },
+      'coordinator-b': { condition: 'service_healthy' },
+      redis: { condition: 'service_healthy' },
+    })
     expect(doc.services.worker!.deploy?.replicas).toBe(3)
+  })
+
+  it('runs two coordinator replicas (HA): same settings, distinct ids, both dialled by workers and the cli', () => {
+    expect(coordinatorServices(doc)).toEqual(['coordinator-a', 'coordinator-b'])
+    const [a, b] = [doc.services['coordinator-a']!, doc.services['coordinator-b']!]
+    expect(envOf(a).SHOAL_NODE_ID).toBe('coordinator-a')
+    expect(envOf(b).SHOAL_NODE_ID).toBe('coordinator-b')
+    expect({ ...envOf(a), SHOAL_NODE_ID: '' }).toEqual({ ...envOf(b), SHOAL_NODE_ID: '' })
+    expect(envOf(a).SHOAL_STATE).toBe('redis://redis:6379')
+    // only the leader is ready: the container health is liveness
+    for (const c of [a, b]) {
+      expect(asList(c.healthcheck?.test).at(-1)).toBe('http://127.0.0.1:7401/healthz')
+      expect(restartsAfterExit(c.restart, 3)).toBe(true)
+      expect(c.init).toBe(true)
+    }
+    expect(portsOf(a)).toEqual([
+      { target: 7400, published: '7400', hostIp: '127.0.0.1' },
+      { target: 7401, published: '7401', hostIp: '127.0.0.1' },
+    ])
+    expect(portsOf(b)).toEqual([
+      { target: 7400, published: '7410', hostIp: '127.0.0.1' },
+      { target: 7401, published: '7411', hostIp: '127.0.0.1' },
+    ])
+    for (const s of ['worker', 'cli'])
+      expect(envOf(doc.services[s]!).SHOAL_COORDINATOR).toBe('coordinator-a:7400,coordinator-b:7400')
   })
 
   it('the validator catches what would break at run time', () => {
@@ -749,8 +913,8 @@ describe('docker-compose.yml (static)', () => {
         'worker: workers must not publish ports to the host',
       ]),
     )
-    expect(mutate((d) => delete d.services.coordinator!.healthcheck)).toContain(
-      'worker: depends_on coordinator with service_healthy, but coordinator has no healthcheck',
+    expect(mutate((d) => delete d.services['coordinator-a']!.healthcheck)).toContain(
+      'worker: depends_on coordinator-a with service_healthy, but coordinator-a has no healthcheck',
     )
     expect(
       mutate((d) => ((d.services.worker!.environment as Record<string, string>).SHOAL_WORKERS = '3')),
@@ -769,8 +933,11 @@ describe('docker-compose.yml (static)', () => {
     expect(mutate((d) => (d.services.worker!.stop_grace_period = '10s'))).toEqual(
       expect.arrayContaining([expect.stringMatching(/stop_grace_period 10s must exceed/)]),
     )
-    expect(mutate((d) => (d.services.coordinator!.ports = ['7400:7400']))).toContain(
-      'coordinator: container port 7401 must be published as 7401',
+    expect(mutate((d) => (d.services['coordinator-a']!.ports = ['7400:7400']))).toEqual(
+      expect.arrayContaining([
+        'coordinator-a: publish container port 7401 once, on a fixed host port',
+        "coordinator-a: publish 7400 on the host's loopback (127.0.0.1:...), not every interface",
+      ]),
     )
     expect(
       mutate((d) => (d.services.redis!.depends_on = { worker: { condition: 'service_started' } })),
@@ -784,6 +951,110 @@ describe('docker-compose.yml (static)', () => {
       expect.arrayContaining([expect.stringMatching(/condition must be equal to one of the allowed values/)]),
     )
     expect(loadCompose('services:\n  a:\n    image: x\n    image: y\n').errors[0]).toMatch(/unique/)
+  })
+
+  it('the validator catches what would break coordinator high availability', () => {
+    const mutate = (f: (d: Compose) => void): string[] => {
+      const d = structuredClone(doc)
+      f(d)
+      return [...schemaErrors(d), ...checkCompose(d, { worker: 3 })]
+    }
+    const env = (d: Compose, s: string): Record<string, string> =>
+      d.services[s]!.environment as Record<string, string>
+    const b = (d: Compose): Service => d.services['coordinator-b']!
+    expect(mutate(() => {})).toEqual([])
+    // one replica only: no standby, and the workers' list names a service that is gone
+    expect(
+      mutate((d) => {
+        delete d.services['coordinator-b']
+        delete (d.services.worker!.depends_on as Record<string, unknown>)['coordinator-b']
+        delete (d.services.cli!.depends_on as Record<string, unknown>)['coordinator-b']
+      }),
+    ).toEqual([
+      'need at least 2 coordinator services (one leads, the others stand by), got 1',
+      'worker: SHOAL_COORDINATOR must list every coordinator replica once: coordinator-a:7400 (got coordinator-a:7400,coordinator-b:7400)',
+      'cli: SHOAL_COORDINATOR must list every coordinator replica once: coordinator-a:7400 (got coordinator-a:7400,coordinator-b:7400)',
+    ])
+    // a standby is never ready: a /readyz healthcheck would keep it unhealthy (and the workers down)
+    expect(
+      mutate(
+        (d) =>
+          (b(d).healthcheck!.test = [
+            'CMD',
+            'node',
+            IMAGE_ENTRY,
+            'probe',
+            'http',
+            'http://127.0.0.1:7401/readyz',
+          ]),
+      ),
+    ).toEqual([
+      `coordinator-b: healthcheck must be ["CMD", "node", "${IMAGE_ENTRY}", "probe", "http", "http://127.0.0.1:7401/healthz"] (a standby is alive but never ready)`,
+    ])
+    // ... and a standby does not listen on its transport port: no gRPC healthcheck either
+    expect(
+      mutate(
+        (d) => (b(d).healthcheck!.test = ['CMD', 'node', IMAGE_ENTRY, 'probe', 'grpc', '127.0.0.1:7400']),
+      ),
+    ).toEqual([expect.stringMatching(/^coordinator-b: healthcheck must be .*\/healthz/)])
+    expect(mutate((d) => (env(d, 'worker').SHOAL_COORDINATOR = 'coordinator-a:7400'))).toEqual([
+      'worker: SHOAL_COORDINATOR must list every coordinator replica once: coordinator-a:7400,coordinator-b:7400 (got coordinator-a:7400)',
+    ])
+    expect(
+      mutate((d) => (env(d, 'worker').SHOAL_COORDINATOR = 'coordinator-a:7400,coordinator-b:7401')),
+    ).toEqual([expect.stringMatching(/^worker: SHOAL_COORDINATOR must list every coordinator replica once/)])
+    expect(
+      mutate((d) => (env(d, 'cli').SHOAL_COORDINATOR = 'coordinator-a:7400,coordinator-a:7400')),
+    ).toEqual([expect.stringMatching(/^cli: SHOAL_COORDINATOR must list every coordinator replica once/)])
+    expect(
+      mutate((d) => delete (d.services.worker!.depends_on as Record<string, unknown>)['coordinator-b']),
+    ).toEqual(['worker: must depend on coordinator-b with condition service_healthy'])
+    expect(mutate((d) => (env(d, 'coordinator-b').SHOAL_NODE_ID = 'coordinator-a'))).toEqual([
+      'coordinator replicas must have distinct SHOAL_NODE_IDs',
+    ])
+    expect(mutate((d) => delete env(d, 'coordinator-b').SHOAL_NODE_ID)).toEqual([
+      "coordinator-b: set SHOAL_NODE_ID (the replica's name in the leader lease and /status)",
+    ])
+    expect(mutate((d) => (env(d, 'coordinator-b').SHOAL_PARTITIONS = '128'))).toEqual([
+      'coordinator-b: SHOAL_PARTITIONS differs from coordinator-a (replicas share every setting but SHOAL_NODE_ID)',
+    ])
+    expect(
+      mutate((d) => {
+        env(d, 'coordinator-a').SHOAL_STATE = 'memory:'
+        env(d, 'coordinator-b').SHOAL_STATE = 'memory:'
+      }),
+    ).toEqual(
+      expect.arrayContaining([
+        'coordinator-a: coordinator replicas need SHOAL_STATE redis:// (the leader lease lives there)',
+        'coordinator-b: coordinator replicas need SHOAL_STATE redis:// (the leader lease lives there)',
+      ]),
+    )
+    for (const restart of ['no', 'on-failure:3', undefined]) {
+      expect(
+        mutate((d) => {
+          if (restart === undefined) delete b(d).restart
+          else b(d).restart = restart
+        }),
+      ).toEqual([
+        `coordinator-b: restart must be unless-stopped, always or on-failure (got ${restart ?? 'no'}): a deposed leader exits 3 and must come back as a standby`,
+      ])
+    }
+    expect(mutate((d) => (b(d).restart = 'on-failure'))).toEqual([])
+    expect(mutate((d) => (b(d).ports = ['127.0.0.1:7400:7400', '127.0.0.1:7401:7401']))).toEqual([
+      'host port 7400 is published by both coordinator-a and coordinator-b',
+      'host port 7401 is published by both coordinator-a and coordinator-b',
+      'exactly one coordinator replica publishes 7400 and 7401 as themselves (the documented address)',
+    ])
+    expect(mutate((d) => (b(d).ports = ['7410:7400', '127.0.0.1:7411:7401']))).toEqual([
+      "coordinator-b: publish 7400 on the host's loopback (127.0.0.1:...), not every interface",
+    ])
+    expect(mutate((d) => (b(d).ports = ['127.0.0.1:7411:7401']))).toEqual([
+      'coordinator-b: publish container port 7400 once, on a fixed host port',
+    ])
+    // scaling a replica would give two containers one node id and one host port
+    expect(mutate((d) => (b(d).scale = 2))).toEqual(
+      expect.arrayContaining(['coordinator-b: host port 7410 is published; 2 replicas would collide']),
+    )
   })
 })
 
@@ -898,11 +1169,15 @@ describe('docker-compose.pipeline.yml (static, merged over docker-compose.yml)',
       table: 'shoal_state',
       mode: 'state',
     })
-    expect(depsOf(merged.services.worker!)).toMatchObject({
-      coordinator: { condition: 'service_healthy' },
+    expect(depsOf(merged.services.worker!)).toEqual({
+      'coordinator-a': { condition: 'service_healthy' },
+      'coordinator-b': { condition: 'service_healthy' },
       redis: { condition: 'service_healthy' },
       postgres: { condition: 'service_healthy' },
     })
+    // the override leaves the coordinator replicas and the workers' list of them as they are
+    expect(envOf(merged.services.worker!).SHOAL_COORDINATOR).toBe('coordinator-a:7400,coordinator-b:7400')
+    for (const c of coordinatorServices(merged)) expect(merged.services[c]).toEqual(base.services[c])
     // one POSTGRES_PASSWORD for the database and the sink
     const r = loadCompose(pipelineText, { POSTGRES_PASSWORD: 's3cret' })
     const m = mergeCompose(loadCompose(composeText, { POSTGRES_PASSWORD: 's3cret' }).doc, r.doc)
@@ -937,8 +1212,14 @@ describe('docker-compose.pipeline.yml (static, merged over docker-compose.yml)',
       'worker: SHOAL_SOURCE host "cache" is not a service',
     ])
     expect(
-      mutate((d) => ((d.services.coordinator!.environment as Record<string, string>).SHOAL_SINK = 'file:/x')),
-    ).toEqual(['coordinator: SHOAL_SINK is a worker setting'])
+      mutate((d) => {
+        for (const c of coordinatorServices(d))
+          (d.services[c]!.environment as Record<string, string>).SHOAL_SINK = 'file:/x'
+      }),
+    ).toEqual([
+      'coordinator-a: SHOAL_SINK is a worker setting',
+      'coordinator-b: SHOAL_SINK is a worker setting',
+    ])
     expect(mutate((d) => (d.services.postgres!.healthcheck = { test: ['CMD', 'true'] }))).toEqual([
       'postgres: healthcheck must be ["CMD", "pg_isready", ...]',
     ])
@@ -964,81 +1245,248 @@ describe("the CLI knows the deploy files' variables", () => {
 
 describe('compose environment on real nodes', () => {
   const { doc } = loadCompose(composeText)
-  const coordinator = doc.services.coordinator!
+  const coordinators = coordinatorServices(doc)
   const worker = doc.services.worker!
-  const ports = new Map<number, number>()
-  const hosts = { '0.0.0.0': '127.0.0.1', redis: '127.0.0.1', coordinator: '127.0.0.1' }
-  const url = (port: number, path: string): string => `http://127.0.0.1:${ports.get(port)}${path}`
+  const endpoints: Endpoints = new Map()
+  const url = (service: string, port: number, path: string): string =>
+    `http://127.0.0.1:${endpoints.get(service)!.get(port)}${path}`
+  const envFor = (service: string): Record<string, string> =>
+    remapEnv(envOf(doc.services[service]!), service, endpoints)
+  /** `command` after the image's ENTRYPOINT, with the service's environment. */
+  const startService = (service: string): Proc =>
+    startProcess(
+      process.execPath,
+      devCommand(['node', IMAGE_ENTRY, ...asList(doc.services[service]!.command)]),
+      envFor(service),
+    )
+  /** A service's compose healthcheck command, run against its loopback ports. */
+  const healthcheck = (service: string): Promise<{ code: number; stdout: string; stderr: string }> => {
+    const [, ...cmd] = asList(doc.services[service]!.healthcheck!.test)
+    const ports = endpoints.get(service)!
+    return run(
+      process.execPath,
+      devCommand(cmd.map((a) => a.replace(/:(\d+)\//, (_m, p: string) => `:${ports.get(Number(p)) ?? p}/`))),
+    )
+  }
+  const auth = (service: string): Record<string, string> => ({
+    authorization: `Bearer ${envFor(service).SHOAL_TOKEN}`,
+  })
+  const nodeId = (service: string): string => envOf(doc.services[service]!).SHOAL_NODE_ID!
+  /** `docker compose run --rm cli status --json`: the cli service's command and environment. */
+  async function cliStatus(): Promise<ClusterStatus> {
+    const cli = doc.services.cli!
+    const r = await run(
+      process.execPath,
+      devCommand(['node', IMAGE_ENTRY, ...asList(cli.command), '--json']),
+      remapEnv(envOf(cli), 'cli', endpoints),
+    )
+    expect(r, r.stderr).toMatchObject({ code: 0 })
+    return JSON.parse(r.stdout) as ClusterStatus
+  }
+  const nodes = new Map<string, Proc>()
+  let leader = ''
+  let standby = ''
+  let workerNode: Proc | undefined
   let dir = ''
-  let coordinatorEnv: Record<string, string> = {}
+
+  /** Poll every replica's /readyz until exactly one answers 200; that one leads. */
+  async function waitForLeader(among: string[], timeoutMs = 20_000): Promise<string> {
+    const deadline = Date.now() + timeoutMs
+    let last = ''
+    for (;;) {
+      const codes = await Promise.all(
+        among.map((c) =>
+          httpGet(url(c, PORTS.coordinator.http, '/readyz'), 1000).then(
+            (r) => r.status,
+            () => 0,
+          ),
+        ),
+      )
+      const ready = among.filter((_, i) => codes[i] === 200)
+      if (ready.length === 1) return ready[0]!
+      last = among.map((c, i) => `${c} ${codes[i]}`).join(', ')
+      if (Date.now() > deadline)
+        throw new Error(
+          `no single leader after ${timeoutMs} ms (${last})\n${among.map((c) => nodes.get(c)?.output() ?? '').join('\n')}`,
+        )
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+
+  /** A standby: alive, not ready (naming the leader), transport port closed, /status says so. */
+  async function expectStandby(service: string, leaderService: string): Promise<void> {
+    expect((await httpGet(url(service, PORTS.coordinator.http, '/healthz'))).status).toBe(200)
+    // a standby's probes answer from what it last read from Redis (refreshed every second)
+    let ready = await httpGet(url(service, PORTS.coordinator.http, '/readyz'))
+    for (let i = 0; i < 30 && !ready.text.includes(`"${nodeId(leaderService)}"`); i++) {
+      await new Promise((r) => setTimeout(r, 100))
+      ready = await httpGet(url(service, PORTS.coordinator.http, '/readyz'))
+    }
+    expect(ready.status).toBe(503)
+    expect(JSON.parse(ready.text)).toMatchObject({ role: 'standby', leader: { id: nodeId(leaderService) } })
+    expect(await accepts(endpoints.get(service)!.get(PORTS.coordinator.transport)!)).toBe(false)
+    // the probes are open; /status needs the token, and on a standby names the leader
+    expect((await httpGet(url(service, PORTS.coordinator.http, '/status'))).status).toBe(401)
+    const status = await httpGet(url(service, PORTS.coordinator.http, '/status'), 3000, auth(service))
+    expect(status.status).toBe(200)
+    expect(JSON.parse(status.text)).toMatchObject({
+      role: 'standby',
+      nodeId: nodeId(service),
+      leader: { id: nodeId(leaderService) },
+    })
+    const hc = await healthcheck(service)
+    expect(hc, `${service} healthcheck: ${hc.stderr}`).toMatchObject({ code: 0 })
+  }
+
+  /** The leader's /status once the worker is its only member, alive and owning every partition. */
+  async function waitWorkerServed(leaderService: string, timeoutMs = 30_000): Promise<ClusterStatus> {
+    const deadline = Date.now() + timeoutMs
+    let last = ''
+    for (;;) {
+      try {
+        const r = await httpGet(
+          url(leaderService, PORTS.coordinator.http, '/status'),
+          1000,
+          auth(leaderService),
+        )
+        const st = JSON.parse(r.text) as ClusterStatus
+        const alive = st.members.filter((m) => m.state === 'alive')
+        if (
+          alive.length === 1 &&
+          st.assignment.owners.every((o) => o === alive[0]!.id) &&
+          alive[0]!.readyPartitions === st.coordinator.partitions
+        )
+          return st
+        last = JSON.stringify(st.members.map((m) => [m.id, m.state, m.readyPartitions]))
+      } catch (err) {
+        last = (err as Error).message
+      }
+      if (Date.now() > deadline) {
+        const logs = [leaderService, 'worker'].map(
+          (n) => `--- ${n}\n${(n === 'worker' ? workerNode : nodes.get(n))?.output().slice(-6000) ?? ''}`,
+        )
+        throw new Error(
+          `${leaderService} does not serve the worker after ${timeoutMs} ms: ${last}\n${logs.join('\n')}`,
+        )
+      }
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'shoal-compose-'))
-    ports.set(6379, await startRedis(dir))
-    for (const p of [7400, 7401, 7410, 7411]) ports.set(p, await freePort())
-    // `command: [coordinator]` after the image's ENTRYPOINT, with the service's environment
-    coordinatorEnv = remapEnv(envOf(coordinator), ports, hosts)
-    const node = startProcess(
-      process.execPath,
-      devCommand(['node', IMAGE_ENTRY, ...asList(coordinator.command)]),
-      coordinatorEnv,
+    endpoints.set('redis', new Map([[6379, await startRedis(dir)]]))
+    for (const name of [...coordinators, 'worker']) {
+      const want = PORTS[roleOf(doc.services[name]!)!]
+      endpoints.set(
+        name,
+        new Map([
+          [want.transport, await freePort()],
+          [want.http, await freePort()],
+        ]),
+      )
+    }
+    // `docker compose up`: every replica at once (each depends only on redis being healthy)
+    for (const c of coordinators) nodes.set(c, startService(c))
+    await Promise.all(
+      coordinators.map((c) => waitForStatus(url(c, PORTS.coordinator.http, '/healthz'), 200, nodes.get(c)!)),
     )
-    await waitForStatus(url(7401, '/readyz'), 200, node)
+    leader = await waitForLeader(coordinators)
+    standby = coordinators.find((c) => c !== leader)!
   }, 40_000)
   afterAll(async () => {
     await stopAll()
     if (dir) rmSync(dir, { recursive: true, force: true })
   })
 
-  it('coordinator: /healthz /readyz /metrics /status answer on SHOAL_HTTP', async () => {
-    expect((await httpGet(url(7401, '/healthz'))).status).toBe(200)
-    expect((await httpGet(url(7401, '/readyz'))).status).toBe(200)
-    const metrics = await httpGet(url(7401, '/metrics'))
+  it('both coordinator replicas start at once: exactly one leads (ready), the other stands by', async () => {
+    expect(coordinators.length).toBe(2)
+    // stays that way: poll for a while, always exactly this leader
+    for (let i = 0; i < 10; i++) {
+      expect(await waitForLeader(coordinators, 1000)).toBe(leader)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    expect(await accepts(endpoints.get(leader)!.get(PORTS.coordinator.transport)!)).toBe(true)
+    await expectStandby(standby, leader)
+  }, 30_000)
+
+  it('coordinator (leader): /healthz /readyz /metrics /status answer on SHOAL_HTTP', async () => {
+    const http = PORTS.coordinator.http
+    expect((await httpGet(url(leader, http, '/healthz'))).status).toBe(200)
+    expect((await httpGet(url(leader, http, '/readyz'))).status).toBe(200)
+    const metrics = await httpGet(url(leader, http, '/metrics'))
     expect(metrics.status).toBe(200)
     expect(metrics.text).toMatch(/^# (HELP|TYPE) /m)
     // The compose file sets SHOAL_TOKEN: /status (not the probes, not /metrics) needs it.
-    const token = coordinatorEnv.SHOAL_TOKEN
-    expect(token).toBeTruthy()
-    expect((await httpGet(url(7401, '/status'))).status).toBe(401)
-    const status = await httpGet(url(7401, '/status'), 3000, { authorization: `Bearer ${token}` })
+    expect(envFor(leader).SHOAL_TOKEN).toBeTruthy()
+    expect((await httpGet(url(leader, http, '/status'))).status).toBe(401)
+    const status = await httpGet(url(leader, http, '/status'), 3000, auth(leader))
     expect(status.status).toBe(200)
-    expect(() => JSON.parse(status.text) as unknown).not.toThrow()
+    // (the leader's own id is what the standby's /readyz names, checked above)
+    expect((JSON.parse(status.text) as ClusterStatus).coordinator).toMatchObject({ ready: true })
   })
 
-  it('coordinator: the compose healthcheck and the image HEALTHCHECK pass', async () => {
-    const [, ...cmd] = asList(coordinator.healthcheck!.test)
-    const r = await run(
-      process.execPath,
-      devCommand(cmd.map((a) => a.replace(':7401/', `:${ports.get(7401)}/`))),
-    )
-    expect(r, r.stderr).toMatchObject({ code: 0 })
-    expect(r.stdout).toMatch(/^status: SERVING/)
-
-    // the Dockerfile's HEALTHCHECK (shell form) takes the port from SHOAL_HTTP
+  it('coordinators: the compose healthcheck passes on both; the image HEALTHCHECK (/readyz) only on the leader', async () => {
+    for (const c of coordinators) {
+      const r = await healthcheck(c)
+      expect(r, `${c}: ${r.stderr}`).toMatchObject({ code: 0 })
+      expect(r.stdout).toMatch(/^status: SERVING/)
+    }
+    // the Dockerfile's HEALTHCHECK (shell form) takes the port from SHOAL_HTTP; it probes
+    // readiness, which is why compose overrides it for the coordinators
     const dockerfile = parseDockerfile(readFileSync(DOCKERFILE, 'utf8'))
     const hc = dockerfile.find((i) => i.op === 'HEALTHCHECK')!.args.replace(/^(--\S+\s+)*CMD\s+/, '')
     const shell = hc.replace(`node ${IMAGE_ENTRY}`, `"${process.execPath}" --import tsx "${MAIN_TS}"`)
-    const viaImage = await run('/bin/sh', ['-c', shell], { SHOAL_HTTP: coordinatorEnv.SHOAL_HTTP! })
-    expect(viaImage, viaImage.stderr).toMatchObject({ code: 0 })
+    const viaImage = (c: string): ReturnType<typeof run> =>
+      run('/bin/sh', ['-c', shell], { SHOAL_HTTP: envFor(c).SHOAL_HTTP! })
+    const onLeader = await viaImage(leader)
+    expect(onLeader, onLeader.stderr).toMatchObject({ code: 0 })
+    expect(await viaImage(standby)).toMatchObject({ code: 4 }) // NOT_SERVING: HTTP 503
   }, 30_000)
 
-  it('worker: joins through SHOAL_COORDINATOR, passes its healthcheck, and drains on SIGTERM', async () => {
-    const env = remapEnv(envOf(worker), ports, hosts)
-    const node = startProcess(
-      process.execPath,
-      devCommand(['node', IMAGE_ENTRY, ...asList(worker.command)]),
-      env,
-    )
-    await waitForStatus(url(7411, '/readyz'), 200, node)
-    expect((await httpGet(url(7411, '/healthz'))).status).toBe(200)
-
-    const [, ...cmd] = asList(worker.healthcheck!.test)
-    const r = await run(
-      process.execPath,
-      devCommand(cmd.map((a) => a.replace(':7411/', `:${ports.get(7411)}/`))),
-    )
+  it('worker: joins through SHOAL_COORDINATOR (both replicas) and passes its healthcheck', async () => {
+    expect(envOf(worker).SHOAL_COORDINATOR!.split(',')).toHaveLength(coordinators.length)
+    workerNode = startService('worker')
+    await waitForStatus(url('worker', PORTS.worker.http, '/readyz'), 200, workerNode)
+    expect((await httpGet(url('worker', PORTS.worker.http, '/healthz'))).status).toBe(200)
+    const r = await healthcheck('worker')
     expect(r, r.stderr).toMatchObject({ code: 0 })
+    const served = await waitWorkerServed(leader)
+    // the cli service reaches the leader through the same list
+    expect((await cliStatus()).members.map((m) => [m.id, m.state])).toEqual(
+      served.members.map((m) => [m.id, 'alive']),
+    )
+  }, 60_000)
 
+  it('a deposed leader exits 3, restarts as a standby; the worker follows the new leader', async () => {
+    const old = nodes.get(leader)!
+    // paused past its lease: the standby takes over, and the worker follows it
+    old.child.kill('SIGSTOP')
+    const next = await waitForLeader([standby])
+    expect(next).toBe(standby)
+    await waitWorkerServed(standby)
+    await waitForStatus(url('worker', PORTS.worker.http, '/readyz'), 200, workerNode!)
+    // resumed, the old leader finds its lease gone and exits with 3 ...
+    old.child.kill('SIGCONT')
+    const exit = await Promise.race([
+      old.exited,
+      new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 10_000).unref()),
+    ])
+    expect(exit, old.output()).toEqual({ code: 3, signal: null })
+    // ... which the service's restart policy restarts: it comes back as a standby
+    expect(restartsAfterExit(doc.services[leader]!.restart, 3)).toBe(true)
+    const restarted = startService(leader)
+    nodes.set(leader, restarted)
+    await waitForStatus(url(leader, PORTS.coordinator.http, '/healthz'), 200, restarted)
+    await expectStandby(leader, standby)
+    expect(await waitForLeader(coordinators, 1000)).toBe(standby)
+    // the cli service (every replica in SHOAL_COORDINATOR) finds the new leader
+    expect((await cliStatus()).members.filter((m) => m.state === 'alive')).toHaveLength(1)
+    ;[leader, standby] = [standby, leader]
+  }, 60_000)
+
+  it('worker: drains on SIGTERM within stop_grace_period', async () => {
+    const node = workerNode!
     // `docker compose stop` / scale-down: SIGTERM, then SIGKILL after stop_grace_period.
     const grace = durationMs(worker.stop_grace_period)
     node.child.kill('SIGTERM')
@@ -1050,5 +1498,10 @@ describe('compose environment on real nodes', () => {
       code: 0,
       signal: null,
     })
+    // it said goodbye to the leader it followed
+    const st = JSON.parse(
+      (await httpGet(url(leader, PORTS.coordinator.http, '/status'), 3000, auth(leader))).text,
+    ) as ClusterStatus
+    expect(st.members.map((m) => m.state)).toEqual(['left'])
   }, 60_000)
 })

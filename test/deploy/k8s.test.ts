@@ -12,10 +12,12 @@
  *    paths, env references (ConfigMap, Secret keys, downward API, $(VAR) order), SHOAL_* names,
  *    PDB/HPA targets, drain timeout vs terminationGracePeriodSeconds, resources, security context.
  *    Each rule is also shown to fire on a broken copy.
- * 4. Live: the coordinator and worker containers of each variant, started as real processes
- *    (`node --import tsx src/cli/main.ts`) with the environment Kubernetes would give them (ports
- *    remapped to free loopback ports, Service names to 127.0.0.1, a real redis-server), probed the
- *    way the kubelet does: httpGet 200-399 within timeoutSeconds, gRPC Health/Check == SERVING.
+ * 4. Live: the coordinator pods (every StatefulSet replica) and a worker of each variant, started
+ *    as real processes (`node --import tsx src/cli/main.ts`) with the environment Kubernetes would
+ *    give them (each pod's ports remapped to free loopback ports, Service and pod names to
+ *    127.0.0.1, a real redis-server), probed the way the kubelet does: httpGet 200-399 within
+ *    timeoutSeconds, gRPC Health/Check == SERVING. Exactly one coordinator is ready (the leader);
+ *    deleting it (SIGTERM) makes the standby ready, the worker follows, the recreated pod stands by.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
@@ -696,16 +698,72 @@ function checkK8s(objs: Obj[]): string[] {
       ['livenessProbe', '/healthz', false],
       ['readinessProbe', '/readyz', true],
     ]
-    if (c.startupProbe) checks.push(['startupProbe', '/healthz', true])
+    // A standby coordinator does not listen on its transport port: a gRPC startup probe would
+    // never pass there, and the kubelet would kill it.
+    if (c.startupProbe) checks.push(['startupProbe', '/healthz', role !== 'coordinator'])
     for (const [pk, path, grpc] of checks) {
       const m = probeOk(c[pk] as Probe | undefined, path, grpc)
       if (m) errs.push(`${where}: ${pk} ${m}`)
     }
 
     if (role === 'coordinator') {
-      if (w.kind !== 'Deployment' || w.spec.replicas !== 1)
-        errs.push(`${where}: run exactly 1 coordinator replica`)
-      if (w.spec.strategy?.type !== 'Recreate') errs.push(`${where}: coordinator strategy must be Recreate`)
+      // High availability: replicas with stable names, one leader (the only ready pod).
+      const spec = w.spec ?? {}
+      const labels = w.spec?.template?.metadata?.labels as Record<string, string> | undefined
+      if (w.kind !== 'StatefulSet') {
+        errs.push(`${where}: run the coordinator replicas as a StatefulSet (stable names for the workers)`)
+      } else {
+        if (!((spec.replicas ?? 1) >= 2))
+          errs.push(`${where}: run at least 2 coordinator replicas (one leads, the others stand by)`)
+        if (spec.podManagementPolicy !== 'Parallel') {
+          errs.push(
+            `${where}: podManagementPolicy must be Parallel (a standby is never ready: OrderedReady would not replace a replica behind one)`,
+          )
+        }
+        if (spec.updateStrategy?.type !== 'OnDelete') {
+          errs.push(
+            `${where}: updateStrategy must be OnDelete (a RollingUpdate waits for an updated standby to become ready, forever)`,
+          )
+        }
+        const gov = findObj(objs, 'Service', spec.serviceName)
+        if (gov?.spec?.clusterIP === 'None') {
+          if (!matches(gov.spec.selector, labels))
+            errs.push(`${where}: Service ${spec.serviceName} does not select the coordinator pods`)
+          if (gov.spec.publishNotReadyAddresses !== true) {
+            errs.push(
+              `${where}: Service ${spec.serviceName} must set publishNotReadyAddresses (a standby's name must resolve before it leads)`,
+            )
+          }
+        }
+      }
+      const anti = w.spec?.template?.spec?.affinity?.podAntiAffinity ?? {}
+      const terms = [
+        ...((anti.requiredDuringSchedulingIgnoredDuringExecution ?? []) as Obj[]),
+        ...((anti.preferredDuringSchedulingIgnoredDuringExecution ?? []) as Obj[]).map(
+          (t) => t.podAffinityTerm as Obj,
+        ),
+      ]
+      if (
+        !terms.some(
+          (t) => t.topologyKey === 'kubernetes.io/hostname' && matches(t.labelSelector?.matchLabels, labels),
+        )
+      ) {
+        errs.push(`${where}: spread the replicas over nodes (podAntiAffinity on kubernetes.io/hostname)`)
+      }
+      // Clients: a ClusterIP Service, which routes to ready pods only, i.e. to the leader.
+      const clientSvcs = objs.filter(
+        (o) => o.kind === 'Service' && o.spec?.clusterIP !== 'None' && matches(o.spec?.selector, labels),
+      )
+      if (clientSvcs.length === 0)
+        errs.push(`${where}: no Service for clients (not headless) routes to the coordinator leader`)
+      for (const svc of clientSvcs) {
+        if (svc.spec.publishNotReadyAddresses === true)
+          err(svc, 'must route to ready pods only (the leader): remove publishNotReadyAddresses')
+        const reaches = (svc.spec.ports as { port: number; targetPort?: number | string }[]).some(
+          (p) => resolvePort(c, p.targetPort ?? p.port) === want.transport,
+        )
+        if (!reaches) err(svc, "no port reaches the coordinator's transport port")
+      }
     } else {
       if (
         portOf(env.SHOAL_ADVERTISE) !== want.transport ||
@@ -715,18 +773,9 @@ function checkK8s(objs: Obj[]): string[] {
           `${where}: SHOAL_ADVERTISE must be $(POD_IP):${want.transport} (got ${env.SHOAL_ADVERTISE})`,
         )
       }
-      // SHOAL_COORDINATOR -> a Service selecting the coordinator, on a port that reaches its transport port
+      // SHOAL_COORDINATOR: every coordinator replica by its stable name, each once
       const coord = byRole('coordinator')
-      const svcName = hostOf(env.SHOAL_COORDINATOR).split('.')[0]!
-      const svc = findObj(objs, 'Service', svcName)
-      const sp = (svc?.spec?.ports as { port: number; targetPort?: number | string }[] | undefined)?.find(
-        (p) => p.port === portOf(env.SHOAL_COORDINATOR),
-      )
-      if (!svc || !coord || !matches(svc.spec.selector, coord.w.spec.template.metadata.labels)) {
-        errs.push(`${where}: SHOAL_COORDINATOR ${env.SHOAL_COORDINATOR} is not a Service of the coordinator`)
-      } else if (!sp || resolvePort(coord.c, sp.targetPort ?? sp.port) !== PORTS.coordinator.transport) {
-        errs.push(`${where}: SHOAL_COORDINATOR port does not reach the coordinator's transport port`)
-      }
+      if (coord) errs.push(...coordinatorListErrors(where, env.SHOAL_COORDINATOR, objs, coord))
       const headless = objs.find(
         (o) =>
           o.kind === 'Service' &&
@@ -737,12 +786,16 @@ function checkK8s(objs: Obj[]): string[] {
     }
   }
 
-  // PDB and HPA: the worker Deployment, nothing else
+  // PDBs: one for the worker Deployment, one for the coordinator StatefulSet; the HPA: workers
   const worker = byRole('worker')?.w
+  const coordinator = byRole('coordinator')?.w
   const pdbs = objs.filter((o) => o.kind === 'PodDisruptionBudget')
   const hpas = objs.filter((o) => o.kind === 'HorizontalPodAutoscaler')
   if (worker && !pdbs.some((p) => podsFor(p.spec?.selector?.matchLabels).includes(worker))) {
     errs.push('no PodDisruptionBudget covers the workers')
+  }
+  if (coordinator && !pdbs.some((p) => podsFor(p.spec?.selector?.matchLabels).includes(coordinator))) {
+    errs.push('no PodDisruptionBudget covers the coordinators')
   }
   for (const o of pdbs) {
     if (o.apiVersion !== 'policy/v1') err(o, 'use policy/v1')
@@ -750,9 +803,20 @@ function checkK8s(objs: Obj[]): string[] {
       err(o, 'set exactly one of minAvailable and maxUnavailable')
     }
     const pods = podsFor(o.spec?.selector?.matchLabels)
-    if (pods.length !== 1 || pods[0] !== worker)
-      err(o, `must select the worker Deployment only (selects ${pods.map(id).join(', ') || 'nothing'})`)
+    if (pods.length !== 1 || (pods[0] !== worker && pods[0] !== coordinator)) {
+      err(
+        o,
+        `must select the worker Deployment or the coordinator StatefulSet only (selects ${pods.map(id).join(', ') || 'nothing'})`,
+      )
+    }
     for (const w of pods) {
+      if (w === coordinator) {
+        // Disruption budgets count ready pods, and only the leader is ever ready: minAvailable 1
+        // keeps a drain from taking the leader (a standby may go); more would block every eviction.
+        if (o.spec.minAvailable !== 1)
+          err(o, 'coordinators: minAvailable must be 1 (only the leader is ever ready)')
+        continue
+      }
       if (typeof o.spec.minAvailable === 'number' && o.spec.minAvailable >= (w.spec?.replicas ?? 1)) {
         err(o, `minAvailable ${o.spec.minAvailable} >= replicas: no node drain could proceed`)
       }
@@ -816,6 +880,69 @@ function checkK8s(objs: Obj[]): string[] {
   return errs
 }
 
+/**
+ * The coordinator replicas' stable transport addresses: `<statefulset>-<i>.<governing Service>`
+ * (optionally followed by `.<namespace>[.svc[.cluster.local]]`) on a port of that Service that
+ * reaches the transport port (checked by the caller). Undefined when the coordinator is not a
+ * StatefulSet.
+ */
+function coordinatorReplicas(coord: {
+  w: Obj
+  c: Container
+}): { names: string[]; parse(addr: string): { ordinal: number; port: number } | undefined } | undefined {
+  if (coord.w.kind !== 'StatefulSet') return undefined
+  const sts = String(coord.w.metadata.name)
+  const gov = String(coord.w.spec?.serviceName)
+  const n = (coord.w.spec?.replicas as number | undefined) ?? 1
+  const esc = (x: string): string => x.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  const ns = esc(String(coord.w.metadata?.namespace ?? NAMESPACE))
+  const re = new RegExp(`^${esc(sts)}-(\\d+)\\.${esc(gov)}(?:\\.${ns}(?:\\.svc(?:\\.cluster\\.local)?)?)?$`)
+  return {
+    names: Array.from({ length: n }, (_, i) => `${sts}-${i}.${gov}`),
+    parse: (addr) => {
+      const m = re.exec(hostOf(addr))
+      return m ? { ordinal: Number(m[1]), port: portOf(addr) } : undefined
+    },
+  }
+}
+
+/** A worker's SHOAL_COORDINATOR: every coordinator replica once, by its stable name. */
+function coordinatorListErrors(
+  where: string,
+  list: string | undefined,
+  objs: Obj[],
+  coord: { w: Obj; c: Container },
+): string[] {
+  const replicas = coordinatorReplicas(coord)
+  if (replicas === undefined) return [] // reported on the coordinator itself
+  const errs: string[] = []
+  const gov = findObj(objs, 'Service', coord.w.spec.serviceName)
+  const govPorts = (gov?.spec?.ports ?? []) as { port: number; targetPort?: number | string }[]
+  const seen: number[] = []
+  for (const entry of (list ?? '').split(',').map((x) => x.trim())) {
+    const r = replicas.parse(entry)
+    if (r === undefined || r.ordinal >= replicas.names.length) {
+      errs.push(
+        `${where}: SHOAL_COORDINATOR ${JSON.stringify(entry)} is not a coordinator replica (${replicas.names.join(', ')}); workers follow the leader through every replica's own name`,
+      )
+      continue
+    }
+    seen.push(r.ordinal)
+    const sp = govPorts.find((p) => p.port === r.port)
+    if (!sp || resolvePort(coord.c, sp.targetPort ?? sp.port) !== PORTS.coordinator.transport)
+      errs.push(
+        `${where}: SHOAL_COORDINATOR ${entry}: port ${r.port} does not reach the coordinator's transport port`,
+      )
+  }
+  const want = replicas.names.map((_, i) => i)
+  if (JSON.stringify([...seen].sort((a, b) => a - b)) !== JSON.stringify(want)) {
+    errs.push(
+      `${where}: SHOAL_COORDINATOR must name each of the ${want.length} coordinator replicas once: ${replicas.names.map((x) => `${x}:${PORTS.coordinator.transport}`).join(',')} (got ${list})`,
+    )
+  }
+  return errs
+}
+
 // ---- live nodes -----------------------------------------------------------------------------------------
 
 async function freePort(): Promise<number> {
@@ -829,7 +956,7 @@ async function freePort(): Promise<number> {
 interface Proc {
   child: ChildProcess
   output: () => string
-  exited: Promise<unknown>
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
 }
 const procs: Proc[] = []
 function startProcess(cmd: string, args: string[], env: Record<string, string>): Proc {
@@ -843,7 +970,11 @@ function startProcess(cmd: string, args: string[], env: Record<string, string>):
   }
   child.stdout.on('data', keep)
   child.stderr.on('data', keep)
-  const p = { child, output: () => out, exited: once(child, 'exit') }
+  const exited = once(child, 'exit').then(([code, signal]) => ({
+    code: code as number | null,
+    signal: signal as NodeJS.Signals | null,
+  }))
+  const p = { child, output: () => out, exited }
   procs.push(p)
   return p
 }
@@ -920,20 +1051,40 @@ async function waitForProbe(c: Container, p: Probe, portMap: Map<number, number>
   }
 }
 
-/** Container addresses -> loopback: HOST:PORT values, and the Redis URL. */
-function remapEnv(env: Record<string, string>, ports: Map<number, number>, hosts: Record<string, string>) {
+/** Where each DNS name's ports are on loopback: name -> container port -> port. */
+type Endpoints = Map<string, Map<number, number>>
+
+/**
+ * Container addresses -> loopback: the pod's own listen addresses (0.0.0.0:PORT, ports `self`),
+ * other pods and Services by DNS name (HOST:PORT, comma lists for SHOAL_COORDINATOR), and the
+ * Redis URL. A name or port nothing serves is an error: cluster DNS would not resolve it either.
+ */
+function remapEnv(env: Record<string, string>, self: Map<number, number>, endpoints: Endpoints) {
   const out: Record<string, string> = {}
+  const port = (ports: Map<number, number> | undefined, p: number, what: string): number => {
+    const mapped = ports?.get(p)
+    if (mapped === undefined) throw new Error(`${what}: nothing serves port ${p} there`)
+    return mapped
+  }
+  const addr = (v: string): string => {
+    const host = hostOf(v)
+    const ports = ['0.0.0.0', '[::]', ''].includes(host) ? self : endpoints.get(host)
+    return `127.0.0.1:${port(ports, portOf(v), v)}`
+  }
   for (const [k, v] of Object.entries(env)) {
-    if (
-      ['SHOAL_LISTEN', 'SHOAL_HTTP', 'SHOAL_COORDINATOR', 'SHOAL_ADVERTISE'].includes(k) &&
-      v.includes(':')
-    ) {
-      const host = hostOf(v)
-      out[k] = `${hosts[host] ?? host}:${ports.get(portOf(v)) ?? portOf(v)}`
+    if (['SHOAL_LISTEN', 'SHOAL_HTTP'].includes(k) && v.includes(':')) {
+      out[k] = addr(v)
+    } else if (k === 'SHOAL_ADVERTISE') {
+      out[k] = `127.0.0.1:${port(self, portOf(v), v)}` // $(POD_IP):PORT, this pod
+    } else if (k === 'SHOAL_COORDINATOR') {
+      out[k] = v
+        .split(',')
+        .map((x) => addr(x.trim()))
+        .join(',')
     } else if (k === 'SHOAL_STATE' && /^rediss?:/.test(v)) {
       const u = new URL(v)
-      u.hostname = hosts[u.hostname] ?? u.hostname
-      u.port = String(ports.get(Number(u.port || 6379)) ?? u.port)
+      u.port = String(port(endpoints.get(u.hostname), Number(u.port || 6379), v))
+      u.hostname = '127.0.0.1'
       out[k] = u.href.replace(/\/$/, '')
     } else out[k] = v
   }
@@ -985,13 +1136,15 @@ describe('k8s/ (static)', () => {
     expect(rendered.base.map(id).sort()).toEqual(
       [
         'ConfigMap/shoal-config',
-        'Deployment/shoal-coordinator',
+        'StatefulSet/shoal-coordinator',
         'Deployment/shoal-worker',
         'HorizontalPodAutoscaler/shoal-worker',
         'Namespace/shoal',
+        'PodDisruptionBudget/shoal-coordinator',
         'PodDisruptionBudget/shoal-worker',
         'Secret/shoal-secrets',
         'Service/shoal-coordinator',
+        'Service/shoal-coordinator-headless',
         'Service/shoal-redis',
         'Service/shoal-worker',
         'StatefulSet/shoal-redis',
@@ -1049,6 +1202,55 @@ describe('k8s/ (static)', () => {
     },
   )
 
+  it.each(Object.keys(VARIANTS) as (keyof typeof VARIANTS)[])(
+    '%s: 2 coordinator replicas (StatefulSet), only the leader ready, workers dial both, a PDB',
+    (v) => {
+      const objs = rendered[v]
+      const { w, c } = shoalContainer(objs, 'coordinator')
+      expect(w.kind).toBe('StatefulSet')
+      expect(w.spec).toMatchObject({
+        replicas: 2,
+        serviceName: 'shoal-coordinator-headless',
+        podManagementPolicy: 'Parallel',
+        updateStrategy: { type: 'OnDelete' },
+      })
+      const labels = w.spec.template.metadata.labels as Record<string, string>
+      // alive: /healthz (leader or standby); ready: the leader only
+      expect(c.livenessProbe?.httpGet).toEqual({ path: '/healthz', port: 'http' })
+      expect(c.startupProbe?.httpGet).toEqual({ path: '/healthz', port: 'http' })
+      if (v === 'grpc') expect(c.readinessProbe?.grpc).toEqual({ port: 7400, service: '' })
+      else expect(c.readinessProbe?.httpGet).toEqual({ path: '/readyz', port: 'http' })
+      // the headless Service names every replica, ready or not; the client Service only the ready one
+      const headless = findObj(objs, 'Service', 'shoal-coordinator-headless')!
+      expect(headless.spec).toMatchObject({ clusterIP: 'None', publishNotReadyAddresses: true })
+      expect(matches(headless.spec.selector, labels)).toBe(true)
+      const client = findObj(objs, 'Service', 'shoal-coordinator')!
+      expect(client.spec.clusterIP).toBeUndefined()
+      expect(client.spec.publishNotReadyAddresses).toBeUndefined()
+      expect(matches(client.spec.selector, labels)).toBe(true)
+      // workers: every replica's stable name, from the ConfigMap
+      const wk = shoalContainer(objs, 'worker')
+      const { env } = resolveEnv(wk.c, objs, fieldsFor('shoal-worker-x', '10.0.0.10'))
+      expect(env.SHOAL_COORDINATOR).toBe(
+        'shoal-coordinator-0.shoal-coordinator-headless:7400,shoal-coordinator-1.shoal-coordinator-headless:7400',
+      )
+      expect(wk.c.env?.some((e) => e.name === 'SHOAL_COORDINATOR')).toBe(false)
+      // one PDB for the coordinators, minAvailable 1
+      const pdb = findObj(objs, 'PodDisruptionBudget', 'shoal-coordinator')!
+      expect(pdb.spec.minAvailable).toBe(1)
+      expect(pdb.spec.maxUnavailable).toBeUndefined()
+      expect(matches(pdb.spec.selector.matchLabels, labels)).toBe(true)
+      // every replica its own node id: the pod name
+      const ids = [0, 1].map(
+        (i) => resolveEnv(c, objs, fieldsFor(`shoal-coordinator-${i}`, `10.0.0.${i + 1}`)).env,
+      )
+      expect(ids.map((e) => [e.POD_NAME, e.SHOAL_NODE_ID])).toEqual([
+        ['shoal-coordinator-0', undefined],
+        ['shoal-coordinator-1', undefined],
+      ])
+    },
+  )
+
   it('the gRPC overlay switches the transport and probes the coordinator with native gRPC', () => {
     const { w, c } = shoalContainer(rendered.grpc, 'coordinator')
     expect(c.readinessProbe?.grpc).toEqual({ port: PORTS.coordinator.transport, service: '' })
@@ -1067,8 +1269,8 @@ describe('k8s/ (static)', () => {
     const get = (objs: Obj[], kind: string, name: string): Obj => findObj(objs, kind, name)!
     const worker = (objs: Obj[]): Container =>
       get(objs, 'Deployment', 'shoal-worker').spec.template.spec.containers[0]
-    const coord = (objs: Obj[]): Container =>
-      get(objs, 'Deployment', 'shoal-coordinator').spec.template.spec.containers[0]
+    const coordSts = (objs: Obj[]): Obj => get(objs, 'StatefulSet', 'shoal-coordinator')
+    const coord = (objs: Obj[]): Container => coordSts(objs).spec.template.spec.containers[0]
 
     expect(
       broken(
@@ -1084,7 +1286,7 @@ describe('k8s/ (static)', () => {
     expect(
       broken((o) => (get(o, 'Service', 'shoal-coordinator').spec.ports[1].targetPort = 'metrics')),
     ).toContain(
-      'Service/shoal-coordinator: targetPort metrics is not a container port of Deployment/shoal-coordinator',
+      'Service/shoal-coordinator: targetPort metrics is not a container port of StatefulSet/shoal-coordinator',
     )
     expect(broken((o) => (worker(o).readinessProbe!.httpGet!.path = '/ready'))).toContain(
       'Deployment/shoal-worker worker: readinessProbe httpGet.path must be /readyz (got /ready)',
@@ -1094,7 +1296,7 @@ describe('k8s/ (static)', () => {
     )
     expect(broken((o) => (coord(o).readinessProbe = { grpc: { port: 'transport' } }), 'grpc')).toEqual(
       expect.arrayContaining([
-        'Deployment/shoal-coordinator: coordinator.readinessProbe: grpc.port must be a number',
+        'StatefulSet/shoal-coordinator: coordinator.readinessProbe: grpc.port must be a number',
       ]),
     )
     expect(broken((o) => (coord(o).readinessProbe = { grpc: { port: 7400 } }), 'base')).toEqual(
@@ -1139,9 +1341,6 @@ describe('k8s/ (static)', () => {
         )
       }),
     ).toEqual(expect.arrayContaining([expect.stringMatching(/SHOAL_ADVERTISE refers to \$\(POD_IP\)/)]))
-    expect(
-      broken((o) => (get(o, 'Deployment', 'shoal-coordinator').spec.strategy = { type: 'RollingUpdate' })),
-    ).toContain('Deployment/shoal-coordinator coordinator: coordinator strategy must be Recreate')
     expect(broken((o) => delete worker(o).resources!.limits)).toEqual(
       expect.arrayContaining(['Deployment/shoal-worker: worker: set resources.requests.cpu and limits.cpu']),
     )
@@ -1150,6 +1349,126 @@ describe('k8s/ (static)', () => {
         (o) => (get(o, 'Deployment', 'shoal-worker').spec.template.spec.securityContext.runAsNonRoot = false),
       ),
     ).toContain('Deployment/shoal-worker: pod securityContext.runAsNonRoot must be true')
+    // coordinator high availability
+    const cw = 'StatefulSet/shoal-coordinator coordinator'
+    const cfg = (o: Obj[]): Record<string, string> => get(o, 'ConfigMap', 'shoal-config').data
+    expect(broken((o) => (coordSts(o).spec.replicas = 1))).toEqual([
+      expect.stringMatching(
+        /^Deployment\/shoal-worker worker: SHOAL_COORDINATOR "shoal-coordinator-1\.shoal-coordinator-headless:7400" is not a coordinator replica \(shoal-coordinator-0\.shoal-coordinator-headless\)/,
+      ),
+      `${cw}: run at least 2 coordinator replicas (one leads, the others stand by)`,
+    ])
+    expect(broken((o) => (coordSts(o).spec.replicas = 3))).toEqual([
+      `Deployment/shoal-worker worker: SHOAL_COORDINATOR must name each of the 3 coordinator replicas once: shoal-coordinator-0.shoal-coordinator-headless:7400,shoal-coordinator-1.shoal-coordinator-headless:7400,shoal-coordinator-2.shoal-coordinator-headless:7400 (got ${cfg(rendered.base).SHOAL_COORDINATOR})`,
+    ])
+    expect(broken((o) => delete coordSts(o).spec.podManagementPolicy)).toEqual([
+      `${cw}: podManagementPolicy must be Parallel (a standby is never ready: OrderedReady would not replace a replica behind one)`,
+    ])
+    expect(broken((o) => (coordSts(o).spec.updateStrategy = { type: 'RollingUpdate' }))).toEqual([
+      `${cw}: updateStrategy must be OnDelete (a RollingUpdate waits for an updated standby to become ready, forever)`,
+    ])
+    expect(
+      broken((o) => delete get(o, 'Service', 'shoal-coordinator-headless').spec.publishNotReadyAddresses),
+    ).toEqual([
+      `${cw}: Service shoal-coordinator-headless must set publishNotReadyAddresses (a standby's name must resolve before it leads)`,
+    ])
+    expect(broken((o) => delete coordSts(o).spec.template.spec.affinity)).toEqual([
+      `${cw}: spread the replicas over nodes (podAntiAffinity on kubernetes.io/hostname)`,
+    ])
+    // a Deployment cannot give the workers stable replica names
+    expect(
+      broken((o) => {
+        const d = coordSts(o)
+        d.kind = 'Deployment'
+        delete d.spec.serviceName
+        delete d.spec.podManagementPolicy
+        delete d.spec.updateStrategy
+      }),
+    ).toContain(
+      `Deployment/shoal-coordinator coordinator: run the coordinator replicas as a StatefulSet (stable names for the workers)`,
+    )
+    // readiness is leadership: a /healthz readiness probe would route clients to a standby
+    expect(broken((o) => (coord(o).readinessProbe!.httpGet!.path = '/healthz'))).toEqual([
+      `${cw}: readinessProbe httpGet.path must be /readyz (got /healthz)`,
+    ])
+    // a standby does not listen on its transport port: gRPC liveness or startup would kill it
+    expect(broken((o) => (coord(o).startupProbe = { grpc: { port: 7400 } }), 'grpc')).toEqual([
+      `${cw}: startupProbe must be httpGet /healthz`,
+    ])
+    expect(broken((o) => (coord(o).livenessProbe = { grpc: { port: 7400 } }), 'grpc')).toEqual([
+      `${cw}: livenessProbe must be httpGet /healthz`,
+    ])
+    // workers: the client Service is not the replicas; every replica once; a port that reaches them
+    expect(broken((o) => (cfg(o).SHOAL_COORDINATOR = 'shoal-coordinator:7400'))).toEqual([
+      expect.stringMatching(
+        /^Deployment\/shoal-worker worker: SHOAL_COORDINATOR "shoal-coordinator:7400" is not a coordinator replica/,
+      ),
+      expect.stringMatching(
+        /^Deployment\/shoal-worker worker: SHOAL_COORDINATOR must name each of the 2 coordinator replicas once/,
+      ),
+    ])
+    expect(
+      broken((o) => (cfg(o).SHOAL_COORDINATOR = 'shoal-coordinator-0.shoal-coordinator-headless:7400')),
+    ).toEqual([
+      expect.stringMatching(
+        /^Deployment\/shoal-worker worker: SHOAL_COORDINATOR must name each of the 2 coordinator replicas once/,
+      ),
+    ])
+    expect(
+      broken(
+        (o) =>
+          (cfg(o).SHOAL_COORDINATOR =
+            'shoal-coordinator-0.shoal-coordinator-headless:7400,shoal-coordinator-0.shoal-coordinator-headless.shoal.svc.cluster.local:7400'),
+      ),
+    ).toEqual([
+      expect.stringMatching(
+        /^Deployment\/shoal-worker worker: SHOAL_COORDINATOR must name each of the 2 coordinator replicas once/,
+      ),
+    ])
+    expect(
+      broken(
+        (o) =>
+          (cfg(o).SHOAL_COORDINATOR =
+            'shoal-coordinator-0.shoal-coordinator-headless.shoal.svc.cluster.local:7400,shoal-coordinator-1.shoal-coordinator-headless.shoal:7401'),
+      ),
+    ).toEqual([
+      "Deployment/shoal-worker worker: SHOAL_COORDINATOR shoal-coordinator-1.shoal-coordinator-headless.shoal:7401: port 7401 does not reach the coordinator's transport port",
+    ])
+    // clients: the Service must route to the ready pod (the leader) only
+    expect(
+      broken((o) => (get(o, 'Service', 'shoal-coordinator').spec.publishNotReadyAddresses = true)),
+    ).toEqual([
+      'Service/shoal-coordinator: must route to ready pods only (the leader): remove publishNotReadyAddresses',
+    ])
+    expect(
+      broken((o) => {
+        const i = o.findIndex((x) => x.kind === 'Service' && x.metadata.name === 'shoal-coordinator')
+        o.splice(i, 1)
+      }),
+    ).toEqual([`${cw}: no Service for clients (not headless) routes to the coordinator leader`])
+    // the coordinators' PDB
+    expect(
+      broken((o) => {
+        const i = o.findIndex(
+          (x) => x.kind === 'PodDisruptionBudget' && x.metadata.name === 'shoal-coordinator',
+        )
+        o.splice(i, 1)
+      }),
+    ).toEqual(['no PodDisruptionBudget covers the coordinators'])
+    expect(broken((o) => (get(o, 'PodDisruptionBudget', 'shoal-coordinator').spec.minAvailable = 2))).toEqual(
+      [
+        'PodDisruptionBudget/shoal-coordinator: coordinators: minAvailable must be 1 (only the leader is ever ready)',
+      ],
+    )
+    expect(
+      broken((o) => {
+        const spec = get(o, 'PodDisruptionBudget', 'shoal-coordinator').spec
+        delete spec.minAvailable
+        spec.maxUnavailable = 1
+      }),
+    ).toEqual([
+      'PodDisruptionBudget/shoal-coordinator: coordinators: minAvailable must be 1 (only the leader is ever ready)',
+    ])
     // the pipeline's source, sink and Postgres
     const sinkEnv = (o: Obj[]): Container['env'] => worker(o).env!
     expect(
@@ -1253,52 +1572,181 @@ describe("the CLI knows the manifests' variables", () => {
 for (const variant of ['base', 'grpc'] as const) {
   describe(`k8s ${variant}: containers as real nodes, probed like the kubelet`, () => {
     const objs = rendered[variant]
-    const ports = new Map<number, number>()
-    const hosts: Record<string, string> = {
-      '0.0.0.0': '127.0.0.1',
-      'shoal-coordinator': '127.0.0.1',
-      'shoal-redis': '127.0.0.1',
-    }
+    const coord = shoalContainer(objs, 'coordinator')
+    const wk = shoalContainer(objs, 'worker')
+    const replicas = coordinatorReplicas(coord)!
+    /** StatefulSet pods: <name>-0, <name>-1, ... */
+    const pods = replicas.names.map((_, i) => `${coord.w.metadata.name}-${i}`)
+    const workerPod = `${wk.w.metadata.name}-5d8c7b9f4-x2x9z`
+    const endpoints: Endpoints = new Map()
+    const portsOf = (pod: string): Map<number, number> => endpoints.get(pod)!
+    const nodes = new Map<string, Proc>()
+    let workerNode: Proc | undefined
+    let leader = ''
     let dir = ''
+
+    const envOf = (c: Container, pod: string): Record<string, string> => {
+      const { env, errors } = resolveEnv(c, objs, fieldsFor(pod, '127.0.0.1'))
+      expect(errors).toEqual([])
+      return env
+    }
+    const startPod = (c: Container, pod: string): Proc =>
+      startProcess(process.execPath, devArgs(c), remapEnv(envOf(c, pod), portsOf(pod), endpoints))
+    /** A probe passes several times in a row, then once more within timeoutSeconds. */
+    async function probePasses(c: Container, pod: string, k: keyof Container & `${string}Probe`) {
+      const p = c[k] as Probe
+      for (let streak = 0; streak < 5; streak++) {
+        await waitForProbe(c, p, portsOf(pod), (pod === workerPod ? workerNode : nodes.get(pod))!)
+        if ((await runProbe(c, p, portsOf(pod))) !== undefined) streak = -1
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      expect(await runProbe(c, p, portsOf(pod)), `${pod} ${k}`).toBeUndefined()
+    }
+    /** Poll every coordinator pod's readiness probe until exactly one passes: the leader. */
+    async function waitForLeader(among: string[], timeoutMs = 20_000): Promise<string> {
+      const deadline = Date.now() + timeoutMs
+      for (;;) {
+        const why = await Promise.all(
+          among.map((pod) => runProbe(coord.c, coord.c.readinessProbe!, portsOf(pod))),
+        )
+        const ready = among.filter((_, i) => why[i] === undefined)
+        if (ready.length === 1) return ready[0]!
+        if (Date.now() > deadline)
+          throw new Error(
+            `no single ready coordinator after ${timeoutMs} ms: ${among.map((p, i) => `${p}: ${why[i] ?? 'ready'}`).join(', ')}\n` +
+              among.map((p) => nodes.get(p)?.output().slice(-4000) ?? '').join('\n'),
+          )
+        await new Promise((r) => setTimeout(r, 100))
+      }
+    }
+    /** The leader's /status (with the token) once the worker is its only member and serves everything. */
+    async function waitWorkerServed(leaderPod: string, timeoutMs = 30_000): Promise<void> {
+      const token = envOf(coord.c, leaderPod).SHOAL_TOKEN!
+      const deadline = Date.now() + timeoutMs
+      let last = ''
+      for (;;) {
+        try {
+          const res = await fetch(
+            `http://127.0.0.1:${portsOf(leaderPod).get(PORTS.coordinator.http)}/status`,
+            {
+              headers: { authorization: `Bearer ${token}` },
+              signal: AbortSignal.timeout(1000),
+            },
+          )
+          const st = (await res.json()) as {
+            coordinator: { partitions: number }
+            members: { id: string; state: string; readyPartitions: number }[]
+            assignment: { owners: (string | null)[] }
+          }
+          const alive = st.members.filter((m) => m.state === 'alive')
+          if (
+            alive.length === 1 &&
+            st.assignment.owners.every((o) => o === alive[0]!.id) &&
+            alive[0]!.readyPartitions === st.coordinator.partitions
+          )
+            return
+          last = JSON.stringify(st.members.map((m) => [m.id, m.state, m.readyPartitions]))
+        } catch (err) {
+          last = (err as Error).message
+        }
+        if (Date.now() > deadline)
+          throw new Error(
+            `${leaderPod} does not serve the worker after ${timeoutMs} ms: ${last}\n${workerNode?.output().slice(-6000)}`,
+          )
+        await new Promise((r) => setTimeout(r, 100))
+      }
+    }
+    /** A standby: started and alive, never ready, its transport port closed. */
+    async function expectStandby(pod: string): Promise<void> {
+      for (const k of ['startupProbe', 'livenessProbe'] as const) await probePasses(coord.c, pod, k)
+      expect(await runProbe(coord.c, coord.c.readinessProbe!, portsOf(pod)), `${pod} readiness`).toBeDefined()
+      const res = await fetch(`http://127.0.0.1:${portsOf(pod).get(PORTS.coordinator.http)}/readyz`)
+      expect(res.status).toBe(503)
+      expect(await res.json()).toMatchObject({ role: 'standby', leader: { id: leader } })
+      const open = await new Promise<boolean>((resolve) => {
+        const sock = connect(portsOf(pod).get(PORTS.coordinator.transport)!, '127.0.0.1', () => {
+          sock.destroy()
+          resolve(true)
+        })
+        sock.on('error', () => resolve(false))
+      })
+      expect(open, `${pod}: a standby's transport port is closed`).toBe(false)
+    }
 
     beforeAll(async () => {
       expect(existsSync(MAIN_TS), 'src/cli/main.ts does not exist yet').toBe(true)
       dir = mkdtempSync(join(tmpdir(), `shoal-k8s-${variant}-`))
-      ports.set(6379, await startRedis(dir))
-      for (const p of [7400, 7401, 7410, 7411]) ports.set(p, await freePort())
+      endpoints.set('shoal-redis', new Map([[6379, await startRedis(dir)]]))
+      // every coordinator pod under its stable name (the headless Service's per-pod records)
+      for (const [i, pod] of pods.entries()) {
+        const ports = new Map([
+          [PORTS.coordinator.transport, await freePort()],
+          [PORTS.coordinator.http, await freePort()],
+        ])
+        endpoints.set(pod, ports)
+        endpoints.set(replicas.names[i]!, ports)
+      }
+      endpoints.set(
+        workerPod,
+        new Map([
+          [PORTS.worker.transport, await freePort()],
+          [PORTS.worker.http, await freePort()],
+        ]),
+      )
+      // podManagementPolicy: Parallel: every replica at once
+      for (const pod of pods) nodes.set(pod, startPod(coord.c, pod))
     }, 30_000)
     afterAll(async () => {
       await stopAll()
       if (dir) rmSync(dir, { recursive: true, force: true })
     })
 
-    for (const role of ['coordinator', 'worker'] as const) {
-      it(`${role}: startup, liveness and readiness probes succeed within their timeouts`, async () => {
-        const { w, c } = shoalContainer(objs, role)
-        const { env, errors } = resolveEnv(
-          c,
-          objs,
-          fieldsFor(`${w.metadata.name}-5d8c7b9f4-x2x9z`, '127.0.0.1'),
-        )
-        expect(errors).toEqual([])
-        const node = startProcess(process.execPath, devArgs(c), remapEnv(env, ports, hosts))
-        const probes = (['startupProbe', 'livenessProbe', 'readinessProbe'] as const).filter(
-          (k) => c[k] !== undefined,
-        )
-        expect(probes).toEqual(expect.arrayContaining(['livenessProbe', 'readinessProbe']))
-        for (const k of probes) {
-          // Readiness may drop briefly after it first passes: a worker that just joined is
-          // ready with no partitions, then restores the ones it is assigned. Wait until it
-          // has passed several times in a row.
-          for (let streak = 0; streak < 5; streak++) {
-            await waitForProbe(c, c[k]!, ports, node)
-            if ((await runProbe(c, c[k]!, ports)) !== undefined) streak = -1
-            await new Promise((r) => setTimeout(r, 100))
-          }
-          // once up, a single attempt succeeds within timeoutSeconds, as the kubelet requires
-          expect(await runProbe(c, c[k]!, ports), `${role} ${k}`).toBeUndefined()
-        }
-      }, 60_000)
-    }
+    it('coordinator replicas: startup and liveness pass on each; readiness on exactly one, the leader', async () => {
+      expect(pods.length).toBe(2)
+      for (const pod of pods)
+        for (const k of ['startupProbe', 'livenessProbe'] as const) await probePasses(coord.c, pod, k)
+      leader = await waitForLeader(pods)
+      // stays that way; once up, a single readiness attempt succeeds within timeoutSeconds
+      for (let i = 0; i < 10; i++) {
+        expect(await waitForLeader(pods, 1000)).toBe(leader)
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      await probePasses(coord.c, leader, 'readinessProbe')
+      for (const pod of pods.filter((p) => p !== leader)) await expectStandby(pod)
+    }, 60_000)
+
+    it('worker: joins through SHOAL_COORDINATOR (every replica); startup, liveness and readiness pass', async () => {
+      expect(envOf(wk.c, workerPod).SHOAL_COORDINATOR!.split(',')).toHaveLength(pods.length)
+      workerNode = startPod(wk.c, workerPod)
+      const probes = (['startupProbe', 'livenessProbe', 'readinessProbe'] as const).filter(
+        (k) => wk.c[k] !== undefined,
+      )
+      expect(probes).toEqual(expect.arrayContaining(['livenessProbe', 'readinessProbe']))
+      // Readiness may drop briefly after it first passes: a worker that just joined is ready
+      // with no partitions, then restores the ones it is assigned (probePasses waits for a streak).
+      for (const k of probes) await probePasses(wk.c, workerPod, k)
+      await waitWorkerServed(leader)
+    }, 60_000)
+
+    it('deleting the leader pod: it exits 0 in its grace period, a standby turns ready, the worker follows, the new pod stands by', async () => {
+      const old = nodes.get(leader)!
+      const grace =
+        ((coord.w.spec.template.spec.terminationGracePeriodSeconds as number | undefined) ?? 30) * 1000
+      old.child.kill('SIGTERM')
+      const exit = await Promise.race([
+        old.exited,
+        new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), grace).unref()),
+      ])
+      expect(exit, old.output()).toEqual({ code: 0, signal: null })
+      const previous = leader
+      leader = await waitForLeader(pods.filter((p) => p !== previous))
+      await probePasses(coord.c, leader, 'readinessProbe')
+      await waitWorkerServed(leader)
+      await probePasses(wk.c, workerPod, 'readinessProbe')
+      // the StatefulSet recreates the pod under the same name: it stands by
+      nodes.set(previous, startPod(coord.c, previous))
+      await expectStandby(previous)
+      expect(await waitForLeader(pods, 1000)).toBe(leader)
+    }, 90_000)
   })
 }

@@ -1,13 +1,15 @@
 /**
  * Topology run (issue 7): `docker compose up --scale worker=3` emulated with one network
- * namespace per service instance (redis, coordinator, worker-1..N) plus one for a client, each
- * service started with the command and environment docker-compose.yml gives it. Needs root.
+ * namespace per service instance (redis, coordinator-a, coordinator-b, worker-1..N) plus one for
+ * a client, each service started with the command and environment docker-compose.yml gives it.
+ * Needs root.
  *
  *   npm run test:topology          # or: node --import tsx test/topology/run.ts
  *
  * Checks, in order (each printed as it passes; a PASS/FAIL summary and the exit code at the end):
- *  1. the cluster forms: `shoal status` from the client host shows the compose replica count of
- *     workers alive, every partition assigned and ready, each worker advertising <hostname>:7410;
+ *  1. the cluster forms: one coordinator replica leads (ready), the others stand by (healthy, not
+ *     ready); `shoal status` from the client host shows the compose replica count of workers
+ *     alive, every partition assigned and ready, each worker advertising <hostname>:7410;
  *  2. `shoal send` from the client host, then `shoal state get` and `shoal state dump`: exact
  *     per-key {count, sum} (the built-in count job);
  *  3. scale to 5 workers (`--scale worker=5`), send more, exact state;
@@ -79,7 +81,10 @@ const service = (name: string): ComposeService => {
   return s
 }
 const REDIS = service('redis')
-const COORDINATOR = service('coordinator')
+/** The coordinator replicas (services whose command is `coordinator`), by name. */
+const COORDINATORS = Object.keys(compose.services)
+  .filter((n) => asList(compose.services[n]!.command)[0] === 'coordinator')
+  .sort()
 const WORKER = service('worker')
 const CLI_SERVICE = service('cli')
 const REPLICAS = WORKER.deploy?.replicas ?? 1
@@ -151,7 +156,9 @@ async function waitHealthy(host: string, s: ComposeService, timeoutMs = 40_000):
   if (argv === null) throw new Error(`${host}: the service has no healthcheck`)
   const deadline = performance.now() + timeoutMs
   for (;;) {
-    const r = await topo.exec(host, local(argv), { env: containerEnv(s), cwd: ROOT, timeoutMs: 5000 })
+    // The image runs compiled JS; here every probe compiles the CLI with tsx first, which takes
+    // seconds on a busy machine (and several services are probed at once): allow for that.
+    const r = await topo.exec(host, local(argv), { env: containerEnv(s), cwd: ROOT, timeoutMs: 15_000 })
     if (r.code === 0) return
     const p = procs.get(host)
     if (p?.exit != null) throw new Error(`${host} exited (${JSON.stringify(p.exit)})\n${tail(host)}`)
@@ -400,49 +407,100 @@ async function check(name: string, fatal: boolean, f: () => Promise<string>): Pr
     log(`FAIL  ${name} (${seconds.toFixed(1)} s, at ${elapsed()})\n      ${detail}`)
     if (fatal) {
       aborted = true
-      log(`      logs: ${LOG_DIR}/<host>.log; last lines of the coordinator's:\n${tail('coordinator', 15)}`)
+      log(`      logs: ${LOG_DIR}/<host>.log; last lines of the leader's:\n${tail(leaderHost, 15)}`)
     }
   }
 }
+
+/**
+ * `shoal probe http` against a coordinator replica's own HTTP port, inside its host: exit 0
+ * serving (200), 4 not serving (503).
+ */
+async function probeCoordinator(host: string, path: '/healthz' | '/readyz'): Promise<number | null> {
+  const s = service(host)
+  const port = portOf(envOf(s).SHOAL_HTTP)
+  const r = await topo.exec(host, [...CLI, 'probe', 'http', `http://127.0.0.1:${port}${path}`], {
+    env: containerEnv(s),
+    cwd: ROOT,
+    timeoutMs: 15_000,
+  })
+  return r.code
+}
+
+/** Poll every replica's /readyz until exactly one is ready (the leader); the others are not. */
+async function waitLeader(timeoutMs = 20_000): Promise<string> {
+  const deadline = performance.now() + timeoutMs
+  for (;;) {
+    const codes = await Promise.all(COORDINATORS.map((c) => probeCoordinator(c, '/readyz')))
+    const ready = COORDINATORS.filter((_, i) => codes[i] === 0)
+    if (ready.length === 1 && codes.every((c) => c === 0 || c === 4)) return ready[0]!
+    for (const c of COORDINATORS) {
+      const p = procs.get(c)
+      if (p?.exit != null) throw new Error(`${c} exited (${JSON.stringify(p.exit)})\n${tail(c)}`)
+    }
+    if (performance.now() > deadline)
+      throw new Error(
+        `no single leader: /readyz probes exited ${COORDINATORS.map((c, i) => `${c} ${codes[i]}`).join(', ')}`,
+      )
+    await sleep(300)
+  }
+}
+
+/** The replica that leads now (its log has the fencing lines, its /status the cluster). */
+let leaderHost = COORDINATORS[0] ?? 'coordinator'
 
 async function run(): Promise<void> {
   const workerAddr = (i: number): string => `worker-${i}:${portOf(envOf(WORKER).SHOAL_LISTEN)}`
   let partitions = 256
 
-  await check(`compose up: redis, coordinator, ${REPLICAS} workers; the cluster forms`, true, async () => {
-    topo.up()
-    topo.addHost('redis', ['redis'])
-    topo.addHost('coordinator', ['coordinator'])
-    topo.addHost('cli', ['cli'])
-    // A machine outside the compose network, like the Docker host: it reaches the coordinator
-    // (the published port) but cannot resolve the workers' container names.
-    topo.addHost('outside', [], ['coordinator'])
-    // compose's start order: each service once the services it depends on are healthy
-    await dependenciesHealthy(REDIS)
-    startRedis()
-    await dependenciesHealthy(COORDINATOR)
-    start('coordinator', COORDINATOR, serviceArgv(COORDINATOR))
-    await dependenciesHealthy(WORKER)
-    for (let i = 1; i <= REPLICAS; i++) startWorker(i)
-    const s = await waitStatus(
-      `${REPLICAS} workers, all partitions assigned`,
-      (s) => settled(s, REPLICAS),
-      40_000,
-    )
-    partitions = s.coordinator.partitions
-    const addrs = alive(s)
-      .map((m) => m.dataAddress)
-      .sort()
-    const want = Array.from({ length: REPLICAS }, (_, i) => workerAddr(i + 1)).sort()
-    if (JSON.stringify(addrs) !== JSON.stringify(want))
-      throw new Error(`workers advertise ${addrs.join(', ')}, expected ${want.join(', ')}`)
-    await Promise.all(
-      Array.from({ length: REPLICAS }, (_, i) => waitHealthy(`worker-${i + 1}`, WORKER, 10_000)),
-    )
-    const table = await cli(['status'])
-    log(table.stdout.replace(/^/gm, '      | ').trimEnd())
-    return `${summary(s)}; advertised ${addrs.join(', ')}; worker healthchecks pass; ${await workerDns()}`
-  })
+  await check(
+    `compose up: redis, coordinators ${COORDINATORS.join(', ')}, ${REPLICAS} workers; the cluster forms`,
+    true,
+    async () => {
+      if (COORDINATORS.length < 2)
+        throw new Error(`docker-compose.yml runs ${COORDINATORS.length} coordinator replicas, expected 2`)
+      topo.up()
+      topo.addHost('redis', ['redis'])
+      for (const c of COORDINATORS) topo.addHost(c, [c])
+      topo.addHost('cli', ['cli'])
+      // A machine outside the compose network, like the Docker host: it reaches the coordinators
+      // (the published ports) but cannot resolve the workers' container names.
+      topo.addHost('outside', [], COORDINATORS)
+      // compose's start order: each service once the services it depends on are healthy
+      await dependenciesHealthy(REDIS)
+      startRedis()
+      // the replicas together (each depends on redis only); one takes the lease
+      for (const c of COORDINATORS) await dependenciesHealthy(service(c))
+      for (const c of COORDINATORS) start(c, service(c), serviceArgv(service(c)))
+      await dependenciesHealthy(WORKER) // every coordinator's healthcheck (/healthz): standbys too
+      leaderHost = await waitLeader()
+      const standbys = COORDINATORS.filter((c) => c !== leaderHost).map(
+        (c) => `${c} standing by (healthy, /readyz 503)`,
+      )
+      for (let i = 1; i <= REPLICAS; i++) startWorker(i)
+      const s = await waitStatus(
+        `${REPLICAS} workers, all partitions assigned`,
+        (s) => settled(s, REPLICAS),
+        40_000,
+      )
+      partitions = s.coordinator.partitions
+      const addrs = alive(s)
+        .map((m) => m.dataAddress)
+        .sort()
+      const want = Array.from({ length: REPLICAS }, (_, i) => workerAddr(i + 1)).sort()
+      if (JSON.stringify(addrs) !== JSON.stringify(want))
+        throw new Error(`workers advertise ${addrs.join(', ')}, expected ${want.join(', ')}`)
+      await Promise.all(
+        Array.from({ length: REPLICAS }, (_, i) => waitHealthy(`worker-${i + 1}`, WORKER, 10_000)),
+      )
+      const table = await cli(['status'])
+      log(table.stdout.replace(/^/gm, '      | ').trimEnd())
+      return (
+        `${leaderHost} leads, ${standbys.join(', ')}; ${summary(s)}; advertised ${addrs.join(', ')}; ` +
+        `worker healthchecks pass; ${await workerDns()}`
+      )
+    },
+  )
 
   await check('shoal send, then exact state (state get + state dump)', false, async () => {
     const sent = await send(EVENTS_PER_BATCH)
@@ -450,7 +508,7 @@ async function run(): Promise<void> {
   })
 
   await check(
-    'from outside the network (only the coordinator resolves): send and state get through the gateway',
+    'from outside the network (only the coordinators resolve): send and state get through the gateway',
     false,
     async () => {
       const r = await topo.exec('outside', [...CLI, 'send', '-'], {
@@ -550,7 +608,7 @@ async function run(): Promise<void> {
 
   await check(`heal ${victim}'s link: it rejoins, every partition assigned again; send`, true, async () => {
     const t = performance.now()
-    const coordLogAt = logOf('coordinator').length
+    const coordLogAt = logOf(leaderHost).length
     const victimLogAt = logOf(victim).length
     topo.setLink(victim, true)
     const s = await waitStatus(
@@ -565,7 +623,7 @@ async function run(): Promise<void> {
     const healS = ((performance.now() - t) / 1000).toFixed(1)
     const back = alive(s).find((x) => x.dataAddress === workerAddr(2))!
     const how = back.id === victimId ? `the same member id ${victimId} rejoined` : `a new member ${back.id}`
-    const fencedCoord = logOf('coordinator').slice(coordLogAt).includes('rejoining worker was fenced')
+    const fencedCoord = logOf(leaderHost).slice(coordLogAt).includes('rejoining worker was fenced')
     const fencedWorker = logOf(victim)
       .slice(victimLogAt)
       .includes('fenced: partitions moved to another worker')
@@ -612,11 +670,11 @@ function teardown(): void {
 }
 
 async function stopAll(): Promise<void> {
-  // compose down: workers first (they drain), then the coordinator, then redis; KILL after 3 s each
+  // compose down: workers first (they drain), then the coordinators, then redis; KILL after 3 s each
   const all = [...procs.values()]
   const groups = [
     all.filter((p) => p.host.startsWith('worker')),
-    all.filter((p) => p.host === 'coordinator'),
+    all.filter((p) => COORDINATORS.includes(p.host)),
     all.filter((p) => p.host === 'redis'),
   ]
   for (const group of groups) {
