@@ -231,12 +231,22 @@ async function awaitLeadership(
       view: standby.view,
     }),
   })
+  // A standby holds nothing: on SIGTERM/SIGINT it just leaves (as PID 1 in a container, a signal
+  // without a handler would be ignored until the grace period ends).
+  const leave = (signal: NodeJS.Signals): void => {
+    log.info({ signal }, 'standby stopping')
+    void Promise.allSettled([lease.stop(), http.close(), backend.close()]).then(() => process.exit(0))
+  }
+  process.on('SIGTERM', leave)
+  process.on('SIGINT', leave)
   out(JSON.stringify({ shoal: 'standby', role: 'coordinator', nodeId: cfg.nodeId, http: http.address }))
   log.info({ http: http.address }, 'coordinator standby: waiting for the leader lease')
   const elected = new Promise<number>((resolve) => lease.once('elected', resolve))
   lease.start()
   const epoch = await elected
   clearInterval(refreshTimer)
+  process.off('SIGTERM', leave)
+  process.off('SIGINT', leave)
   const previous = await view.read().catch(() => null)
   await http.close()
   log.info(
@@ -283,6 +293,7 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
       .catch((err: unknown) => log.debug({ err }, 'warm view not written'))
   }
   coordinator = new Coordinator({
+    nodeId: cfg.nodeId,
     ...(ha === null
       ? {}
       : {

@@ -44,6 +44,8 @@ import {
 export type MemberState = 'alive' | 'suspect' | 'dead' | 'left'
 
 export interface CoordinatorOptions {
+  /** Shown in status (replicas of an HA pair tell themselves apart by it). @default 'coordinator' */
+  nodeId?: string
   transport: Transport
   listen: ListenAddress
   /** Key groups; fixed for the life of the cluster. @default 256 */
@@ -220,10 +222,13 @@ export class Coordinator extends EventEmitter<{
   'member-left': [id: string]
   assignment: [assignment: Assignment]
 }> {
-  readonly #opts: Required<Omit<CoordinatorOptions, 'hooks' | 'leadership' | 'expectedMembers'>> & {
+  readonly #opts: Required<
+    Omit<CoordinatorOptions, 'hooks' | 'leadership' | 'expectedMembers' | 'nodeId'>
+  > & {
     hooks: CoordinatorHooks
   }
   readonly #leadership: { readonly epoch: number; readonly valid: boolean } | undefined
+  readonly #nodeId: string
   readonly #expected: ReadonlySet<string>
   /** The leadership epoch stamped on what this coordinator sends (0 without HA). */
   get #leader(): number {
@@ -278,6 +283,7 @@ export class Coordinator extends EventEmitter<{
       hooks: options.hooks ?? {},
     }
     this.#leadership = options.leadership
+    this.#nodeId = options.nodeId ?? 'coordinator'
     this.#expected = new Set(options.expectedMembers ?? [])
     this.#log = options.logger
     this.#assignment = emptyAssignment(partitions, options.epochFloor ?? 0)
@@ -456,7 +462,7 @@ export class Coordinator extends EventEmitter<{
               sinks: this.#definition.sinks && [...this.#definition.sinks],
             },
       coordinator: {
-        nodeId: 'coordinator',
+        nodeId: this.#nodeId,
         address: this.#listener?.address ?? '',
         transport: this.#opts.transport.name,
         ready: this.readiness().ok,
