@@ -948,13 +948,15 @@ export class ShoalClient {
 
   /**
    * Between query attempts: rethrow what must not be retried, else wait. Nothing to wait for
-   * when the routing table already moved the query; otherwise fetch the table and back off.
+   * when the routing table already moved the query; otherwise back off, with the table fetched
+   * at most twice per requestTimeoutMs: many queries retrying while partitions restore would
+   * otherwise ask the coordinator back to back (the pushes bring every change anyway).
    */
   async #beforeRetry(err: unknown, attempt: number, started: number): Promise<void> {
     if (!isRetryableQueryError(err)) throw err
     if (this.#closed || performance.now() - started > this.#opts.queryTimeoutMs) throw err
     if (err instanceof RoutedAwayError) return
-    await this.#refreshRouting()
+    await this.#checkRouting()
     // Short steps: a restoring partition serves again within a second or two, and the
     // requests are small (a dump is repeated only once its owner serves what was missing).
     await sleep(Math.min(100, this.#opts.retryDelayMs * attempt))
