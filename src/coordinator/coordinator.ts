@@ -327,10 +327,15 @@ export class Coordinator extends EventEmitter<{
 
   /** Ready: listening and past the recovery window (the assignment is authoritative). */
   readiness(): { ok: boolean; detail: Record<string, unknown> } {
-    const ok = this.#listener !== null && !this.#recovering && !this.#stopping
+    const ok = this.#listener !== null && !this.#recovering && !this.#stopping && this.#leads
     return {
       ok,
-      detail: { listening: this.#listener !== null, recovering: this.#recovering, stopping: this.#stopping },
+      detail: {
+        listening: this.#listener !== null,
+        recovering: this.#recovering,
+        stopping: this.#stopping,
+        ...(this.#leadership === undefined ? {} : { leaseValid: this.#leads }),
+      },
     }
   }
 
@@ -586,7 +591,9 @@ export class Coordinator extends EventEmitter<{
   }
 
   #onWorkerMessage(conn: Connection, member: Member | null, env: Envelope): Member | undefined {
-    if (!this.#leads) {
+    // Heartbeats only record liveness: taken even while the lease is in doubt, so a leader that
+    // resumes does not declare everyone dead for the heartbeats it refused.
+    if (!this.#leads && env.kind !== 'heartbeat') {
       throw new ShoalError(ErrorCodes.NOT_LEADER, 'this coordinator no longer leads; follow the leader', {
         retryable: true,
       })

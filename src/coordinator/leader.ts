@@ -156,10 +156,11 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
   }
 
   async #renew(): Promise<void> {
-    if (!this.valid) {
-      this.#depose('the lease may have expired (renewals failed or this process was paused)')
-      return
-    }
+    // Past the safety margin (a stall, slow renewals) the leader stops acting (`valid` is false)
+    // but is deposed only if the lease is no longer its own: the fenced renewal below succeeds
+    // only while the key still holds this leader's value, which means nobody else held it in
+    // between (a lease that expired, or was taken and released, no longer does). So a single
+    // coordinator survives a stall of its event loop, and a replaced one never resumes.
     const sentAt = performance.now()
     let renewed: number
     try {
@@ -167,12 +168,15 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
         this.#redis as unknown as { shoalLeaseRenew(k: string, v: string, ttl: number): Promise<number> }
       ).shoalLeaseRenew(this.#key, this.#value, this.#ttl)
     } catch {
-      // Keep leading while the lease is still valid by our clock; the next step decides.
-      if (!this.valid) this.#depose('Redis unreachable: could not renew the lease in time')
+      // Not acting once past the margin (valid is false); the next renewal decides.
       return
     }
     if (renewed !== 1) {
-      this.#depose('another coordinator holds the lease')
+      this.#depose(
+        performance.now() - this.#validFrom >= this.#ttl - this.#safety
+          ? 'the lease expired (renewals failed, Redis was unreachable or this process was paused)'
+          : 'another coordinator holds the lease',
+      )
       return
     }
     this.#validFrom = sentAt
