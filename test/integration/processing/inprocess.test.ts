@@ -62,6 +62,8 @@ async function cluster(
       c.readiness().ok &&
       c.status().members.every((m) => m.partitions > 0 && m.readyPartitions === m.partitions),
     'cluster ready',
+    // Threads start on a shared 2-core CI machine: setup may take a while (not what is tested).
+    20_000,
   )
   return { c, nodes }
 }
