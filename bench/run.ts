@@ -31,6 +31,7 @@ const REGISTRY: Record<string, () => Promise<{ default: Benchmark }>> = {
   failover: () => import('./macro/failover.ts'),
   connectors: () => import('./macro/connectors.ts'),
   'pg-write-behind': () => import('./macro/pg-write-behind.ts'),
+  windows: () => import('./macro/windows.ts'),
 }
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))

@@ -72,7 +72,7 @@ import {
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 const SELF = fileURLToPath(import.meta.url)
-const KEYS = 100_000
+export const KEYS = 100_000
 /** The client's default batch size (ShoalClientOptions.batchSize). */
 const BATCH = 1000
 const GOAL_RATE = 1_000_000
@@ -81,11 +81,11 @@ const MAX_FRAME_BYTES = 8 * 1024 * 1024
 /** One in this many events of the rate run is timed. */
 const SAMPLE_EVERY = 16
 
-type TransportName = 'tcp' | 'grpc'
+export type TransportName = 'tcp' | 'grpc'
 
 // --- the workload (client and ceiling sender build the same events) -----------------------------
 
-function keyOf(i: number): string {
+export function keyOf(i: number): string {
   return `user-${String(i).padStart(6, '0')}`
 }
 
@@ -116,7 +116,7 @@ interface Listening {
   http: string
 }
 
-interface NodeProc {
+export interface NodeProc {
   child: ChildProcess
   info: Listening
   /** stderr lines (warnings and errors: nodes run at --log-level warn). */
@@ -128,8 +128,8 @@ function nodeFlags(): string[] {
   return (process.env.E2E_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f.length > 0)
 }
 
-async function startNode(args: string[]): Promise<NodeProc> {
-  const child = spawn(process.execPath, ['--import', 'tsx', ...nodeFlags(), MAIN, ...args], {
+export async function startNode(args: string[], flags: string[] = []): Promise<NodeProc> {
+  const child = spawn(process.execPath, ['--import', 'tsx', ...nodeFlags(), ...flags, MAIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: process.env,
   })
@@ -154,7 +154,7 @@ async function startNode(args: string[]): Promise<NodeProc> {
   return proc
 }
 
-async function stopNode(p: NodeProc): Promise<void> {
+export async function stopNode(p: NodeProc): Promise<void> {
   const c = p.child
   if (c.exitCode !== null || c.signalCode !== null) return
   const exited = once(c, 'exit')
@@ -164,7 +164,7 @@ async function stopNode(p: NodeProc): Promise<void> {
   clearTimeout(t)
 }
 
-interface Cluster {
+export interface Cluster {
   coordinator: NodeProc
   workers: NodeProc[]
   stop(): Promise<void>
@@ -175,8 +175,27 @@ async function httpJson<T>(hostPort: string, path: string): Promise<T> {
   return (await r.json()) as T
 }
 
-async function startCluster(transport: TransportName, workers: number, threads: number): Promise<Cluster> {
+/** What else the workers get (the e2e benchmark itself runs the built-in `count` job, no sink). */
+export interface ClusterExtras {
+  /** --job for every worker (a built-in name or a job file). @default 'count' */
+  job?: string
+  /** --sink URLs for every worker. */
+  sinks?: string[]
+  /** Extra node flags for the workers only (e.g. --cpu-prof). */
+  workerFlags?: string[]
+}
+
+export async function startCluster(
+  transport: TransportName,
+  workers: number,
+  threads: number,
+  extras: ClusterExtras = {},
+): Promise<Cluster> {
   const common = ['--transport', transport, '--log-level', 'warn']
+  const workerArgs = [
+    ...(extras.job === undefined ? [] : ['--job', extras.job]),
+    ...(extras.sinks ?? []).flatMap((s) => ['--sink', s]),
+  ]
   const coordinator = await startNode([
     'coordinator',
     '--listen',
@@ -194,18 +213,22 @@ async function startCluster(transport: TransportName, workers: number, threads: 
     ws.push(
       ...(await Promise.all(
         Array.from({ length: workers }, () =>
-          startNode([
-            'worker',
-            '--coordinator',
-            coordinator.info.address,
-            '--listen',
-            '127.0.0.1:0',
-            '--http',
-            '127.0.0.1:0',
-            '--threads',
-            String(threads),
-            ...common,
-          ]),
+          startNode(
+            [
+              'worker',
+              '--coordinator',
+              coordinator.info.address,
+              '--listen',
+              '127.0.0.1:0',
+              '--http',
+              '127.0.0.1:0',
+              '--threads',
+              String(threads),
+              ...common,
+              ...workerArgs,
+            ],
+            extras.workerFlags,
+          ),
         ),
       )),
     )
@@ -232,7 +255,7 @@ async function startCluster(transport: TransportName, workers: number, threads: 
 }
 
 /** Busy and total jiffies of the whole machine (Linux), to see load from other processes. */
-async function machineCpu(): Promise<{ busy: number; total: number } | null> {
+export async function machineCpu(): Promise<{ busy: number; total: number } | null> {
   try {
     const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0]!
     const f = line.trim().split(/\s+/).slice(1).map(Number)
@@ -245,7 +268,7 @@ async function machineCpu(): Promise<{ busy: number; total: number } | null> {
 }
 
 /** Process RSS and CPU seconds of a worker, from its /metrics. */
-async function workerProcessMetrics(w: NodeProc): Promise<{ rss: number; cpu: number }> {
+export async function workerProcessMetrics(w: NodeProc): Promise<{ rss: number; cpu: number }> {
   const text = await (await fetch(`http://${w.info.http}/metrics`)).text()
   const num = (name: string): number =>
     Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? NaN)
@@ -253,7 +276,7 @@ async function workerProcessMetrics(w: NodeProc): Promise<{ rss: number; cpu: nu
 }
 
 /** Polls the workers' metrics while `during` runs: peak RSS and CPU used per worker. */
-async function watchWorkers<T>(
+export async function watchWorkers<T>(
   workers: NodeProc[],
   during: () => Promise<T>,
 ): Promise<{ result: T; peakRss: number[]; endRss: number[]; cpuSeconds: number[] }> {
