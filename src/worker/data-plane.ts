@@ -451,6 +451,9 @@ export class DataPlane implements PartitionHost {
               payload: packr.pack([tick.now, tick.idle]),
               count: 0,
             })
+      // Handled where the chain reaches it; until then a rejection must not be "unhandled" (Node
+      // would end the process when Redis goes away).
+      logged?.catch(() => {})
       const handed = rt.chain.then(async () => {
         const off = logged === null ? rt.appliedOffset : await logged
         if (this.#partitions.get(partition) !== rt) {
@@ -885,6 +888,9 @@ export class DataPlane implements PartitionHost {
               payload: b.payload,
               count: b.count,
             })
+      // Handled where the chain reaches it; until then a rejection must not be "unhandled" (Node
+      // would end the process when Redis goes away: found by the chaos suite).
+      logged?.catch(() => {})
       // Hand batches to the engine in log order, each once its append resolved.
       const handed = rt.chain.then(async () => {
         const offset = logged === null ? rt.appliedOffset : await logged
