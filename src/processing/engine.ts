@@ -123,6 +123,7 @@ export class Engine {
   #events = 0
   #closed = false
   #info: Promise<JobInfo> | undefined
+  #taskEnded: (() => void) | undefined
 
   constructor(options: EngineOptions = {}) {
     this.job = options.job ?? 'count'
@@ -256,6 +257,16 @@ export class Engine {
   }
   #end(): void {
     if (--this.#inFlight === 0) this.#busyMs += performance.now() - this.#busySince
+    this.#taskEnded?.()
+  }
+
+  /**
+   * Called after every task (batch, snapshot, load, drop, query) finished: a reader waiting for
+   * the engine to have room (DataPlane) must hear about each, not only about batches, or it
+   * can wait for ever once the last tasks in flight were not batches.
+   */
+  onTaskEnd(listener: () => void): void {
+    this.#taskEnded = listener
   }
 
   /** Send the lane's waiting batches (up to the task bounds) as one task. */

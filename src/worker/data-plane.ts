@@ -224,6 +224,9 @@ export class DataPlane implements PartitionHost {
     this.#engine = options.engine
     this.#log = options.logger
     this.#maxInFlight = options.maxInFlightBatches ?? 4 * options.engine.threads
+    // Readers blocked on engine room are woken by any task's end (drops, snapshots, queries
+    // count toward inFlight too): found as a reader that waited for ever after a rebalance.
+    options.engine.onTaskEnd(() => this.#room())
     this.#replaySlotsFree = Math.max(
       1,
       Math.min(REPLAY_SLOTS, Math.floor(options.engine.maxQueuePerThread / 2)),
