@@ -294,18 +294,16 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
   }
   coordinator = new Coordinator({
     nodeId: cfg.nodeId,
-    ...(ha === null
-      ? {}
-      : {
-          leadership: ha.lease,
-          expectedMembers: ha.expectedMembers,
-          // After a takeover, workers find this replica only after giving up on the old leader
-          // (a paused one still accepts connections): wait longer for them, but end as soon as
-          // every member of the previous leader's view is back (usually well before).
-          ...(ha.expectedMembers.length > 0
-            ? { recoveryWindowMs: cfg.heartbeatIntervalMs * cfg.heartbeatMisses * 4 }
-            : {}),
-        }),
+    // A restarted coordinator keeps partitions where they are only for the workers back within
+    // its recovery window: leave room for their reconnect backoff (up to max(500, 2 x interval))
+    // on a loaded host. It ends early once the members back claim every partition.
+    recoveryWindowMs:
+      cfg.recoveryWindowMs ??
+      // After a takeover, workers find this replica only after giving up on the old leader (a
+      // paused one still accepts connections): wait longer for them, but end as soon as every
+      // member of the previous leader's view is back (usually well before).
+      Math.max(cfg.heartbeatIntervalMs * cfg.heartbeatMisses * (ha?.expectedMembers.length ? 4 : 1), 2_000),
+    ...(ha === null ? {} : { leadership: ha.lease, expectedMembers: ha.expectedMembers }),
     epochFloor,
     transport,
     listen: cfg.listen,

@@ -743,8 +743,9 @@ export class ShoalClient {
     const dumped = new Set<string>()
     for (let attempt = 1; ; attempt++) {
       const routing = this.#routing
-      // An empty cluster has no state to give; otherwise every partition must answer.
-      if (routing.routes.every((r) => r === null)) return
+      // An empty cluster has no state to give; otherwise every partition must answer. A
+      // recovering coordinator's table is ownerless too, but its owners are on their way back.
+      if (routing.recovering !== true && routing.routes.every((r) => r === null)) return
       const wanted = new Map<string, { target: Target; partitions: number[] }>()
       for (let p = 0; p < routing.partitions; p++) {
         const t = seen.has(p) ? null : targetOf(routing, p)
@@ -1242,6 +1243,11 @@ export class ShoalClient {
 
   #onRouting(r: RoutingFields): void {
     if (r.epoch < this.#routing.epoch || r.partitions !== this.#routing.partitions) return
+    // A recovering coordinator (restarted, or a new leader) has no owners yet; the workers keep
+    // serving what they own meanwhile, so the last real table stays the better guide. The
+    // coordinator pushes its table once the owners are back.
+    const current = this.#routing
+    if (r.recovering === true && current.recovering !== true && current.routes.some((x) => x !== null)) return
     this.#routing = r
     this.#refreshedAt = performance.now()
     this.#reroute()

@@ -176,6 +176,12 @@ export interface CoordinatorConfig extends NodeConfigBase {
   readonly role: 'coordinator'
   readonly partitions: number
   readonly checkpointIntervalMs: number
+  /**
+   * After a restart or takeover: how long to wait for workers to rejoin and report what they
+   * own before partitions nobody claimed are assigned afresh (ends early once every partition
+   * is claimed). Default max(heartbeat interval x misses, 2000); x4 after an HA takeover.
+   */
+  readonly recoveryWindowMs: number | undefined
 }
 
 export interface WorkerConfig extends NodeConfigBase {
@@ -381,6 +387,15 @@ export const CONFIG_FIELDS = Object.freeze({
     true,
     'ms between checkpoints',
     '5000',
+  ),
+  recoveryWindowMs: f(
+    'recovery-window',
+    'SHOAL_RECOVERY_WINDOW_MS',
+    'string',
+    ['coordinator'],
+    true,
+    'ms a restarted coordinator waits for workers to report their partitions',
+    'max(2000, hb x misses)',
   ),
   durability: f(
     'durability',
@@ -708,6 +723,7 @@ export const CONFIG_LIMITS = Object.freeze({
   /** Under 30 s, Kubernetes' default terminationGracePeriodSeconds. */
   drainTimeoutMs: [1, 29_999],
   checkpointIntervalMs: [100, 3_600_000],
+  recoveryWindowMs: [0, 600_000],
   durabilityReplicas: [0, 100],
   durabilityTimeoutMs: [1, 60_000],
 } satisfies Record<string, readonly [number, number]>)
@@ -792,6 +808,8 @@ class Loader {
             ...node,
             partitions: this.#int('partitions', D.partitions),
             checkpointIntervalMs: this.#int('checkpointIntervalMs', D.checkpointIntervalMs),
+            recoveryWindowMs:
+              this.#raw('recoveryWindowMs') === undefined ? undefined : this.#int('recoveryWindowMs', 0),
           }
         }
         break

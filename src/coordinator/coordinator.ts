@@ -56,7 +56,11 @@ export interface CoordinatorOptions {
   heartbeatMisses?: number
   /** How long a live owner has to acknowledge a revoke before it is fenced. @default 5000 */
   revokeTimeoutMs?: number
-  /** Time after start to collect rejoining workers' ownership. @default interval * misses */
+  /**
+   * Time after start to collect rejoining workers' ownership (ends early once the members back
+   * claim every partition). Give it the workers' reconnect delay, or a restart moves partitions
+   * of the workers that come back late. @default interval * misses
+   */
   recoveryWindowMs?: number
   /**
    * The highest partition epoch already stored (read from the state backend at start): new
@@ -527,7 +531,16 @@ export class Coordinator extends EventEmitter<{
       addresses[owner] = m.dataAddress
       return { workerId: owner, epoch: a.epochs[p] ?? 0 }
     })
-    return { epoch: a.epoch, partitions: a.partitions, routes, addresses }
+    // Not authoritative yet (recovering, or not leading): an ownerless table here does not mean
+    // an empty cluster.
+    const recovering = this.#recovering || !this.#leads
+    return {
+      epoch: a.epoch,
+      partitions: a.partitions,
+      routes,
+      addresses,
+      ...(recovering ? { recovering } : {}),
+    }
   }
 
   /** Ask workers (all, or one) to pause or resume processing of some or all partitions. */
@@ -802,6 +815,9 @@ export class Coordinator extends EventEmitter<{
       const back = [...this.#expected].every((id) => this.#members.get(id)?.state === 'alive')
       if (back) queueMicrotask(() => this.#endRecovery())
     }
+    // Any restart: the members back claim every partition between them, so whoever is still
+    // missing owned nothing and waiting longer cannot change the assignment.
+    if (this.#recovering && this.#claimsCoverAll()) queueMicrotask(() => this.#endRecovery())
     // Partitions the assignment gives this worker but it did not report (it restarted, or an
     // assign was lost with the link) are sent again.
     if (!this.#recovering) this.#resendAssignments(member)
@@ -935,6 +951,19 @@ export class Coordinator extends EventEmitter<{
 
   // --- assignment --------------------------------------------------------------------------------
 
+  #claimsCoverAll(): boolean {
+    const claimed = new Uint8Array(this.#opts.partitions)
+    let n = 0
+    for (const m of this.#members.values()) {
+      if (!LIVE.has(m.state)) continue
+      for (const { partition } of m.reported) {
+        if (claimed[partition] === 0) n++
+        claimed[partition] = 1
+      }
+    }
+    return n === this.#opts.partitions
+  }
+
   #endRecovery(): void {
     if (!this.#recovering) return
     const P = this.#opts.partitions
@@ -979,6 +1008,9 @@ export class Coordinator extends EventEmitter<{
     )
     this.#opts.hooks.assignmentChanged?.(this.#assignment)
     for (const m of live) this.#resendAssignments(m)
+    // Subscribers (clients, gateways) got the ownerless table while recovering; the rebalance
+    // below publishes only if something moves.
+    this.#publishRouting()
     this.#rebalance('recovery finished')
   }
 
@@ -1063,6 +1095,10 @@ export class Coordinator extends EventEmitter<{
         },
       })
     }
+    this.#publishRouting()
+  }
+
+  #publishRouting(): void {
     const routing = this.routing()
     for (const c of this.#routingSubscribers)
       trySend(c, { kind: 'control', body: { op: 'routing', ...routing } })

@@ -87,6 +87,8 @@ export interface RoutingFields {
   routes: (RouteWire | null)[]
   /** Data address of every worker named in routes. */
   addresses: Record<string, string>
+  /** The coordinator is still rebuilding its assignment (after a restart or takeover). */
+  recovering?: boolean
 }
 
 function bad(op: string, field: string, expected: string, got: unknown): ProtocolError {
@@ -232,5 +234,15 @@ export function parseRouting(body: ControlBody): RoutingFields {
     }
     return { workerId: o.workerId, epoch: o.epoch as number }
   })
-  return { epoch, partitions, routes: out, addresses: addresses as Record<string, string> }
+  const recovering = (body as Record<string, unknown>).recovering
+  if (recovering !== undefined && typeof recovering !== 'boolean') {
+    throw bad(body.op, 'recovering', 'a boolean', recovering)
+  }
+  return {
+    epoch,
+    partitions,
+    routes: out,
+    addresses: addresses as Record<string, string>,
+    ...(recovering === true ? { recovering } : {}),
+  }
 }

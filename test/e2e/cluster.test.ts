@@ -7,8 +7,11 @@ import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import { fileURLToPath } from 'node:url'
 import { afterEach, describe, expect, it } from 'vitest'
+import { ShoalClient } from '../../src/client/client.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
+import { createTransport } from '../../src/transport/index.ts'
 import { freePort, killAll, startShoal, waitSettled, type ShoalProcess } from '../helpers/processes.ts'
+import { expectExactState, sendCounted, type Totals } from '../helpers/totals.ts'
 import { waitFor } from '../helpers/wait-for.ts'
 
 const run = promisify(execFile)
@@ -51,9 +54,10 @@ function ownersOf(s: ClusterStatus): Map<string, number[]> {
 for (const transport of ['tcp', 'grpc'] as const) {
   // Real processes: under a loaded CI machine starting a node takes seconds.
   describe(`cluster processes over ${transport}`, { timeout: 60_000 }, () => {
-    async function coordinator(port = 0): Promise<ShoalProcess> {
+    async function coordinator(port = 0, extra: string[] = []): Promise<ShoalProcess> {
       return startShoal([
         'coordinator',
+        ...extra,
         '--transport',
         transport,
         '--listen',
@@ -140,17 +144,37 @@ for (const transport of ['tcp', 'grpc'] as const) {
       expect(victim.logs.join('')).toMatch(/fenced/)
     })
 
-    it('a restarted coordinator gets every worker back with its partitions kept', async () => {
+    it('a restarted coordinator gets every worker back with its partitions kept; a client follows it', async () => {
       const port = await freePort()
       const c1 = await coordinator(port)
-      await Promise.all([worker(c1), worker(c1), worker(c1)])
-      const before = await settled(c1, 3)
-      c1.signal('SIGKILL')
-      await c1.exited
-      const c2 = await coordinator(port)
-      const after = await settled(c2, 3)
-      expect(after.assignment.owners).toEqual(before.assignment.owners)
-      expect(after.assignment.epoch).toBe(before.assignment.epoch)
+      const ws = await Promise.all([worker(c1), worker(c1), worker(c1)])
+      const before = await balanced(c1, 3)
+      const cl = await ShoalClient.connect({
+        coordinator: `127.0.0.1:${port}`,
+        transport: createTransport(transport, { nodeId: `restart-client-${transport}`, role: 'client' }),
+        retryDelayMs: 20,
+      })
+      try {
+        const expected: Totals = new Map()
+        sendCounted(cl, 0, 3000, expected, 300)
+        await cl.flush()
+        // One worker paused across the restart keeps the new coordinator recovering (its
+        // partitions are unclaimed) for as long as the test needs: the window is long.
+        ws[2].signal('SIGSTOP')
+        c1.signal('SIGKILL')
+        await c1.exited
+        const c2 = await coordinator(port, ['--recovery-window', '60000'])
+        await waitFor(async () => (await status(c2)).members.length === 2, 'two workers back')
+        // A dump while the coordinator recovers waits for the paused owner's partitions.
+        const dump = expectExactState(cl, expected)
+        ws[2].signal('SIGCONT')
+        await dump
+        const after = await settled(c2, 3)
+        expect(after.assignment.owners).toEqual(before.assignment.owners)
+        expect(after.assignment.epoch).toBe(before.assignment.epoch)
+      } finally {
+        await cl.close()
+      }
     })
 
     it('a worker whose processing threads burn 100% CPU is never declared dead', async () => {

@@ -187,10 +187,14 @@ describe('coordinator high availability', { timeout: 120_000 }, () => {
     // Each prints either its standby line or, leading, its listening line.
     const first = await Promise.race([pa.then((p) => p?.listening), pb.then((p) => p?.listening)])
     expect(first?.nodeId).toMatch(/^coord-[ab]$/)
-    await new Promise((resolve) => setTimeout(resolve, 1500))
-    const ready = await Promise.all(
-      [a.http, b.http].map((h) => fetch(`http://127.0.0.1:${h}/readyz`).then((r) => r.status)),
-    )
+    // The leader is ready once its recovery window is over (no workers to wait for here).
+    let ready: number[] = []
+    await waitFor(async () => {
+      ready = await Promise.all(
+        [a.http, b.http].map((h) => fetch(`http://127.0.0.1:${h}/readyz`).then((r) => r.status)),
+      )
+      return ready.includes(200)
+    }, 'a ready leader')
     expect(ready.filter((s) => s === 200)).toHaveLength(1)
     const r = new Redis(redis.port, redis.host, { db: db % 16 })
     const value = await r.get('shoal:coordinator:leader')

@@ -202,6 +202,42 @@ describe('cluster (in process, memory transport)', () => {
     for (const { log } of ws) expect(log.fenced).toEqual([])
   })
 
+  it('a restarted coordinator ends its recovery once the workers back claim every partition, and pushes the table', async () => {
+    const c1 = await coordinator()
+    const port = Number(c1.address.split(':')[1])
+    await Promise.all(['w1', 'w2'].map((id) => worker(c1, id)))
+    await settled(c1, ['w1', 'w2'])
+    const before = c1.assignment
+    await c1.stop({ timeoutMs: 200 })
+    // A window far longer than the test: only the full claim can end it.
+    const c2 = await coordinator(port, { recoveryWindowMs: 600_000 })
+    const client = await createMemoryTransport({ nodeId: 'cl', role: 'client' }).connect(c2.address)
+    cleanup.push(() => client.destroy())
+    const requests = new Requests()
+    const pushed: ReturnType<typeof parseRouting>[] = []
+    void (async () => {
+      for await (const env of client) {
+        if (requests.settle(env)) continue
+        if (env.kind === 'control' && env.body.op === 'routing') pushed.push(parseRouting(env.body))
+      }
+    })().catch(() => {})
+    const first = parseRouting(
+      (await requests.request(client, { kind: 'control', body: { op: 'routing' } }, 2000)).body as never,
+    )
+    if (c2.readiness().ok)
+      throw new Error('the workers were back before the client asked: no recovering table seen')
+    expect(first.recovering).toBe(true)
+    expect(first.routes.every((r) => r === null)).toBe(true)
+    await waitFor(() => c2.readiness().ok, 'recovery over long before its window')
+    expect(c2.assignment.owners).toEqual(before.owners)
+    await waitFor(
+      () => pushed.some((t) => t.recovering !== true),
+      'the rebuilt table pushed to the subscriber',
+    )
+    const table = pushed.find((t) => t.recovering !== true)!
+    expect(table.routes.map((r) => r?.workerId ?? null)).toEqual(before.owners)
+  })
+
   it('a worker whose link drops and comes back within the miss window keeps its partitions', async () => {
     const c = await coordinator()
     await worker(c, 'w1')

@@ -251,7 +251,11 @@ describe('precedence: flags > env > file > defaults', () => {
       'coordinator',
       opts([], { SHOAL_PARTITIONS: '9', SHOAL_CHECKPOINT_INTERVAL_MS: '700' }),
     )
-    expect([c.partitions, c.checkpointIntervalMs]).toEqual([9, 700])
+    expect([c.partitions, c.checkpointIntervalMs, c.recoveryWindowMs]).toEqual([9, 700, undefined])
+    const r = loadConfig('coordinator', opts(['--recovery-window', '30000'], {}))
+    expect(r.recoveryWindowMs).toBe(30_000)
+    expect(() => loadConfig('coordinator', opts(['--recovery-window', '-1'], {}))).toThrow(/recovery-window/)
+    expect(() => loadConfig('worker', opts(['--recovery-window', '10'], {}))).toThrow(/recovery-window/)
     const u = loadConfig('up', opts([], { SHOAL_WORKERS: '5', SHOAL_DEMO: 'yes' }))
     expect([u.workers, u.demo]).toEqual([5, true])
     const cl = loadConfig(
