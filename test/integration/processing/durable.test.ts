@@ -211,6 +211,49 @@ describe.each(['memory', 'redis', 'redis-cluster'] as const)(
       expect(c.status().checkpoints.last?.id).toBe(sp.id)
     })
 
+    it('a fence landing while a checkpoint waits never writes the dropped (empty) state', async () => {
+      const { c, nodes, cl, storeName } = await cluster(kind, 1)
+      const expected: Totals = new Map()
+      sendCounted(cl, 0, 2000, expected, 200, 'f')
+      await cl.flush()
+      expect((await c.checkpoint())!.keys).toBe(200)
+      const dp = nodes[0]!.dataPlane
+      const p = 3
+      // A full checkpoint (as after a failed one) asked, then the fence before its snapshot: the
+      // store still holds this owner's epoch, so only the data plane can refuse the write.
+      const cp = dp.checkpoint('raced', [p], true)
+      dp.fence(p)
+      expect(await cp).toEqual([])
+      const backend = await createStateBackend(storeName)
+      const store = await openPartitionStore(backend)
+      cleanup.push(async () => {
+        await store.close()
+        await backend.close()
+      })
+      const { checkpoint, state } = await readCheckpoint(store, p)
+      expect(checkpoint.checkpointId).not.toBe('raced')
+      expect(state.size).toBeGreaterThan(0) // 200 keys over 16 partitions: it had some
+    })
+
+    it('a fence landing while a partition restores stops the restore: the partition is not served', async () => {
+      const { c, nodes, cl } = await cluster(kind, 1)
+      const expected: Totals = new Map()
+      sendCounted(cl, 0, 2000, expected, 200, 'g')
+      await cl.flush()
+      await c.checkpoint()
+      const dp = nodes[0]!.dataPlane
+      const p = 5
+      const epoch = c.assignment.epochs[p]!
+      dp.fence(p)
+      const restoring = dp.restore(p, epoch)
+      dp.fence(p)
+      await expect(restoring).rejects.toMatchObject({ code: ErrorCodes.FENCED })
+      expect(dp.partitionsInFlight().map((x) => x.partition)).not.toContain(p)
+      // Restored again without a fence, it is whole.
+      await dp.restore(p, epoch)
+      expect(dp.partitionsInFlight().map((x) => x.partition)).toContain(p)
+    })
+
     it('a survivor restoring many partitions with long logs at once loses no replayed batch', async () => {
       // No checkpoint: every partition replays its whole log, hundreds of small batches each,
       // into engine threads whose queues hold only 16 tasks.
