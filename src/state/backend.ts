@@ -120,6 +120,17 @@ export class FencedError extends StateError {
   }
 }
 
+/** A claim for a coordinator older than the one whose assignment the stored owner holds. */
+export class LeaderFencedError extends StateError {
+  constructor(partition: number, leader: number, storedLeader: number) {
+    super(
+      ErrorCodes.FENCED,
+      `partition ${partition}: claim by leadership epoch ${leader} fenced off by a claim under leadership epoch ${storedLeader} (the assigning coordinator was deposed)`,
+      { data: { partition, leader, storedLeader } },
+    )
+  }
+}
+
 export function badKey(message: string, data?: Record<string, unknown>): StateError {
   return new StateError(ErrorCodes.STATE_BAD_KEY, message, data === undefined ? {} : { data })
 }

@@ -278,7 +278,7 @@ export class DataPlane implements PartitionHost {
 
   // --- PartitionHost -------------------------------------------------------------------------------
 
-  async restore(partition: number, epoch: number): Promise<void> {
+  async restore(partition: number, epoch: number, leader?: number): Promise<void> {
     // A fence while this runs drops the partition's engine state under it: what the restore
     // built afterwards would be a checkpoint's tail without its head. Stop instead.
     const fences = this.#fences.get(partition) ?? 0
@@ -301,7 +301,7 @@ export class DataPlane implements PartitionHost {
     const t0 = performance.now()
     const rt = newRuntime(epoch)
     // Fence the previous owner first: from here on its appends and checkpoints are refused.
-    await store.claim(partition, epoch)
+    await store.claim(partition, epoch, leader)
     const cp = await store.loadCheckpoint(partition)
     await this.#engine.drop(partition)
     let keys = 0
@@ -677,6 +677,10 @@ export class DataPlane implements PartitionHost {
     rt.checkpoints = run.catch(() => undefined)
     void rt.checkpoints.then(() => this.#room())
     return run
+  }
+
+  async claim(partition: number, epoch: number, leader: number): Promise<void> {
+    await this.#opts.store?.claim(partition, epoch, leader)
   }
 
   fence(partition: number): void {

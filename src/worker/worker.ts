@@ -26,8 +26,13 @@ import type { Connection, Listener, ListenAddress, Transport } from '../transpor
 
 /** What the data plane does when partitions arrive and leave. All methods may be slow. */
 export interface PartitionHost {
-  /** Load the partition's state (and replay its log) so it can serve at `epoch`. */
-  restore(partition: number, epoch: number): Promise<void>
+  /**
+   * Load the partition's state (and replay its log) so it can serve at `epoch`; `leader` is the
+   * leadership epoch of the coordinator that assigned it (coordinator HA; 0 without).
+   */
+  restore(partition: number, epoch: number, leader?: number): Promise<void>
+  /** Record in the state store that a newer leader confirmed this owner (kept on a rejoin). */
+  claim?(partition: number, epoch: number, leader: number): Promise<void>
   /** Stop serving: finish in-flight work and checkpoint. Called on revoke and drain. */
   release(partition: number, epoch: number): Promise<void>
   /** Drop the partition at once: it was fenced, another worker owns it now. */
@@ -485,6 +490,7 @@ export class Worker extends EventEmitter<{
       const kept = new Set(joined.kept.map((k) => k.partition))
       const lost = [...this.#owned.keys()].filter((p) => !kept.has(p))
       if (lost.length > 0) this.#fence(lost, 'not kept on rejoin')
+      if (leader > 0 && this.#host.claim !== undefined) this.#confirmKept(leader)
       this.#registered = true
       this.#heard = true
       this.#missed = 0
@@ -564,7 +570,8 @@ export class Worker extends EventEmitter<{
       case 'assign': {
         const a = parseAssign(body)
         this.#epoch = Math.max(this.#epoch, a.epoch)
-        void this.#enqueue(() => this.#assign(conn, a.partitions))
+        const by = typeof leader === 'number' ? leader : this.#leaderEpoch
+        void this.#enqueue(() => this.#assign(conn, a.partitions, by))
         return
       }
       case 'revoke': {
@@ -659,7 +666,7 @@ export class Worker extends EventEmitter<{
     return this.#work
   }
 
-  async #assign(conn: Connection, partitions: OwnedPartition[]): Promise<void> {
+  async #assign(conn: Connection, partitions: OwnedPartition[], leader: number): Promise<void> {
     if (this.#draining) {
       // Leaving: take nothing new. The coordinator moves these on when the leave arrives.
       this.#log.debug({ partitions: partitions.length }, 'draining; not taking assigned partitions')
@@ -670,7 +677,7 @@ export class Worker extends EventEmitter<{
     const ready: OwnedPartition[] = []
     await Promise.all(
       fresh.map(async ({ partition, epoch }) => {
-        if (await this.#restoreWithRetry(partition, epoch)) {
+        if (await this.#restoreWithRetry(partition, epoch, leader)) {
           const o = this.#owned.get(partition)
           if (o?.epoch === epoch) {
             o.state = 'ready'
@@ -698,10 +705,10 @@ export class Worker extends EventEmitter<{
    * with backoff for as long as the partition is still ours at this epoch. A non-retryable
    * failure (fenced by a newer epoch, corrupt state) leaves it not ready, and readiness false.
    */
-  async #restoreWithRetry(partition: number, epoch: number): Promise<boolean> {
+  async #restoreWithRetry(partition: number, epoch: number, leader: number): Promise<boolean> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await this.#host.restore(partition, epoch)
+        await this.#host.restore(partition, epoch, leader > 0 ? leader : undefined)
         return true
       } catch (err) {
         const retryable = err instanceof ShoalError && err.retryable
@@ -720,6 +727,31 @@ export class Worker extends EventEmitter<{
         if (this.#owned.get(partition)?.epoch !== epoch || this.#stopped) return false
       }
     }
+  }
+
+  /**
+   * Kept on a rejoin under coordinator HA: record the current leader with each kept partition's
+   * claim, so a deposed leader's late assignment of it cannot be claimed by another worker. A
+   * claim refused (a newer owner or leader got there first) fences the partition here.
+   */
+  #confirmKept(leader: number): void {
+    void this.#enqueue(async () => {
+      const host = this.#host
+      await Promise.all(
+        [...this.#owned].map(async ([partition, o]) => {
+          try {
+            await host.claim!(partition, o.epoch, leader)
+          } catch (err) {
+            if (err instanceof ShoalError && err.code === ErrorCodes.FENCED) {
+              if (this.#owned.get(partition) === o) this.#fence([partition], errorText(err))
+            } else {
+              // Redis down: the claim at restore time stands; the next rejoin tries again.
+              this.#log.warn({ err, partition }, 'could not confirm a kept partition with the new leader')
+            }
+          }
+        }),
+      )
+    })
   }
 
   async #revoke(partitions: OwnedPartition[]): Promise<OwnedPartition[]> {
@@ -821,4 +853,8 @@ function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
 function toSerialized(err: unknown): SerializedError {
   if (err instanceof ShoalError) return err.toJSON()
   return new ShoalError(ErrorCodes.INTERNAL, err instanceof Error ? err.message : String(err)).toJSON()
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err)
 }

@@ -152,6 +152,20 @@ describe('coordinator high availability', { timeout: 120_000 }, () => {
     await cl.close()
     const ready = await fetch(`http://127.0.0.1:${b.http}/readyz`)
     expect(ready.status).toBe(200)
+    // The state store records the new leader with every partition's claim (the workers confirm
+    // what they kept): a late assignment from the deposed leader can no longer be claimed.
+    const r = new Redis(redis.port, redis.host, { db: db % 16 })
+    try {
+      const lease = (await r.get('shoal:coordinator:leader')) ?? ''
+      const epoch = lease.split(' ')[1]
+      expect(epoch).toMatch(/^\d+$/)
+      await waitFor(async () => {
+        const leaders = await Promise.all(before.map((_, p) => r.get(`{shoal:p${p}}#leader`)))
+        return leaders.every((l) => l === epoch)
+      }, 'every partition claimed under the new leadership epoch')
+    } finally {
+      r.disconnect()
+    }
   })
 
   it('leader paused then resumed: the standby leads; the stale leader exits without changing anything', async () => {

@@ -124,8 +124,13 @@ export interface PartitionStore {
    * Record `epoch` as the partition's owner epoch before restoring, fencing every older owner:
    * their appends and checkpoints are refused from now on. FENCED if a newer epoch is stored.
    * Uses the same epoch record as StateBackend.fencedWrite.
+   *
+   * With `leader` (the leadership epoch of the coordinator that assigned the partition, under
+   * coordinator HA): also FENCED when a claim made for a newer leader is recorded, and the
+   * leader is recorded with the claim. A deposed coordinator's late assignment then cannot take
+   * a partition from an owner a newer leader confirmed.
    */
-  claim(partition: number, epoch: number): Promise<void>
+  claim(partition: number, epoch: number, leader?: number): Promise<void>
   /**
    * Append an accepted batch to the partition's replay log (call before acking the sender);
    * resolves with its offset once it is durable as configured. FENCED (nothing appended) when the

@@ -32,6 +32,7 @@ import { ErrorCodes } from '../../errors.ts'
 import { deferred, type Deferred } from '../../util/deferred.ts'
 import {
   FencedError,
+  LeaderFencedError,
   StateError,
   StateUnavailableError,
   validateEpoch,
@@ -95,6 +96,8 @@ class LocalEngine {
   /** Appends waiting for their partition to load or their epoch to be stored, in call order. */
   readonly appendGates = new Map<number, Promise<void>>()
   readonly epochs: Map<number, number>
+  /** Per partition: the leadership epoch of the newest claim (see PartitionStore.claim). */
+  readonly leaders = new Map<number, number>()
   readonly disk: DiskLog | undefined
 
   constructor(epochs: Map<number, number>, disk: DiskLog | undefined) {
@@ -185,14 +188,23 @@ class LocalPartitionStore implements PartitionStore {
     if (stored === undefined || stored < epoch) await this.#backend.fencedWrite(p, epoch, {})
   }
 
-  async claim(partition: number, epoch: number): Promise<void> {
+  async claim(partition: number, epoch: number, leader?: number): Promise<void> {
     this.#check()
     validatePartition(partition)
     validateEpoch(epoch)
+    if (leader !== undefined) validateEpoch(leader)
     await this.#engine.queue.run(partition, async () => {
       this.#check()
       await this.#engine.partition(partition)
+      // Leadership needs Redis state; here the record lives as long as the store (it keeps the
+      // contract for in-process clusters sharing one store).
+      const storedLeader = this.#engine.leaders.get(partition)
+      if (leader !== undefined && storedLeader !== undefined && storedLeader > leader) {
+        this.#checkFence(partition, epoch)
+        throw new LeaderFencedError(partition, leader, storedLeader)
+      }
       await this.#backend.fencedWrite(partition, epoch, {})
+      if (leader !== undefined) this.#engine.leaders.set(partition, leader)
     })
   }
 

@@ -72,9 +72,9 @@ export class PartitionedFileStore implements PartitionStore {
     return floor
   }
 
-  async claim(partition: number, epoch: number): Promise<void> {
+  async claim(partition: number, epoch: number, leader?: number): Promise<void> {
     this.#released.delete(partition)
-    await (await this.#get(partition)).claim(partition, epoch)
+    await (await this.#get(partition)).claim(partition, epoch, leader)
   }
   async appendBatch(partition: number, epoch: number, entry: LogAppend): Promise<number> {
     return (await this.#get(partition)).appendBatch(partition, epoch, entry)

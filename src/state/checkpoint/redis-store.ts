@@ -4,6 +4,7 @@
  *
  * ```
  * T#epoch        the fencing epoch (the same record StateBackend.fencedWrite uses)
+ * T#leader       the leadership epoch of the newest claim's coordinator (coordinator HA)
  * T#log          the replay log: a Stream, one entry per batch, IDs 0-1, 0-2, ... (offset = seq)
  *                fields p (producer id), s (sequence), n (event count), e (epoch), d (payload)
  * T#cp           the committed-checkpoint record (hash): id, offset, dedup (msgpack), epoch, at,
@@ -33,7 +34,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises'
 import { Cluster, type ChainableCommander } from 'ioredis'
 import { Packr } from 'msgpackr'
 import { ErrorCodes, ShoalError } from '../../errors.ts'
-import { FencedError, StateError, validateEpoch, validatePartition } from '../backend.ts'
+import { FencedError, LeaderFencedError, StateError, validateEpoch, validatePartition } from '../backend.ts'
 import { redisEpochKey, redisPartitionTag, toStateError, type RedisBackend } from '../redis/redis-backend.ts'
 import {
   KeyedQueue,
@@ -150,6 +151,20 @@ return {1, 'done', '0'}
 `
 
 /**
+ * KEYS: epoch, leader. ARGV: epoch, leader epoch.
+ * {1} claimed | {0, storedEpoch} fenced by a newer owner | {2, storedLeader} by a newer leader
+ */
+const CLAIM_LUA = `
+local stored = redis.call('GET', KEYS[1])
+if stored and tonumber(stored) > tonumber(ARGV[1]) then return {0, stored} end
+local leader = redis.call('GET', KEYS[2])
+if leader and tonumber(leader) > tonumber(ARGV[2]) then return {2, leader} end
+if leader ~= ARGV[2] then redis.call('SET', KEYS[2], ARGV[2]) end
+if stored ~= ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
+return {1}
+`
+
+/**
  * KEYS: record, log. ARGV: up-to offset. Trims to min(up-to, committed offset).
  * {trimmedTo, removed}
  */
@@ -163,6 +178,7 @@ return {upto, removed}
 
 type Reply = [number | string, ...(string | number)[]]
 interface Scripts {
+  shoalCpClaim(...args: string[]): Promise<Reply>
   shoalCpAppend(...args: (string | Buffer)[]): Promise<Reply>
   shoalCpCommit(...args: (string | Buffer)[]): Promise<Reply>
   shoalCpMerge(...args: string[]): Promise<Reply>
@@ -179,6 +195,7 @@ const YIELD_EVERY_CHUNKS = 8
 
 interface Keys {
   epoch: string
+  leader: string
   log: string
   record: string
   seg(gen: string): string
@@ -226,6 +243,7 @@ export class RedisPartitionStore implements PartitionStore {
     this.#stageTtlMs = options.stageTtlMs ?? 600_000
     this.#backgroundMerge = options.backgroundMerge ?? true
     this.#hooks = options.hooks ?? {}
+    this.#client.defineCommand('shoalCpClaim', { numberOfKeys: 2, lua: CLAIM_LUA })
     this.#client.defineCommand('shoalCpAppend', { numberOfKeys: 2, lua: APPEND_LUA })
     this.#client.defineCommand('shoalCpCommit', { numberOfKeys: 7, lua: COMMIT_LUA })
     this.#client.defineCommand('shoalCpMerge', { numberOfKeys: 5, lua: MERGE_LUA })
@@ -237,6 +255,7 @@ export class RedisPartitionStore implements PartitionStore {
     const tag = redisPartitionTag(this.#backend.prefix, partition)
     return {
       epoch: redisEpochKey(this.#backend.prefix, partition),
+      leader: `${tag}#leader`,
       log: `${tag}#log`,
       record: `${tag}#cp`,
       seg: (gen) => `${tag}#seg:${gen}`,
@@ -257,11 +276,19 @@ export class RedisPartitionStore implements PartitionStore {
     }
   }
 
-  claim(partition: number, epoch: number): Promise<void> {
+  claim(partition: number, epoch: number, leader?: number): Promise<void> {
     return this.#run('claim', async () => {
       validatePartition(partition)
       validateEpoch(epoch)
-      await this.#backend.fencedWrite(partition, epoch, {})
+      if (leader === undefined) {
+        await this.#backend.fencedWrite(partition, epoch, {})
+        return
+      }
+      validateEpoch(leader)
+      const k = this.#keys(partition)
+      const [ok, stored] = await this.#scripts.shoalCpClaim(k.epoch, k.leader, String(epoch), String(leader))
+      if (ok === 0) throw new FencedError(partition, epoch, Number(stored))
+      if (ok === 2) throw new LeaderFencedError(partition, leader, Number(stored))
     })
   }
 

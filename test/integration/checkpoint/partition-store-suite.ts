@@ -534,6 +534,31 @@ export function partitionStoreSuite(fixture: StoreFixture): void {
         expect((await readCheckpoint(old.store, 4)).checkpoint.checkpointId).toBe('new-1')
       })
 
+      it("a claim under a deposed coordinator's leadership epoch is refused once a newer leader's claim is recorded", async () => {
+        const prefix = uniquePrefix()
+        const a = await open(prefix)
+        const b = await peer(a, prefix)
+        // Leader 1 assigned partition 6 to a; leader 2 took over and confirmed a as its owner.
+        await a.store.claim(6, 3, 1)
+        await a.store.claim(6, 3, 2)
+        // The deposed leader 1's late assignment to b, even at a higher partition epoch: refused.
+        const refused = await expectCode(b.store.claim(6, 4, 1), ErrorCodes.FENCED)
+        expect(refused.data).toMatchObject({ partition: 6, leader: 1, storedLeader: 2 })
+        expect(await a.backend.getEpoch(6)).toBe(3)
+        await a.store.appendBatch(6, 3, { producerId: 'p', sequence: 1, payload: buf('a'), count: 1 })
+        // Leader 2 (or a newer one) moving it to b works, and fences a as usual.
+        await b.store.claim(6, 4, 2)
+        await expectCode(
+          a.store.appendBatch(6, 3, { producerId: 'p', sequence: 2, payload: buf('zombie'), count: 1 }),
+          ErrorCodes.FENCED,
+        )
+        await b.store.claim(6, 5, 3)
+        await expectCode(b.store.claim(6, 6, 2), ErrorCodes.FENCED)
+        // Without a leader (no HA) the leadership record is not consulted.
+        await b.store.claim(6, 6)
+        expect(await b.backend.getEpoch(6)).toBe(6)
+      })
+
       it('a checkpoint racing a claim either commits before it or is fenced', async () => {
         const prefix = uniquePrefix()
         const old = await open(prefix)
