@@ -189,7 +189,10 @@ async function awaitLeadership(
   log: Logger,
 ): Promise<{ lease: LeaderLease; expectedMembers: string[]; view: WarmView; close(): Promise<void> } | null> {
   if (cfg.state.kind !== 'redis') return null
-  const backend = await createStateBackend(cfg.state.url)
+  // The lease's own connection, reconnecting every 100 ms rather than with a growing backoff:
+  // renewals are 300 ms apart, so after a short Redis restart (from its AOF) the leader renews
+  // in time instead of being deposed (a takeover) by its own reconnect delay.
+  const backend = await createStateBackend(cfg.state.url, { retryDelay: () => 100 })
   const redis = (backend as RedisBackend).client
   // Under the backend's key prefix: clusters sharing a Redis have a leader each.
   const prefix = `${(backend as RedisBackend).prefix}:coordinator`
