@@ -49,7 +49,7 @@
 import { fork, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { createReadStream } from 'node:fs'
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -415,6 +415,16 @@ interface JobRun {
    * busy time from /proc/stat minus theirs): other processes, the coordinator, the kernel.
    */
   otherCores: number[]
+  /** CPU microseconds per event over the measured runs: the workers (all threads) and the client. */
+  workerUsPerEvent: number
+  clientUsPerEvent: number
+  /**
+   * Of workerUsPerEvent (Linux): the workers' main threads (network, replay log, sinks), their
+   * processing threads (the busiest threads after the main one, as many as --threads) and the
+   * rest (V8's GC and compiler helpers, libuv's pool).
+   */
+  mainUsPerEvent: number
+  processingUsPerEvent: number
   check: WindowCheck | null
   nodeLogLines: number
   nodeLogSample: string[]
@@ -448,8 +458,48 @@ interface LiveJob {
   plan: RunPlan[]
   measuredSeconds: number
   cpuSeconds: number[]
+  /** CPU seconds of the workers' main and processing threads over the measured runs (NaN without /proc). */
+  mainCpuSeconds: number
+  processingCpuSeconds: number
   busy: number
   total: number
+}
+
+/** CPU seconds of each thread of a process, by thread id (Linux /proc; empty elsewhere). */
+async function threadCpu(pid: number | undefined): Promise<Map<number, number>> {
+  const out = new Map<number, number>()
+  if (pid === undefined) return out
+  try {
+    for (const tid of await readdir(`/proc/${pid}/task`)) {
+      const text = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8').catch(() => null)
+      if (text === null) continue
+      // Fields after the command name (in parentheses, may hold spaces): utime 12th, stime 13th.
+      const f = text.slice(text.lastIndexOf(')') + 2).split(' ')
+      out.set(Number(tid), (Number(f[11]) + Number(f[12])) / 100) // USER_HZ is 100 on Linux
+    }
+  } catch {
+    // not Linux: no split
+  }
+  return out
+}
+
+/** Split a process's CPU between two samples: main thread, the `threads` busiest others. */
+function splitCpu(
+  pid: number | undefined,
+  before: Map<number, number>,
+  after: Map<number, number>,
+  threads: number,
+): { main: number; processing: number } {
+  if (after.size === 0) return { main: NaN, processing: NaN }
+  const others: number[] = []
+  let main = 0
+  for (const [tid, t] of after) {
+    const d = t - (before.get(tid) ?? 0)
+    if (tid === pid) main = d
+    else others.push(d)
+  }
+  others.sort((a, b) => b - a)
+  return { main, processing: others.slice(0, threads).reduce((a, b) => a + b, 0) }
 }
 
 /** Start the job's cluster and client and send the warm-up run. */
@@ -471,6 +521,10 @@ async function openJob(job: JobName, o: JobOptions): Promise<LiveJob> {
       workerCpuPct: [],
       machineBusyCores: NaN,
       otherCores: [],
+      workerUsPerEvent: NaN,
+      clientUsPerEvent: NaN,
+      mainUsPerEvent: NaN,
+      processingUsPerEvent: NaN,
       check: null,
       nodeLogLines: 0,
       nodeLogSample: [],
@@ -482,6 +536,8 @@ async function openJob(job: JobName, o: JobOptions): Promise<LiveJob> {
     plan: [],
     measuredSeconds: 0,
     cpuSeconds: cluster.workers.map(() => 0),
+    mainCpuSeconds: 0,
+    processingCpuSeconds: 0,
     busy: 0,
     total: 0,
   }
@@ -510,10 +566,18 @@ function planRun(live: LiveJob, events: number, perMinute: number): RunCommand {
 async function measureJob(live: LiveJob, o: JobOptions, label: string): Promise<void> {
   if (o.settle) await waitForIdle()
   const c0 = await machineCpu()
+  const pids = live.cluster.workers.map((w) => w.child.pid)
+  const threads0 = await Promise.all(pids.map(threadCpu))
   const watched = await watchWorkers(live.cluster.workers, () =>
     live.client.ask(planRun(live, o.events, o.perMinute), 'run'),
   )
   const c1 = await machineCpu()
+  const threads1 = await Promise.all(pids.map(threadCpu))
+  pids.forEach((pid, i) => {
+    const split = splitCpu(pid, threads0[i]!, threads1[i]!, o.threads)
+    live.mainCpuSeconds += split.main
+    live.processingCpuSeconds += split.processing
+  })
   const m = watched.result
   let other = NaN
   if (c0 !== null && c1 !== null) {
@@ -540,6 +604,11 @@ async function closeJob(live: LiveJob, o: JobOptions): Promise<JobRun> {
   const out = live.out
   out.workerCpuPct = live.cpuSeconds.map((s) => Math.round((s / live.measuredSeconds) * 100))
   out.machineBusyCores = live.total > 0 ? (live.busy / live.total) * os.availableParallelism() : NaN
+  const events = out.runs.reduce((a, m) => a + m.events, 0)
+  out.workerUsPerEvent = (live.cpuSeconds.reduce((a, b) => a + b, 0) / events) * 1e6
+  out.clientUsPerEvent = (out.runs.reduce((a, m) => a + (m.cpuPct / 100) * m.seconds, 0) / events) * 1e6
+  out.mainUsPerEvent = (live.mainCpuSeconds / events) * 1e6
+  out.processingUsPerEvent = (live.processingCpuSeconds / events) * 1e6
   try {
     await live.client.stop()
   } finally {
@@ -719,6 +788,13 @@ const benchmark: Benchmark = {
         r.peakRssMiB.join(' / '),
         r.workerCpuPct.map((c) => `${c}%`).join(' / '),
         `${median(r.runs.map((m) => m.cpuPct)).toFixed(0)}%`,
+        `${r.workerUsPerEvent.toFixed(2)} + ${r.clientUsPerEvent.toFixed(2)}`,
+        `${r.mainUsPerEvent.toFixed(2)} / ${r.processingUsPerEvent.toFixed(2)} / ${(r.workerUsPerEvent - r.mainUsPerEvent - r.processingUsPerEvent).toFixed(2)}`,
+        count === undefined
+          ? '-'
+          : fmtPct(
+              (count.workerUsPerEvent + count.clientUsPerEvent) / (r.workerUsPerEvent + r.clientUsPerEvent),
+            ),
         `${median(r.otherCores).toFixed(2)} (${Math.max(...r.otherCores).toFixed(2)})`,
         r.check === null ? '-' : r.check.ok ? 'ok' : 'FAILED',
       ])
@@ -768,6 +844,9 @@ const benchmark: Benchmark = {
               'worker peak RSS MiB',
               'worker CPU',
               'client CPU',
+              'CPU µs/event workers + client',
+              'of which workers main / processing / other threads',
+              'count CPU / this',
               'other cores (max)',
               'results',
             ],
@@ -811,6 +890,12 @@ const benchmark: Benchmark = {
             'the coordinator, the kernel and other processes',
           'runs are interleaved (count, tumbling, sliding, count, ...) on clusters that stay up; each run vs count ' +
             'compares run r of a job with run r of count',
+          'CPU µs/event: CPU time of the workers (all threads) and of the client over the measured runs per event; ' +
+            "workers main / processing / other threads (Linux /proc): the workers' main threads (network, replay, " +
+            'sinks), their processing threads (the busiest threads after the main one, as many as --threads) and the ' +
+            "rest (V8's GC and compiler helpers, libuv's pool); " +
+            "count CPU / this: the throughput ratio to expect where Shoal's processes get the whole machine and are " +
+            'CPU-bound (less sensitive to other load than the rates)',
           ...results
             .filter((r) => r.nodeLogLines > 0)
             .map(

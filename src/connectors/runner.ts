@@ -151,7 +151,8 @@ export class SinkRunner {
   readonly #logger: Logger | undefined
 
   #state: SinkRunnerState = 'starting'
-  #queue: Item[] = []
+  /** Items before #head are written (their slots emptied); #head.. wait for the writer. */
+  #queue: (Item | undefined)[] = []
   #head = 0
   #buffered = 0
   #pushedSeq = 0
@@ -361,6 +362,9 @@ export class SinkRunner {
   }
 
   #complete(chunk: Item[]): void {
+    // Let written records go now: the array is compacted only once most of it is written, and
+    // behind a backlog that can take a while (a burst of window results held ~100k of them).
+    this.#queue.fill(undefined, this.#head, this.#head + chunk.length)
     this.#head += chunk.length
     if (this.#head > 1024 && this.#head * 2 > this.#queue.length) {
       this.#queue = this.#queue.slice(this.#head)

@@ -50,6 +50,27 @@ describe('NdjsonFileSink', () => {
     expect(sink.accepts).toEqual({ events: true, state: false })
   })
 
+  it('writes each line as JSON.stringify writes the record object (odd events and keys too)', async () => {
+    const path = join(root, 'exact.ndjson')
+    const sink = new NdjsonFileSink(path)
+    await sink.open()
+    const records: [string, string, unknown][] = [
+      ['s', 'k', undefined],
+      ['s"q', 'k\n\u2028é', () => 1],
+      ['s', '', null],
+      ['s', 'k', { d: new Date(0), n: [1.5, -0, NaN, 1e21], u: undefined, s: 'x"y' }],
+      ['s', 'k', 'text'],
+    ]
+    await sink.writeEvents([{ partition: 0, offset: null, firstIndex: 0, records }])
+    await sink.close()
+    const expected = records
+      .map(([stream, key, event], index) =>
+        JSON.stringify({ stream, key, partition: 0, event, offset: null, index }),
+      )
+      .join('\n')
+    expect(readFileSync(path, 'utf8')).toBe(`${expected}\n`)
+  })
+
   it('rejects a record that is not JSON (SINK_REJECTED) and writes nothing of its chunk', async () => {
     const path = join(root, 'bigint.ndjson')
     const sink = new NdjsonFileSink(path)

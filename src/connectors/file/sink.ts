@@ -101,6 +101,30 @@ function line(fields: Record<string, unknown>): string {
   }
 }
 
+/**
+ * An emitted record's line: the same text as `line({ stream, key, partition, event, offset,
+ * index })`, without that object: one allocation and one JSON.stringify call fewer per record,
+ * which is most of what a busy sink of small records (window results) costs its worker.
+ */
+function eventLine(
+  stream: string,
+  key: string,
+  partition: number,
+  event: unknown,
+  offset: number | null,
+  index: number,
+): string {
+  let ev: string | undefined
+  try {
+    ev = JSON.stringify(event)
+  } catch {
+    return line({ stream, key, partition, event, offset, index }) // throws SINK_REJECTED
+  }
+  // JSON.stringify leaves out a property whose value it cannot write (undefined, a function).
+  const evField = ev === undefined ? '' : `,"event":${ev}`
+  return `{"stream":${JSON.stringify(stream)},"key":${JSON.stringify(key)},"partition":${JSON.stringify(partition)}${evField},"offset":${JSON.stringify(offset)},"index":${JSON.stringify(index)}}\n`
+}
+
 export class NdjsonFileSink implements Sink {
   readonly name: string
   readonly accepts = { events: true, state: false } as const
@@ -137,16 +161,11 @@ export class NdjsonFileSink implements Sink {
   async writeEvents(batches: readonly EmittedBatch[]): Promise<void> {
     let text = ''
     for (const b of batches) {
-      b.records.forEach(([stream, key, event], i) => {
-        text += line({
-          stream,
-          key,
-          partition: b.partition,
-          event,
-          offset: b.offset,
-          index: b.firstIndex + i,
-        })
-      })
+      const records = b.records
+      for (let i = 0; i < records.length; i++) {
+        const r = records[i]!
+        text += eventLine(r[0], r[1], b.partition, r[2], b.offset, b.firstIndex + i)
+      }
     }
     if (text !== '') await this.#out.append(text)
   }

@@ -37,7 +37,13 @@ interface Win {
 interface Entry {
   key: string
   state: unknown
+  /** In #changed (only while change tracking is on). */
   dirty: boolean
+  /**
+   * Deleted since the last snapshot, kept in #entries as a tombstone (change tracking on): the
+   * snapshot reports it deleted, and a key that comes back reuses it instead of another entry.
+   */
+  gone: boolean
   /** Windowed jobs: open windows (and fired ones within lateness), by start. */
   wins: Win[] | null
   /** Pending event-time / processing-time timers (small, unsorted). */
@@ -77,8 +83,18 @@ export class TimedPartition {
   readonly #idleMs: number | undefined
   readonly #ttl: number | undefined
   readonly #entries = new Map<string, Entry>()
+  /**
+   * Change tracking for incremental snapshots, on from the first `load` or `snapshot`. Before
+   * either, nothing of this partition can be in a checkpoint (a restore loads the checkpoint
+   * first), so the first snapshot takes every live key and no deletion needs remembering: a
+   * partition that is never checkpointed (memory state) tracks nothing and cannot grow a
+   * change list as windows open and close.
+   */
+  #tracking = false
+  /** Entries changed or deleted since the last snapshot, each once (dirty). */
   #changed: Entry[] = []
-  #deleted = new Set<string>()
+  /** Tombstones in #entries (all of them in #changed). */
+  #gone = 0
   readonly #eventQ = new TimeQueue()
   readonly #procQ = new TimeQueue()
   /** Meta: watermark, its base for idleness, the processing clock. */
@@ -160,7 +176,7 @@ export class TimedPartition {
 
   /** Keys held (the reserved time key not counted). */
   get size(): number {
-    return this.#entries.size
+    return this.#entries.size - this.#gone
   }
 
   // --- the log: batches and ticks ------------------------------------------------------------------
@@ -240,7 +256,8 @@ export class TimedPartition {
       e = {
         key,
         state: undefined,
-        dirty: true,
+        dirty: false,
+        gone: false,
         wins: null,
         etimers: null,
         ptimers: null,
@@ -248,17 +265,28 @@ export class TimedPartition {
         ttlAt: -1,
       }
       this.#entries.set(key, e)
-      this.#changed.push(e)
-      this.#deleted.delete(key)
+      this.#touch(e)
+    } else if (e.gone) {
+      // Deleted since the last snapshot and back: the tombstone (in #changed already) lives again.
+      e.gone = false
+      e.active = this.#clock
+      this.#gone--
     }
     return e
   }
 
   #touch(e: Entry): void {
-    if (!e.dirty) {
+    if (!e.dirty && this.#tracking) {
       e.dirty = true
       this.#changed.push(e)
     }
+  }
+
+  /** Track changes from now on; the live keys count as changed (nothing is checkpointed yet). */
+  #startTracking(): void {
+    if (this.#tracking) return
+    this.#tracking = true
+    for (const e of this.#entries.values()) this.#touch(e)
   }
 
   #keyedEvent(i: number, key: string, event: unknown): void {
@@ -308,7 +336,7 @@ export class TimedPartition {
       const created = w === null
       if (w === null) {
         w = { start, end, acc: this.#job.init(key), fired: false, events: null }
-        insertWindow((e.wins ??= []), w)
+        addWindow(e, w)
       }
       if (!this.#fold(i, key, w, event, e)) {
         // Dead-lettered: windows it was folded into already keep it; a window made for it goes.
@@ -334,7 +362,7 @@ export class TimedPartition {
       return
     }
     const e = this.#entryFor(key)
-    const wins = (e.wins ??= [])
+    const wins: readonly Win[] = e.wins ?? NO_WINDOWS
     // Windows that overlap or touch [ts, ts + gap), oldest first (wins is sorted by start).
     let first = -1
     let count = 0
@@ -359,9 +387,9 @@ export class TimedPartition {
         fired: false,
         events: this.#job.merge ? null : [],
       }
-      insertWindow(wins, created)
+      addWindow(e, created)
       w = created
-      undo = () => removeWindow(wins, created)
+      undo = () => removeWindow(e.wins!, created)
     } else if (count === 1) {
       // The event falls into or extends one session: no merge, no refold.
       const one = wins[first]!
@@ -380,7 +408,8 @@ export class TimedPartition {
       }
     } else {
       // The event bridges sessions: one window with their states combined.
-      const merged = wins.splice(first, count)
+      const all = e.wins!
+      const merged = all.splice(first, count)
       const combined: Win = { start, end, acc: undefined, fired: false, events: null }
       this.#win = combined
       this.#entry = e
@@ -406,21 +435,21 @@ export class TimedPartition {
         }
       } catch (err) {
         this.#ts = ts
-        wins.splice(first, 0, ...merged)
+        all.splice(first, 0, ...merged)
         this.#dead(i, key, errorText(err))
         return
       }
-      insertWindow(wins, combined)
+      insertWindow(all, combined)
       w = combined
       undo = () => {
-        removeWindow(wins, combined)
-        wins.splice(first, 0, ...merged)
+        removeWindow(all, combined)
+        all.splice(first, 0, ...merged)
       }
     }
     if (!this.#fold(i, key, w, event, e)) {
       // Dead-lettered: the windows stay as they were before the event.
       undo()
-      if (wins.length === 0) this.#delete(e)
+      if (e.wins === null || e.wins.length === 0) this.#delete(e)
       return
     }
     if (w.events !== null) w.events.push([this.#arrivals++, event])
@@ -483,7 +512,7 @@ export class TimedPartition {
         const key = bucket.keys[k]!
         const kind = bucket.kinds[k]!
         const e = this.#entries.get(key)
-        if (e === undefined) continue
+        if (e === undefined || e.gone) continue
         if (kind === EVENT_TIMER) {
           this.#fireTimer(e, bucket.t, false)
           continue
@@ -517,7 +546,7 @@ export class TimedPartition {
         const k = order[n]!
         const key = bucket.keys[k]!
         const e = this.#entries.get(key)
-        if (e === undefined) continue
+        if (e === undefined || e.gone) continue
         if (bucket.kinds[k] === PROC_TIMER) {
           this.#fireTimer(e, bucket.t, true)
           continue
@@ -591,9 +620,20 @@ export class TimedPartition {
   }
 
   #delete(e: Entry): void {
-    if (this.#entries.get(e.key) !== e) return
-    this.#entries.delete(e.key)
-    this.#deleted.add(e.key)
+    if (e.gone || this.#entries.get(e.key) !== e) return
+    if (!this.#tracking) {
+      this.#entries.delete(e.key)
+      return
+    }
+    // A tombstone until the next snapshot reports the key deleted; it holds nothing meanwhile.
+    e.gone = true
+    e.state = undefined
+    e.wins = null
+    e.etimers = null
+    e.ptimers = null
+    e.ttlAt = -1
+    this.#gone++
+    this.#touch(e)
   }
 
   #dead(index: number, key: string, error: string): void {
@@ -605,11 +645,13 @@ export class TimedPartition {
   /** What `get`/`dump` show for a key: its state, or a windowed key's windows. */
   view(key: string): unknown {
     const e = this.#entries.get(key)
-    return e === undefined ? undefined : this.#viewOf(e)
+    return e === undefined || e.gone ? undefined : this.#viewOf(e)
   }
 
   dump(): [string, unknown][] {
-    return Array.from(this.#entries.values(), (e) => [e.key, this.#viewOf(e)])
+    const all: [string, unknown][] = []
+    for (const e of this.#entries.values()) if (!e.gone) all.push([e.key, this.#viewOf(e)])
+    return all
   }
 
   #viewOf(e: Entry): unknown {
@@ -622,18 +664,23 @@ export class TimedPartition {
    * the partition's time under TIME_KEY. Clears the change tracking (as the plain runtime does).
    */
   snapshot(full: boolean): { entries: [string, unknown][]; deleted: string[] } {
+    if (full) this.#tracking = true
+    else this.#startTracking()
     const entries: [string, unknown][] = []
-    const source = full ? this.#entries.values() : this.#changed
-    for (const e of source) {
+    const deleted: string[] = []
+    for (const e of this.#changed) {
       e.dirty = false
-      if (this.#entries.get(e.key) !== e) continue // deleted since
-      entries.push([e.key, this.#stored(e)])
+      if (this.#entries.get(e.key) !== e) continue // replaced by a load
+      if (e.gone) {
+        // The tombstone goes; an incremental checkpoint deletes the key (a full one lacks it).
+        this.#entries.delete(e.key)
+        if (!full) deleted.push(e.key)
+      } else if (!full) entries.push([e.key, this.#stored(e)])
     }
-    for (const e of this.#changed) e.dirty = false
+    this.#gone = 0
+    if (full) for (const e of this.#entries.values()) entries.push([e.key, this.#stored(e)])
     entries.push([TIME_KEY, new PartitionTime(this.#wm, this.#base, this.#clock, this.#arrivals)])
-    const deleted = full ? [] : [...this.#deleted]
     this.#changed = []
-    this.#deleted = new Set()
     return { entries, deleted }
   }
 
@@ -645,6 +692,7 @@ export class TimedPartition {
 
   /** Restore one checkpointed key (or the partition's time), queueing its deadlines again. */
   load(key: string, value: unknown): void {
+    this.#startTracking()
     if (key === TIME_KEY) {
       if (value instanceof PartitionTime) {
         this.#wm = value.watermark
@@ -655,10 +703,12 @@ export class TimedPartition {
       return
     }
     const v = value instanceof TimedValue ? value : new TimedValue(value, null, null, null, this.#clock)
+    if (this.#entries.get(key)?.gone === true) this.#gone--
     const e: Entry = {
       key,
       state: v.state,
       dirty: false,
+      gone: false,
       wins:
         v.windows === null
           ? null
@@ -684,8 +734,9 @@ export class TimedPartition {
   /** Forget everything (a `load` with replace). */
   clear(): void {
     this.#entries.clear()
+    this.#tracking = false
     this.#changed = []
-    this.#deleted = new Set()
+    this.#gone = 0
     this.#eventQ.clear()
     this.#procQ.clear()
     this.#wm = -Infinity
@@ -715,6 +766,14 @@ function findWindow(wins: Win[] | null, start: number): Win | null {
   if (wins === null) return null
   for (let i = 0; i < wins.length; i++) if (wins[i]!.start === start) return wins[i]!
   return null
+}
+
+const NO_WINDOWS: readonly Win[] = Object.freeze([])
+
+/** Add a window to a key's, in start order; a key's first window gets an array of exactly one. */
+function addWindow(e: Entry, w: Win): void {
+  if (e.wins === null || e.wins.length === 0) e.wins = [w]
+  else insertWindow(e.wins, w)
 }
 
 function insertWindow(wins: Win[], w: Win): void {
