@@ -7,8 +7,9 @@
  *
  * With network namespaces (root and a working `ip netns`), each worker runs on a "host" of its
  * own (test/topology/netns.ts: one namespace per worker on a bridge in a switch namespace) and
- * the runner's own namespace gets one veth into that bridge (10.79.0.1), where Redis and the
- * coordinators are reached. A partition takes the worker's eth0 down. Without namespaces
+ * the runner's own namespace gets one veth into that bridge (10.79.0.1), where Redis is
+ * reached; the two coordinator replicas get hosts of their own the same way. A partition takes
+ * the node's eth0 down. Without namespaces
  * everything is on 127.0.0.1 and partitions are not available (the runner says why).
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
@@ -28,6 +29,7 @@ export const PARTITIONS = 32
 export const CHECKPOINT_MS = 500
 export const WORKERS = 3
 export const STREAM = 'chaos-events'
+export const COORDINATORS = ['coord-a', 'coord-b'] as const
 export const GROUP = 'shoal'
 const REDIS_PASSWORD = 'chaos'
 
@@ -79,8 +81,10 @@ export function setUpNetns(enabled: boolean): Netns | { skipped: string } {
     ipCmd(['-n', topo.switchNs, 'link', 'set', 'p-runner', 'up'])
     ipCmd(['addr', 'add', `${HOST_IP}/24`, 'dev', HOST_IF])
     ipCmd(['link', 'set', HOST_IF, 'up'])
-    // Addresses .10 and up go to the hosts (Topology numbers them in order).
+    // Addresses .10 and up go to the hosts (Topology numbers them in order); the coordinator
+    // replicas get hosts too, so the leader can be cut off.
     for (let i = 0; i < WORKERS; i++) topo.addHost(`w${i}`)
+    for (const c of COORDINATORS) topo.addHost(c)
     return { topo, hostIp: HOST_IP }
   } catch (err) {
     const e = err as { stderr?: Buffer; message: string }
@@ -285,23 +289,29 @@ export async function startCluster(o: {
       }
     })()
   }
-  const coordinatorList = coordPorts.map((p) => `${bindHost}:${p.port}`).join(',')
+  // With namespaces each replica has a host of its own (reached over the bridge, the runner's
+  // probes and clients too); without, everything is on loopback.
+  const coordHost = (i: number): { ip: string; ns: string | null } => {
+    const h = netns?.topo.host(COORDINATORS[i]!)
+    return h === undefined ? { ip: '127.0.0.1', ns: null } : { ip: h.ip, ns: h.ns }
+  }
+  const coordinatorList = coordPorts.map((p, i) => `${coordHost(i).ip}:${p.port}`).join(',')
   const coordinators = coordPorts.map(
     (p, i) =>
       new Node({
-        name: `coord-${'ab'[i]}`,
+        name: COORDINATORS[i]!,
         role: 'coordinator',
-        ns: null,
+        ns: coordHost(i).ns,
         logDir: o.logDir,
         onExit,
         args: () => [
           'coordinator',
           '--node-id',
-          `coord-${'ab'[i]}`,
+          COORDINATORS[i]!,
           '--listen',
-          `${bindHost}:${p.port}`,
+          `${coordHost(i).ip}:${p.port}`,
           '--http',
-          `127.0.0.1:${p.http}`,
+          `${coordHost(i).ip}:${p.http}`,
           '--partitions',
           String(PARTITIONS),
           '--heartbeat-interval',
@@ -348,8 +358,10 @@ export async function startCluster(o: {
     coordinators,
     workers,
     coordinatorList,
-    coordinatorAddress: (c) => `${bindHost}:${coordPorts[coordinators.indexOf(c)]!.port}`,
-    coordinatorHttp: (c) => `127.0.0.1:${coordPorts[coordinators.indexOf(c)]!.http}`,
+    coordinatorAddress: (c) =>
+      `${coordHost(coordinators.indexOf(c)).ip}:${coordPorts[coordinators.indexOf(c)]!.port}`,
+    coordinatorHttp: (c) =>
+      `${coordHost(coordinators.indexOf(c)).ip}:${coordPorts[coordinators.indexOf(c)]!.http}`,
     netns,
     exits,
     afterRedisStart,

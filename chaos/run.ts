@@ -14,6 +14,8 @@
  *   leader-stop       SIGSTOP the leader for 2-4 s, then SIGCONT (deposed, it exits 3; restarted)
  *   redis-restart     SIGKILL redis-server, restart it from its AOF on the same port
  *   worker-partition  cut a worker's link for 2-4 s (network namespaces; needs root), then heal
+ *   leader-partition  cut the leading coordinator's link (Redis, workers, clients) for 2-4 s,
+ *                     then heal (deposed, it exits 3; restarted); only with --leader-partitions
  *
  * and waits until the cluster has settled again (one leader ready, the other replica up, the
  * three worker processes alive, every partition owned, ready and balanced), recording the
@@ -54,15 +56,16 @@ import { ClientLoad, StreamLoad, type Totals } from './load.ts'
 const ROOT = fileURLToPath(new URL('../', import.meta.url))
 const LOCK = join(tmpdir(), 'shoal-chaos.lock')
 
-const KINDS = [
+const ALL_KINDS = [
   'worker-kill',
   'worker-stop',
   'leader-kill',
   'leader-stop',
   'redis-restart',
   'worker-partition',
+  'leader-partition',
 ] as const
-type Kind = (typeof KINDS)[number]
+type Kind = (typeof ALL_KINDS)[number]
 
 const t0 = performance.now()
 const since = (t: number): number => performance.now() - t
@@ -83,6 +86,9 @@ const { values: opt } = parseArgs({
     keys: { type: 'string', default: '4000' },
     'no-source': { type: 'boolean', default: false },
     'no-partitions': { type: 'boolean', default: false },
+    // Opt in for now: its first runs found a partition reset that is not explained yet
+    // (docs/reliability.md). Off, seeds replay the same plans as before it existed.
+    'leader-partitions': { type: 'boolean', default: false },
     'self-test': { type: 'boolean', default: false },
     'recover-timeout': { type: 'string', default: '60000' },
     junit: { type: 'string' },
@@ -109,6 +115,9 @@ const STREAM_KEYS = Math.max(1, Math.floor(KEYS / 4))
 const RECOVER_MS = intOpt('recover-timeout', opt['recover-timeout'], 1000)
 const SOURCE = !opt['no-source']
 const LOG_DIR = opt['log-dir']
+const KINDS: readonly Kind[] = opt['leader-partitions']
+  ? ALL_KINDS
+  : ALL_KINDS.filter((k) => k !== 'leader-partition')
 
 /** mulberry32: small, fast, and the same sequence on every platform for a given seed. */
 function prng(seed: number): () => number {
@@ -141,7 +150,8 @@ function plans(seed: number, cycles: number): Plan[] {
     const warmupMs = 500 + Math.floor(rnd() * 1000)
     // A leader must stay stopped past its lease (1.5 s) to be replaced; a partition past the
     // detection time and the worker's own coordinator timeout.
-    const durationMs = kind === 'leader-stop' || kind === 'worker-partition' ? d + 1000 : d
+    const durationMs =
+      kind === 'leader-stop' || kind === 'worker-partition' || kind === 'leader-partition' ? d + 1000 : d
     return { kind, worker, durationMs, warmupMs }
   })
 }
@@ -295,8 +305,8 @@ async function runCycle(
   const leader = before.leader!
   const worker = cluster.workers[plan.worker]!
   const exitsBefore = cluster.exits.length
-  if (plan.kind === 'worker-partition' && netns === null) {
-    rec.target = worker.name
+  if ((plan.kind === 'worker-partition' || plan.kind === 'leader-partition') && netns === null) {
+    rec.target = plan.kind === 'worker-partition' ? worker.name : leader.name
     rec.skipped = `network partitions unavailable: ${netnsSkip}`
     return rec
   }
@@ -356,6 +366,23 @@ async function runCycle(
         }
         break
       }
+      case 'leader-partition': {
+        // Cut off from Redis, the workers and the clients: it stops acting once its lease's
+        // safety margin is past, the standby takes the lease, and when the link heals its
+        // fenced renewal fails and it exits 3 (the supervisor restarts it as a standby).
+        rec.target = `${leader.name} (pid ${leader.pid}, ${netns!.topo.host(leader.name).ip})`
+        rec.durationMs = plan.durationMs
+        const exited = leader.exited
+        netns!.topo.setLink(leader.name, false)
+        try {
+          await sleep(plan.durationMs)
+        } finally {
+          netns!.topo.setLink(leader.name, true)
+        }
+        const gone = await Promise.race([exited.then(() => true), sleep(3000).then(() => false)])
+        if (!gone) rec.notes.push(`${leader.name} still running 3 s after the link healed`)
+        break
+      }
     }
   } catch (err) {
     rec.notes.push(`fault action failed: ${(err as Error).message.split('\n')[0]}`)
@@ -372,7 +399,7 @@ async function runCycle(
       `not recovered within ${RECOVER_MS} ms: ${monitor.last?.fullWhy ?? 'no observation'} ` +
       `(seen: ${monitor.whys.slice(-6).join(' | ')})`
   }
-  if (plan.kind === 'leader-kill' || plan.kind === 'leader-stop') {
+  if (plan.kind === 'leader-kill' || plan.kind === 'leader-stop' || plan.kind === 'leader-partition') {
     rec.leaderMs = monitor.leaderBack
   }
   for (const e of cluster.exits.slice(exitsBefore)) {
@@ -649,8 +676,8 @@ async function main(): Promise<number> {
     )
     say(
       netns === null
-        ? `chaos: network partitions SKIPPED: ${netnsSkip} (worker-partition cycles are recorded as skipped)`
-        : `chaos: network partitions enabled: each worker in its own network namespace (${netns.topo.prefix}-*, ` +
+        ? `chaos: network partitions SKIPPED: ${netnsSkip} (partition cycles are recorded as skipped)`
+        : `chaos: network partitions enabled: each worker and coordinator in its own network namespace (${netns.topo.prefix}-*, ` +
             `${netns.topo.hosts()[0]!.ip.replace(/\.\d+$/, '.0/24')}), this process at ${netns.hostIp}`,
     )
     say(

@@ -552,6 +552,9 @@ export class DataPlane implements PartitionHost {
       )
     }
     rt.gone = true
+    // Only this incarnation: had it been fenced and the partition restored here again while the
+    // awaits above ran, the engine's state and the runtime are the new owner's.
+    if (this.#partitions.get(partition) !== rt) return
     this.#partitions.delete(partition)
     await this.#engine.drop(partition)
     await this.#opts.store?.release?.(partition)
