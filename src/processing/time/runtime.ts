@@ -93,8 +93,15 @@ export class TimedPartition {
   #tracking = false
   /** Entries changed or deleted since the last snapshot, each once (dirty). */
   #changed: Entry[] = []
-  /** Tombstones in #entries (all of them in #changed). */
+  /** Tombstones in #entries (tracking: all of them in #changed). */
   #gone = 0
+  /**
+   * Dropped tumbling/sliding windows, reused for the next ones: a window lives about its size
+   * in event time, long enough to be promoted by the GC, so one new object per window is old
+   * garbage. Nothing keeps a dropped window (a result copies its range; ctx.window is set per
+   * fold); sessions are not pooled (their windows carry events and merge).
+   */
+  readonly #freeWins: Win[] = []
   readonly #eventQ = new TimeQueue()
   readonly #procQ = new TimeQueue()
   /** Meta: watermark, its base for idleness, the processing clock. */
@@ -285,6 +292,7 @@ export class TimedPartition {
   /** Track changes from now on; the live keys count as changed (nothing is checkpointed yet). */
   #startTracking(): void {
     if (this.#tracking) return
+    this.#sweep()
     this.#tracking = true
     for (const e of this.#entries.values()) this.#touch(e)
   }
@@ -335,7 +343,12 @@ export class TimedPartition {
       let w = findWindow(e.wins, start)
       const created = w === null
       if (w === null) {
-        w = { start, end, acc: this.#job.init(key), fired: false, events: null }
+        const acc = this.#job.init(key)
+        w = this.#freeWins.pop() ?? { start, end, acc, fired: false, events: null }
+        w.start = start
+        w.end = end
+        w.acc = acc
+        w.fired = false
         addWindow(e, w)
       }
       if (!this.#fold(i, key, w, event, e)) {
@@ -494,6 +507,10 @@ export class TimedPartition {
 
   #dropWindow(e: Entry, w: Win): void {
     if (e.wins !== null) removeWindow(e.wins, w)
+    if (w.events === null && this.#window!.kind !== 'session' && this.#freeWins.length < MAX_FREE_WINDOWS) {
+      w.acc = undefined
+      this.#freeWins.push(w)
+    }
     this.#touch(e)
     this.#maybeDelete(e)
   }
@@ -621,11 +638,10 @@ export class TimedPartition {
 
   #delete(e: Entry): void {
     if (e.gone || this.#entries.get(e.key) !== e) return
-    if (!this.#tracking) {
-      this.#entries.delete(e.key)
-      return
-    }
-    // A tombstone until the next snapshot reports the key deleted; it holds nothing meanwhile.
+    // A tombstone, holding nothing: a key whose windows close and open again (every key of a
+    // tumbling job, every window) reuses its entry instead of a new one per window. Tracking,
+    // the next snapshot reports it deleted and removes it; untracked, tombstones are swept once
+    // they outnumber the live keys, so memory still follows the live keys.
     e.gone = true
     e.state = undefined
     e.wins = null
@@ -633,7 +649,14 @@ export class TimedPartition {
     e.ptimers = null
     e.ttlAt = -1
     this.#gone++
-    this.#touch(e)
+    if (this.#tracking) this.#touch(e)
+    else if (this.#gone > 1024 && this.#gone * 2 > this.#entries.size) this.#sweep()
+  }
+
+  /** Remove the tombstones (untracked: no snapshot needs to hear of them). */
+  #sweep(): void {
+    for (const [key, e] of this.#entries) if (e.gone) this.#entries.delete(key)
+    this.#gone = 0
   }
 
   #dead(index: number, key: string, error: string): void {
@@ -664,8 +687,12 @@ export class TimedPartition {
    * the partition's time under TIME_KEY. Clears the change tracking (as the plain runtime does).
    */
   snapshot(full: boolean): { entries: [string, unknown][]; deleted: string[] } {
-    if (full) this.#tracking = true
-    else this.#startTracking()
+    if (!this.#tracking) {
+      this.#sweep()
+      this.#tracking = true
+      // An incremental snapshot takes every live key (none is checkpointed yet); a full one does anyway.
+      if (!full) for (const e of this.#entries.values()) this.#touch(e)
+    }
     const entries: [string, unknown][] = []
     const deleted: string[] = []
     for (const e of this.#changed) {
@@ -769,6 +796,8 @@ function findWindow(wins: Win[] | null, start: number): Win | null {
 }
 
 const NO_WINDOWS: readonly Win[] = Object.freeze([])
+/** Dropped windows kept for reuse per partition (about the keys of one due time). */
+const MAX_FREE_WINDOWS = 4096
 
 /** Add a window to a key's, in start order; a key's first window gets an array of exactly one. */
 function addWindow(e: Entry, w: Win): void {

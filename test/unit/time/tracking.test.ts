@@ -76,6 +76,28 @@ describe('TimedPartition change tracking', () => {
     expect(p.snapshot(false).deleted).toEqual([])
   })
 
+  it('untracked, keys whose windows closed are swept, and reused windows start afresh', () => {
+    const p = new TimedPartition(job, 0)
+    const keys = Array.from({ length: 3000 }, (_, i) => `k${i}`)
+    for (let minute = 0; minute < 3; minute++) {
+      const o = out()
+      p.apply(
+        keys.map((k) => [k, { ts: minute * 10 + 1 }]),
+        o,
+      )
+      // The previous windows fired when the first event of this round passed their end.
+      expect(o.emitted?.length ?? 0).toBe(minute === 0 ? 0 : keys.length)
+      if (minute > 0) expect(o.emitted![0]![2]).toMatchObject({ start: (minute - 1) * 10, state: { n: 1 } })
+      expect(p.size).toBe(keys.length)
+    }
+    p.apply([['other', { ts: 100 }]], out()) // every key's window fires and closes
+    expect(p.size).toBe(1)
+    expect(p.view('k1')).toBeUndefined()
+    const snap = p.snapshot(false)
+    expect(keysOf(snap)).toEqual(['other'])
+    expect(snap.deleted).toEqual([])
+  })
+
   it('after a load, deletions of loaded keys are tracked', () => {
     const p = new TimedPartition(job, 0)
     p.apply([['a', { ts: 1 }]], out())
