@@ -32,6 +32,7 @@ const REGISTRY: Record<string, () => Promise<{ default: Benchmark }>> = {
   connectors: () => import('./macro/connectors.ts'),
   'pg-write-behind': () => import('./macro/pg-write-behind.ts'),
   windows: () => import('./macro/windows.ts'),
+  send: () => import('./macro/send.ts'),
 }
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))

@@ -4,7 +4,7 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { ErrorCodes, type ShoalError } from '../../../src/errors.ts'
-import { NdjsonError, parseNdjson } from '../../../src/ingest/ndjson.ts'
+import { NdjsonError, NdjsonLineSplitter, parseNdjson } from '../../../src/ingest/ndjson.ts'
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s)
 
@@ -183,6 +183,41 @@ describe('parseNdjson properties', () => {
         },
       ),
       { numRuns: 500 },
+    )
+  })
+})
+
+describe('NdjsonLineSplitter', () => {
+  /** The lines of a whole text: ends at \r\n, \r or \n; a final line ending starts no line. */
+  const reference = (text: string): string[] => {
+    const lines = text.replace(/^\uFEFF/, '').split(/\r\n|\r|\n/)
+    if (lines[lines.length - 1] === '') lines.pop()
+    return lines
+  }
+
+  it('gives the same lines however the bytes are cut into chunks', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.constantFrom('{"key":"a"}', 'x', '\n', '\r', '\r\n', ' ', 'é', '€', '😀', '\uFEFF'), {
+          maxLength: 30,
+        }),
+        fc.array(fc.nat(), { maxLength: 6 }),
+        (parts, cutsAt) => {
+          const text = parts.join('')
+          const bytes = Buffer.from(text)
+          const cuts = [...new Set(cutsAt.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b)
+          const splitter = new NdjsonLineSplitter()
+          const got: string[] = []
+          let from = 0
+          for (const c of [...cuts, bytes.length]) {
+            got.push(...splitter.push(bytes.subarray(from, c)))
+            from = c
+          }
+          got.push(...splitter.end())
+          expect(got).toEqual(reference(text))
+        },
+      ),
+      { numRuns: 2000 },
     )
   })
 })
