@@ -5,10 +5,9 @@
  *
  *   count     the built-in `count` job (the reference, 100%);
  *   tumbling  a job like cluster/jobs/per-minute.ts: count and sum per key per minute of event
- *             time (`windows.tumbling({ sizeMs: 60_000 })`, 2 s out-of-orderness), but without
- *             `idleMs`: idle ticks can stall a worker's data connection for good (a tick that
- *             completes does not wake a reader waiting for engine room; docs/benchmarks.md,
- *             "Windows"), and the runs need no idleness: they continue one stream;
+ *             time (`windows.tumbling({ sizeMs: 60_000 })`, 2 s out-of-orderness), without
+ *             `idleMs`: the runs continue one stream and need no idleness (idle ticks could
+ *             once stall a worker's data connection; fixed in 5d922e5);
  *   sliding   the same with `windows.sliding({ sizeMs: 300_000, slideMs: 60_000 })`: every event
  *             is folded into 5 windows, one window per key closes every minute.
  *
@@ -37,6 +36,11 @@
  * hour per key, fed one event for each of 1M keys with event times inside the same hour, so 1M
  * windows stay open; the worker's RSS (its /metrics) before, at peak, and 5 s after the last
  * ack. For reference, the same with the `count` job and 1M keys.
+ *
+ * CPU: besides the rates, the CPU time per event of the workers (split from /proc into their main
+ * threads, processing threads and the rest) and of the client, and count's total over each
+ * job's: what the throughput ratio would be on a machine where Shoal's processes are CPU-bound
+ * and alone, which other load on a shared machine distorts far less than the rates.
  *
  * Options: --quick (2M events per run, 1M windows for memory), --runs N (measured runs per job,
  * default 3; 1 with --quick), --settle (wait for an idle machine before each cluster and run).
