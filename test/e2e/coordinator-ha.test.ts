@@ -201,15 +201,21 @@ describe('coordinator high availability', { timeout: 120_000 }, () => {
     // Each prints either its standby line or, leading, its listening line.
     const first = await Promise.race([pa.then((p) => p?.listening), pb.then((p) => p?.listening)])
     expect(first?.nodeId).toMatch(/^coord-[ab]$/)
-    // The leader is ready once its recovery window is over (no workers to wait for here).
+    await Promise.all([pa, pb]) // both up: one leading, the other standing by
+    // The leader is ready once its recovery window is over (no workers to wait for here). While
+    // it turns from standby to leader its HTTP port closes and opens again: 0 then.
+    const statusOf = (h: number): Promise<number> =>
+      fetch(`http://127.0.0.1:${h}/readyz`).then(
+        (r) => r.status,
+        () => 0,
+      )
     let ready: number[] = []
     await waitFor(async () => {
-      ready = await Promise.all(
-        [a.http, b.http].map((h) => fetch(`http://127.0.0.1:${h}/readyz`).then((r) => r.status)),
-      )
+      ready = await Promise.all([a.http, b.http].map(statusOf))
       return ready.includes(200)
     }, 'a ready leader')
     expect(ready.filter((s) => s === 200)).toHaveLength(1)
+    expect(ready.filter((s) => s === 503)).toHaveLength(1) // the other stands by
     const r = new Redis(redis.port, redis.host, { db: db % 16 })
     const value = await r.get('shoal:coordinator:leader')
     r.disconnect()
