@@ -62,15 +62,15 @@ export async function startShoal(
   let listened: (info: NodeInfo) => void = () => {}
   const listening = new Promise<NodeInfo>((resolve) => (listened = resolve))
   const info = await new Promise<NodeInfo>((resolve, reject) => {
-    const timer = setTimeout(
-      () =>
-        reject(
-          new Error(
-            `shoal ${args.join(' ')} did not ${until === 'standby' ? 'stand by' : 'listen'} within ${timeoutMs} ms\n${logs.join('')}`,
-          ),
+    const timer = setTimeout(() => {
+      // Not left running: killAll() only knows the processes that started.
+      child.kill('SIGKILL')
+      reject(
+        new Error(
+          `shoal ${args.join(' ')} did not ${until === 'standby' ? 'stand by' : 'listen'} within ${timeoutMs} ms\n${logs.join('')}`,
         ),
-      timeoutMs,
-    )
+      )
+    }, timeoutMs)
     onListening(child.stdout, (j) => {
       listened(j)
       if (until !== 'listening') return
