@@ -1376,24 +1376,43 @@ describe('compose environment on real nodes', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'shoal-compose-'))
     endpoints.set('redis', new Map([[6379, await startRedis(dir)]]))
-    for (const name of [...coordinators, 'worker']) {
-      const want = PORTS[roleOf(doc.services[name]!)!]
-      endpoints.set(
-        name,
-        new Map([
-          [want.transport, await freePort()],
-          [want.http, await freePort()],
-        ]),
-      )
+    // A port freePort() returned can be taken before the node binds it (another test's
+    // outgoing connection gets it as its ephemeral port): then start again on new ports.
+    for (let attempt = 1; ; attempt++) {
+      for (const name of [...coordinators, 'worker']) {
+        const want = PORTS[roleOf(doc.services[name]!)!]
+        endpoints.set(
+          name,
+          new Map([
+            [want.transport, await freePort()],
+            [want.http, await freePort()],
+          ]),
+        )
+      }
+      // `docker compose up`: every replica at once (each depends only on redis being healthy)
+      for (const c of coordinators) nodes.set(c, startService(c))
+      try {
+        await Promise.all(
+          coordinators.map((c) =>
+            waitForStatus(url(c, PORTS.coordinator.http, '/healthz'), 200, nodes.get(c)!),
+          ),
+        )
+        break
+      } catch (err) {
+        const collided = coordinators.some((c) => nodes.get(c)!.output().includes('EADDRINUSE'))
+        if (!collided || attempt >= 3) throw err
+        await Promise.all(
+          coordinators.map(async (c) => {
+            const n = nodes.get(c)!
+            n.child.kill('SIGKILL')
+            await n.exited
+          }),
+        )
+      }
     }
-    // `docker compose up`: every replica at once (each depends only on redis being healthy)
-    for (const c of coordinators) nodes.set(c, startService(c))
-    await Promise.all(
-      coordinators.map((c) => waitForStatus(url(c, PORTS.coordinator.http, '/healthz'), 200, nodes.get(c)!)),
-    )
     leader = await waitForLeader(coordinators)
     standby = coordinators.find((c) => c !== leader)!
-  }, 40_000)
+  }, 80_000)
   afterAll(async () => {
     await stopAll()
     if (dir) rmSync(dir, { recursive: true, force: true })
