@@ -254,6 +254,63 @@ export class BenchChild {
   }
 }
 
+/**
+ * A macro benchmark's load client in a child process (a fork of the benchmark's own module,
+ * told its role by `env`), driven by IPC: `ask` sends a command and awaits the reply of a type;
+ * an `error` reply, or the child exiting, rejects.
+ */
+export class ClientProcess<Cmd extends { cmd: string }, Reply extends { type: string }> {
+  readonly child: ChildProcess
+  readonly #inbox: (Reply | ErrorReply)[] = []
+  #waiter: ((m: Reply | ErrorReply) => void) | null = null
+
+  constructor(modulePath: string, env: Record<string, string>) {
+    this.child = fork(modulePath, [], {
+      execArgv: ['--import', 'tsx', ...childFlags()],
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    })
+    const deliver = (m: Reply | ErrorReply): void => {
+      const w = this.#waiter
+      this.#waiter = null
+      if (w === null) this.#inbox.push(m)
+      else w(m)
+    }
+    this.child.on('message', deliver)
+    this.child.once('exit', (code, signal) =>
+      deliver({ type: 'error', message: `client exited (${code ?? signal})` }),
+    )
+  }
+
+  async ask<T extends Reply['type']>(cmd: Cmd | null, type: T): Promise<Extract<Reply, { type: T }>> {
+    if (cmd !== null) this.child.send(cmd)
+    const m = this.#inbox.shift() ?? (await new Promise<Reply | ErrorReply>((r) => (this.#waiter = r)))
+    if (isErrorReply(m)) throw new Error(m.message)
+    if (m.type !== type) throw new Error(`expected ${type} from the client, got ${m.type}`)
+    return m as Extract<Reply, { type: T }>
+  }
+
+  /** Ask it to exit; kill it after 10 s. */
+  async stop(): Promise<void> {
+    const c = this.child
+    if (c.exitCode !== null || c.signalCode !== null) return
+    const exited = once(c, 'exit')
+    if (c.connected) c.send({ cmd: 'exit' })
+    const t = setTimeout(() => c.kill('SIGKILL'), 10_000)
+    await exited
+    clearTimeout(t)
+  }
+}
+
+interface ErrorReply {
+  type: 'error'
+  message: string
+}
+
+function isErrorReply(m: { type: string }): m is ErrorReply {
+  return m.type === 'error'
+}
+
 export interface PairSpec {
   /** The module that runs both sides when started as a child (see childMain). */
   modulePath: string

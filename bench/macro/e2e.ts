@@ -32,7 +32,7 @@
  * E2E_WORKERS (3), E2E_NODE_FLAGS (extra node flags for the coordinator and workers, e.g.
  * "--cpu-prof --cpu-prof-dir=.tmp/prof"), BENCH_CHILD_FLAGS (the same for the client process).
  */
-import { spawn, fork, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
 import net from 'node:net'
@@ -68,6 +68,7 @@ import {
   type ChildContext,
   type Counters,
   type Side,
+  ClientProcess,
 } from '../lib.ts'
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
@@ -346,52 +347,9 @@ interface CheckResult {
 type ClientReply =
   { type: 'ready' } | MaxResult | RateResult | CheckResult | { type: 'error'; message: string }
 
-class ClientChild {
-  readonly #child: ChildProcess
-  readonly #inbox: ClientReply[] = []
-  #waiter: ((m: ClientReply) => void) | null = null
-
+class ClientChild extends ClientProcess<ClientCommand, ClientReply> {
   constructor(transport: TransportName, coordinator: string) {
-    const flags = (process.env.BENCH_CHILD_FLAGS ?? '').split(/\s+/).filter((f) => f.length > 0)
-    this.#child = fork(SELF, [], {
-      execArgv: ['--import', 'tsx', ...flags],
-      env: { ...process.env, E2E_ROLE: 'client', E2E_TRANSPORT: transport, E2E_COORDINATOR: coordinator },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    })
-    this.#child.on('message', (m: ClientReply) => {
-      const w = this.#waiter
-      this.#waiter = null
-      if (w === null) this.#inbox.push(m)
-      else w(m)
-    })
-    this.#child.once('exit', (code, signal) => {
-      const w = this.#waiter
-      this.#waiter = null
-      const m: ClientReply = { type: 'error', message: `client exited (${code ?? signal})` }
-      if (w === null) this.#inbox.push(m)
-      else w(m)
-    })
-  }
-
-  async ask<T extends ClientReply['type']>(
-    cmd: ClientCommand | null,
-    type: T,
-  ): Promise<Extract<ClientReply, { type: T }>> {
-    if (cmd !== null) this.#child.send(cmd)
-    const m = this.#inbox.shift() ?? (await new Promise<ClientReply>((r) => (this.#waiter = r)))
-    if (m.type === 'error') throw new Error(m.message)
-    if (m.type !== type) throw new Error(`expected ${type} from the client, got ${m.type}`)
-    return m as Extract<ClientReply, { type: T }>
-  }
-
-  async stop(): Promise<void> {
-    const c = this.#child
-    if (c.exitCode !== null || c.signalCode !== null) return
-    const exited = once(c, 'exit')
-    if (c.connected) c.send({ cmd: 'exit' } satisfies ClientCommand)
-    const t = setTimeout(() => c.kill('SIGKILL'), 10_000)
-    await exited
-    clearTimeout(t)
+    super(SELF, { E2E_ROLE: 'client', E2E_TRANSPORT: transport, E2E_COORDINATOR: coordinator })
   }
 }
 

@@ -51,7 +51,7 @@
  * FAILOVER_EVENTS (5000000), FAILOVER_CHECKPOINT_MS (the coordinator's default, 5000),
  * FAILOVER_HEARTBEAT_MS / FAILOVER_HEARTBEAT_MISSES (the defaults, 500 and 3).
  */
-import { spawn, fork, type ChildProcess } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
 import os from 'node:os'
@@ -79,6 +79,7 @@ import {
   type BenchResult,
   type Headline,
   type Table,
+  ClientProcess,
 } from '../lib.ts'
 
 const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
@@ -486,49 +487,9 @@ type ClientReply =
   | HungReply
   | { type: 'error'; message: string }
 
-class ClientChild {
-  readonly child: ChildProcess
-  readonly #inbox: ClientReply[] = []
-  #waiter: ((m: ClientReply) => void) | null = null
-
+class ClientChild extends ClientProcess<ClientCommand, ClientReply> {
   constructor(coordinator: string) {
-    const flags = (process.env.BENCH_CHILD_FLAGS ?? '').split(/\s+/).filter((f) => f.length > 0)
-    this.child = fork(SELF, [], {
-      execArgv: ['--import', 'tsx', ...flags],
-      env: { ...process.env, FAILOVER_ROLE: 'client', FAILOVER_COORDINATOR: coordinator },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    })
-    const deliver = (m: ClientReply): void => {
-      const w = this.#waiter
-      this.#waiter = null
-      if (w === null) this.#inbox.push(m)
-      else w(m)
-    }
-    this.child.on('message', deliver)
-    this.child.once('exit', (code, signal) =>
-      deliver({ type: 'error', message: `client exited (${code ?? signal})` }),
-    )
-  }
-
-  async ask<T extends ClientReply['type']>(
-    cmd: ClientCommand | null,
-    type: T,
-  ): Promise<Extract<ClientReply, { type: T }>> {
-    if (cmd !== null) this.child.send(cmd)
-    const m = this.#inbox.shift() ?? (await new Promise<ClientReply>((r) => (this.#waiter = r)))
-    if (m.type === 'error') throw new Error(m.message)
-    if (m.type !== type) throw new Error(`expected ${type} from the client, got ${m.type}`)
-    return m as Extract<ClientReply, { type: T }>
-  }
-
-  async stop(): Promise<void> {
-    const c = this.child
-    if (c.exitCode !== null || c.signalCode !== null) return
-    const exited = once(c, 'exit')
-    if (c.connected) c.send({ cmd: 'exit' } satisfies ClientCommand)
-    const t = setTimeout(() => c.kill('SIGKILL'), 10_000)
-    await exited
-    clearTimeout(t)
+    super(SELF, { FAILOVER_ROLE: 'client', FAILOVER_COORDINATOR: coordinator })
   }
 }
 

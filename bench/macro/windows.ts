@@ -50,8 +50,6 @@
  * E2E_NODE_FLAGS as for e2e. BENCH_PROFILE_DIR=<dir> records a CPU profile of every worker
  * (main and processing threads, --cpu-prof; written when the cluster stops) in <dir>/<job>/.
  */
-import { fork, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
 import { createReadStream } from 'node:fs'
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import os from 'node:os'
@@ -74,6 +72,7 @@ import {
   type BenchOptions,
   type BenchResult,
   type Headline,
+  ClientProcess,
 } from '../lib.ts'
 import {
   KEYS,
@@ -173,50 +172,9 @@ type ClientReply =
   | { type: 'get'; states: unknown[] }
   | { type: 'error'; message: string }
 
-class ClientChild {
-  readonly #child: ChildProcess
-  readonly #inbox: ClientReply[] = []
-  #waiter: ((m: ClientReply) => void) | null = null
-
+class ClientChild extends ClientProcess<ClientCommand, ClientReply> {
   constructor(coordinator: string) {
-    const flags = (process.env.BENCH_CHILD_FLAGS ?? '').split(/\s+/).filter((f) => f.length > 0)
-    this.#child = fork(SELF, [], {
-      execArgv: ['--import', 'tsx', ...flags],
-      env: { ...process.env, WINDOWS_ROLE: 'client', WINDOWS_COORDINATOR: coordinator },
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    })
-    this.#child.on('message', (m: ClientReply) => this.#deliver(m))
-    this.#child.once('exit', (code, signal) =>
-      this.#deliver({ type: 'error', message: `client exited (${code ?? signal})` }),
-    )
-  }
-
-  #deliver(m: ClientReply): void {
-    const w = this.#waiter
-    this.#waiter = null
-    if (w === null) this.#inbox.push(m)
-    else w(m)
-  }
-
-  async ask<T extends ClientReply['type']>(
-    cmd: ClientCommand | null,
-    type: T,
-  ): Promise<Extract<ClientReply, { type: T }>> {
-    if (cmd !== null) this.#child.send(cmd)
-    const m = this.#inbox.shift() ?? (await new Promise<ClientReply>((r) => (this.#waiter = r)))
-    if (m.type === 'error') throw new Error(m.message)
-    if (m.type !== type) throw new Error(`expected ${type} from the client, got ${m.type}`)
-    return m as Extract<ClientReply, { type: T }>
-  }
-
-  async stop(): Promise<void> {
-    const c = this.#child
-    if (c.exitCode !== null || c.signalCode !== null) return
-    const exited = once(c, 'exit')
-    if (c.connected) c.send({ cmd: 'exit' } satisfies ClientCommand)
-    const t = setTimeout(() => c.kill('SIGKILL'), 10_000)
-    await exited
-    clearTimeout(t)
+    super(SELF, { WINDOWS_ROLE: 'client', WINDOWS_COORDINATOR: coordinator })
   }
 }
 
