@@ -24,6 +24,7 @@ export type { Source, SourceRecord, SourceRead, SourceStatus } from './connector
 export type { SourceSpec, SinkSpec } from './connectors/spec.ts'
 export { SinkRunner, type SinkRunnerOptions, type SinkStatus } from './connectors/runner.ts'
 export { MemorySink } from './connectors/memory/sink.ts'
+export { MemorySource, MemoryStream, type MemorySourceOptions } from './connectors/memory/source.ts'
 export { NdjsonFileSink } from './connectors/file/sink.ts'
 export { RedisStreamSink } from './connectors/redis-stream/sink.ts'
 export { RedisStreamSource } from './connectors/redis-stream/source.ts'

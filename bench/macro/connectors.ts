@@ -276,6 +276,16 @@ async function clusterCpuSeconds(c: Cluster): Promise<number[]> {
   return Promise.all(c.nodes.map((n) => procCpuSeconds(n.child.pid)))
 }
 
+/** INFO commandstats since the last CONFIG RESETSTAT, by total time, largest first. */
+async function redisCommandStats(r: Redis): Promise<{ command: string; calls: number; usec: number }[]> {
+  const out: { command: string; calls: number; usec: number }[] = []
+  for (const line of (await r.info('commandstats')).split('\n')) {
+    const m = /^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/.exec(line)
+    if (m !== null) out.push({ command: m[1]!, calls: Number(m[2]), usec: Number(m[3]) })
+  }
+  return out.sort((a, b) => b.usec - a.usec)
+}
+
 async function redisCpuSeconds(r: Redis): Promise<number> {
   const info = await r.info('cpu')
   return (
@@ -448,7 +458,9 @@ async function sourceRun(
   const cluster = await startCluster({
     state: `${redis.url}/${run}`,
     checkpointMs: 5000,
-    sources: [`${redis.url}/0?stream=${encodeURIComponent(stream)}&group=${group}`],
+    sources: [
+      `${redis.url}/0?stream=${encodeURIComponent(stream)}&group=${group}${process.env.CONNECTORS_SOURCE_PARAMS ?? ''}`,
+    ],
     sinks: [],
     workerFlags,
   })
@@ -463,6 +475,7 @@ async function sourceRun(
     )
     const cpu0 = await clusterCpuSeconds(cluster)
     const redis0 = await redisCpuSeconds(r)
+    await r.config('RESETSTAT')
     const m0 = await machineTicks()
     const t0 = performance.now()
     await r.rename(staged, stream)
@@ -487,6 +500,7 @@ async function sourceRun(
     const m1 = await machineTicks()
     const cpu1 = await clusterCpuSeconds(cluster)
     const redis1 = await redisCpuSeconds(r)
+    const redisCommands = await redisCommandStats(r)
     const loadAfter = loadavg()
     const nodeCpu = cpu1.map((c, i) => c - cpu0[i]!)
     const shoalCpuSeconds = nodeCpu.reduce((a, b) => a + b, 0)
@@ -517,6 +531,13 @@ async function sourceRun(
         `${fmtRate(out.perCpuSecond)} entries/CPU-s (coordinator+workers ${shoalCpuSeconds.toFixed(1)} CPU-s: ` +
         `${nodeCpu.map((c) => c.toFixed(1)).join(' / ')}), redis-server ${redisCpu.toFixed(1)} CPU-s, ` +
         `machine ${machine.toFixed(2)} cores busy (other ${out.otherCores.toFixed(2)}), loadavg ${loadBefore} -> ${loadAfter}`,
+    )
+    console.error(
+      `  connectors source run ${run}: redis commands by time (calls, µs per entry): ` +
+        redisCommands
+          .slice(0, 8)
+          .map((c) => `${c.command} ${c.calls} ${(c.usec / entries).toFixed(2)}`)
+          .join(', '),
     )
     if (!check.ok) console.error(`  connectors source run ${run}: STATE CHECK FAILED: ${check.detail}`)
     else console.error(`  connectors source run ${run}: state ok: ${check.detail}`)
