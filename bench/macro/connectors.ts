@@ -481,7 +481,8 @@ async function sourceRun(
     await r.rename(staged, stream)
     let maxPending = 0
     let lastLog = t0
-    const deadline = t0 + Math.max(120_000, entries) // a floor of 1k entries/s
+    const deadline =
+      t0 + (Number(process.env.CONNECTORS_DRAIN_TIMEOUT_S) || Math.max(120, entries / 1000)) * 1000
     for (;;) {
       const g = await groupInfo(r, stream, group)
       maxPending = Math.max(maxPending, g.pending)

@@ -88,6 +88,17 @@ export function sourceConformance(name: string, factory: () => Promise<SourceUnd
       expect(s.status()).toMatchObject({ read: 25, acked: 0, state: 'reading' })
     })
 
+    it('a large read returns every record up to `max`, in order (a source may split it into several commands)', async () => {
+      const t = await setup()
+      const s = await t.open('a')
+      await t.append(events(0, 25_000))
+      const r = await s.read(24_000, 50)
+      expect(r.records).toHaveLength(24_000)
+      expect(ns(r.records)).toEqual(events(0, 24_000).map((e) => e.n))
+      const rest = await s.read(24_000, 50)
+      expect(ns(rest.records)).toEqual(events(24_000, 1000).map((e) => e.n))
+    })
+
     it('gives every record an identity whose sequence increases per producer', async () => {
       const t = await setup()
       const a = await t.open('a')

@@ -55,6 +55,12 @@ export interface RedisStreamSourceOptions {
 
 type Client = Redis | Cluster
 
+/**
+ * Entries per XREADGROUP or XACK command at most. Redis runs one command at a time: a
+ * command over 100k entries held it for long enough to starve every other client.
+ */
+const MAX_ENTRIES_PER_COMMAND = 10_000
+
 /** ms values below 2^21 per bucket, seq values below 2^31: 52 bits, exact as a JS number. */
 const MS_BITS = 2 ** 21
 const SEQ_LIMIT = 2 ** 31
@@ -277,38 +283,47 @@ export class RedisStreamSource implements Source {
       if (r !== null) return r
     }
     this.#reapJobs()
-    let reply: unknown
-    try {
-      reply = await this.#blocking!.callBuffer(
-        'XREADGROUP',
-        'GROUP',
-        this.#spec.group,
-        this.#me,
-        'COUNT',
-        String(Math.max(1, max)),
-        'BLOCK',
-        String(Math.max(1, blockMs)),
-        'STREAMS',
-        this.#spec.stream,
-        '>',
-      )
-    } catch (err) {
-      if (err instanceof Error && err.message.startsWith('NOGROUP')) {
-        // The group (or the stream) was deleted under us: create it again and read on.
-        await this.#ensureGroup(client).catch(() => {})
+    // A read of more than MAX_ENTRIES_PER_COMMAND is several commands: one XREADGROUP of 100k
+    // entries kept redis-server busy for long enough (with two other readers doing the same)
+    // that the coordinator's lease renewal waited past its TTL and the leader was deposed.
+    const records: SourceRecord[] = []
+    for (let first = true, taken = 0; taken < max; first = false) {
+      const want = Math.min(Math.max(1, max - taken), MAX_ENTRIES_PER_COMMAND)
+      let reply: unknown
+      try {
+        reply = await this.#blocking!.callBuffer(
+          'XREADGROUP',
+          'GROUP',
+          this.#spec.group,
+          this.#me,
+          'COUNT',
+          String(want),
+          ...(first ? ['BLOCK', String(Math.max(1, blockMs))] : []),
+          'STREAMS',
+          this.#spec.stream,
+          '>',
+        )
+      } catch (err) {
+        if (err instanceof Error && err.message.startsWith('NOGROUP')) {
+          // The group (or the stream) was deleted under us: create it again and read on.
+          await this.#ensureGroup(client).catch(() => {})
+        }
+        // The server may have delivered entries whose reply never arrived (and this read's
+        // earlier commands' entries are not handed out either): they are pending here and
+        // above everything this incarnation sent. A new incarnation re-delivers them.
+        this.#renewIncarnation = true
+        throw this.#fail(err, 'XREADGROUP')
       }
-      // The server may have delivered entries whose reply never arrived: they are pending here
-      // and above everything this incarnation sent. A new incarnation re-delivers them.
-      this.#renewIncarnation = true
-      throw this.#fail(err, 'XREADGROUP')
+      const got = streamEntries(reply)
+      taken += got.length
+      // Decoded command by command: the awaits between them let heartbeats through.
+      if (got.length > 0) {
+        for (const r of await this.#toRecords(got, this.#me, this.#incarnation, null)) records.push(r)
+      }
+      if (got.length < want) break
     }
     this.#state = 'reading'
-    const entries = streamEntries(reply)
-    if (entries.length === 0) return { records: [], redelivery: false }
-    return {
-      records: await this.#toRecords(entries, this.#me, this.#incarnation, null),
-      redelivery: false,
-    }
+    return { records, redelivery: false }
   }
 
   async #readPending(client: Client, job: PendingJob, max: number): Promise<SourceRead | null> {
@@ -322,7 +337,7 @@ export class RedisStreamSource implements Source {
         this.#spec.group,
         job.consumer,
         'COUNT',
-        String(Math.max(1, max)),
+        String(Math.min(Math.max(1, max), MAX_ENTRIES_PER_COMMAND)),
         'STREAMS',
         this.#spec.stream,
         job.cursor,
@@ -414,9 +429,16 @@ export class RedisStreamSource implements Source {
   async ack(acks: readonly string[]): Promise<void> {
     if (acks.length === 0) return
     const client = this.#ready()
-    let acked: number
+    let acked = 0
     try {
-      acked = await client.xack(this.#spec.stream, this.#spec.group, ...acks)
+      // Short commands (see MAX_ENTRIES_PER_COMMAND), sent together.
+      const calls: Promise<number>[] = []
+      for (let i = 0; i < acks.length; i += MAX_ENTRIES_PER_COMMAND) {
+        calls.push(
+          client.xack(this.#spec.stream, this.#spec.group, ...acks.slice(i, i + MAX_ENTRIES_PER_COMMAND)),
+        )
+      }
+      for (const n of await Promise.all(calls)) acked += n
     } catch (err) {
       throw this.#fail(err, 'XACK')
     }
