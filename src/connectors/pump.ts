@@ -52,6 +52,43 @@ export interface PumpStatus extends SourceStatus {
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
 
+/**
+ * A batch in flight keeps only what its ack needs and its packed events, not the decoded
+ * records: those would stay alive (and reach the old generation) until the owner's ack.
+ */
+interface PumpBatch {
+  producerId: string
+  sequences: number[]
+  acks: string[]
+  payload: Uint8Array
+}
+
+function toBatch(run: readonly SourceRecord[]): PumpBatch {
+  const n = run.length
+  const sequences = new Array<number>(n)
+  const acks = new Array<string>(n)
+  const pairs = new Array<[string, unknown]>(n)
+  for (let i = 0; i < n; i++) {
+    const r = run[i]!
+    sequences[i] = r.sequence
+    acks[i] = r.ack
+    pairs[i] = [r.key, r.event]
+  }
+  return { producerId: run[0]!.producerId, sequences, acks, payload: packr.pack(pairs) }
+}
+
+/** The records of a batch again, to dead-letter them (rare: unpacking is fine here). */
+function fromBatch(b: PumpBatch): SourceRecord[] {
+  const pairs = packr.unpack(b.payload) as [string, unknown][]
+  return pairs.map(([key, event], i) => ({
+    key,
+    event,
+    producerId: b.producerId,
+    sequence: b.sequences[i]!,
+    ack: b.acks[i]!,
+  }))
+}
+
 /** Acks per source call at most (an XACK's arguments). */
 const MAX_ACKS_PER_CALL = 20_000
 
@@ -139,35 +176,33 @@ export class SourcePump {
     }
     this.#inFlight += records.length
     for (const [partition, runs] of byPartition) {
-      for (const run of runs) void this.#send(partition, run)
+      for (const run of runs) void this.#send(partition, toBatch(run))
     }
   }
 
-  async #send(partition: number, run: SourceRecord[]): Promise<void> {
-    const first = run[0]!
-    const last = run[run.length - 1]!
+  async #send(partition: number, b: PumpBatch): Promise<void> {
     try {
       await this.#o.target.sendBatch({
         partition,
-        producerId: first.producerId,
-        sequence: last.sequence,
-        firstSequence: first.sequence,
+        producerId: b.producerId,
+        sequence: b.sequences[b.sequences.length - 1]!,
+        firstSequence: b.sequences[0]!,
         // Each event's own sequence: an owner that applied part of this batch already (a
         // re-delivery raced the first reader) applies only the rest.
-        eventSequences: run.map((r) => r.sequence),
-        count: run.length,
-        payload: packr.pack(run.map((r) => [r.key, r.event])),
+        eventSequences: b.sequences,
+        count: b.sequences.length,
+        payload: b.payload,
       })
-      this.#ack(run)
+      this.#ack(b.acks)
     } catch (err) {
       const code = err instanceof ShoalError ? err.code : undefined
       if (code === ErrorCodes.CLOSED || this.#closing) {
         // Left pending in the source: re-delivered after a restart, deduplicated then.
       } else {
-        await this.#deadLetter(run, err)
+        await this.#deadLetter(fromBatch(b), err)
       }
     } finally {
-      this.#done(run.length)
+      this.#done(b.acks.length)
     }
   }
 
@@ -184,8 +219,8 @@ export class SourcePump {
     }
   }
 
-  #ack(run: readonly SourceRecord[]): void {
-    for (const r of run) this.#acks.push(r.ack)
+  #ack(acks: readonly string[]): void {
+    for (const a of acks) this.#acks.push(a)
     if (this.#acks.length >= this.#o.ackBatch) this.#flushAcks()
     else this.#ackTimer ??= setTimeout(() => this.#flushAcks(), this.#o.ackDelayMs)
   }
