@@ -276,6 +276,35 @@ async function clusterCpuSeconds(c: Cluster): Promise<number[]> {
   return Promise.all(c.nodes.map((n) => procCpuSeconds(n.child.pid)))
 }
 
+/**
+ * What Redis alone allows: one client reads a copy of the master stream through a consumer
+ * group (XREADGROUP COUNT 10000, then XACK of what it got) and does nothing else with it. The
+ * source cannot go faster than this on the same server, and its redis CPU per entry is the
+ * part of the source's that no client-side change removes.
+ */
+async function redisFloor(r: Redis, entries: number): Promise<{ rate: number; redisUsPerEntry: number }> {
+  const key = 'bench:floor'
+  await r.del(key)
+  await r.copy(MASTER, key)
+  await r.xgroup('CREATE', key, 'floor', '0')
+  const cpu0 = await redisCpuSeconds(r)
+  const t0 = performance.now()
+  let n = 0
+  for (;;) {
+    const reply = (await r.xreadgroup('GROUP', 'floor', 'c', 'COUNT', 10_000, 'STREAMS', key, '>')) as
+      [string, [string, string[]][]][] | null
+    const got = reply?.[0]?.[1] ?? []
+    if (got.length === 0) break
+    n += got.length
+    await r.xack(key, 'floor', ...got.map((e) => e[0]))
+  }
+  const seconds = (performance.now() - t0) / 1000
+  const cpu = (await redisCpuSeconds(r)) - cpu0
+  await r.del(key)
+  if (n !== entries) throw new Error(`redis floor read ${n} entries of ${entries}`)
+  return { rate: n / seconds, redisUsPerEntry: (cpu / n) * 1e6 }
+}
+
 /** INFO commandstats since the last CONFIG RESETSTAT, by total time, largest first. */
 async function redisCommandStats(r: Redis): Promise<{ command: string; calls: number; usec: number }[]> {
   const out: { command: string; calls: number; usec: number }[] = []
@@ -854,6 +883,11 @@ const benchmark: Benchmark = {
         console.error(
           `  connectors source: filled in ${fillSeconds.toFixed(1)} s (${fmtRate(entries / fillSeconds)} XADD/s)`,
         )
+        const floor = await redisFloor(r, entries)
+        console.error(
+          `  connectors source: redis floor (one client, XREADGROUP COUNT 10000 then XACK, nothing else): ` +
+            `${fmtRate(floor.rate)} entries/s, redis-server ${floor.redisUsPerEntry.toFixed(2)} µs CPU per entry`,
+        )
         const results: SourceRun[] = []
         for (let run = 1; run <= runs; run++)
           results.push(await sourceRun(run, redis, r, entries, opts.settle === true))
@@ -906,6 +940,11 @@ const benchmark: Benchmark = {
             )}`,
           },
           {
+            label:
+              'redis floor: one client reading the same stream with XREADGROUP COUNT 10000 + XACK and doing nothing else',
+            value: `${fmtRate(floor.rate)} entries/s, redis-server ${floor.redisUsPerEntry.toFixed(2)} µs CPU per entry`,
+          },
+          {
             label: 'Redis Stream -> keyed state: state check (sum of counts == entries, every key exact)',
             value: bad.length === 0 ? 'ok' : `FAILED in ${bad.length} of ${results.length} runs`,
           },
@@ -917,7 +956,7 @@ const benchmark: Benchmark = {
             `settled cluster reads, until the group's lag and pending are both 0; ` +
             `CPU from /proc/<pid>/stat, redis from INFO cpu`,
         )
-        data.source = { entries, appendfsync, fillSeconds, results }
+        data.source = { entries, appendfsync, fillSeconds, floor, results }
       } finally {
         r.disconnect()
         await redis.dispose()
