@@ -82,7 +82,41 @@ export interface SinkCloseOptions {
 
 type Item =
   | { readonly kind: 'events'; readonly batch: EmittedBatch; readonly weight: number; readonly seq: number }
-  | { readonly kind: 'state'; readonly batch: StateBatch; readonly weight: number; readonly seq: number }
+  | StateItem
+
+/** Mutable until the writer takes it: a newer batch of its partition is merged into it. */
+interface StateItem {
+  readonly kind: 'state'
+  batch: StateBatch
+  weight: number
+  readonly seq: number
+  taken: boolean
+}
+
+/**
+ * `newer` folded into `older` (same partition): the state at newer's cut. Keys older wrote and
+ * newer did not are unchanged at newer's cut, so writing them at newer's version is true.
+ */
+export function mergeStateBatches(older: StateBatch, newer: StateBatch): StateBatch {
+  if (newer.full) return newer
+  const upserts = new Map<string, unknown>(older.upserts)
+  const deletes = new Set(older.deletes)
+  for (const k of newer.deletes) {
+    upserts.delete(k)
+    deletes.add(k)
+  }
+  for (const [k, v] of newer.upserts) {
+    upserts.set(k, v)
+    deletes.delete(k)
+  }
+  return {
+    partition: newer.partition,
+    version: Math.max(older.version, newer.version),
+    upserts: [...upserts],
+    deletes: [...deletes],
+    full: older.full,
+  }
+}
 
 type Failure = 'unavailable' | 'rejected' | 'unknown'
 
@@ -156,7 +190,12 @@ export class SinkRunner {
   #head = 0
   #buffered = 0
   #pushedSeq = 0
+  /** The seq of the last events item pushed (what a checkpoint waits for). */
+  #eventsSeq = 0
   #doneSeq = 0
+  /** Per partition, its newest state item the writer has not taken yet. */
+  readonly #openState = new Map<number, StateItem>()
+  #merged = 0
   #written = 0
   #errors = 0
   #deadLettered = 0
@@ -213,7 +252,18 @@ export class SinkRunner {
    * (SINK_UNAVAILABLE) if the runner is closed with some of it unwritten.
    */
   flushed(): Promise<void> {
-    const seq = this.#pushedSeq
+    return this.#flushedUpTo(this.#pushedSeq)
+  }
+
+  /**
+   * Resolves when every emitted record pushed before this call is written or dead-lettered
+   * (state pushed before it may still be buffered, unless it is ahead of such a record).
+   */
+  flushedEvents(): Promise<void> {
+    return this.#flushedUpTo(this.#eventsSeq)
+  }
+
+  #flushedUpTo(seq: number): Promise<void> {
     if (this.#doneSeq >= seq) return Promise.resolve()
     if (this.#closeError !== undefined) return Promise.reject(this.#closeError)
     return new Promise((resolve, reject) => this.#flushWaiters.push({ seq, resolve, reject }))
@@ -250,10 +300,16 @@ export class SinkRunner {
               records: batch.records.slice(i, i + this.#maxChunkRecords),
             }
       this.#enqueue({ kind: 'events', batch: part, weight: part.records.length, seq: ++this.#pushedSeq })
+      this.#eventsSeq = this.#pushedSeq
     }
   }
 
-  /** Buffer one checkpoint's committed state. A `full` batch is kept whole. */
+  /**
+   * Buffer one checkpoint's committed state. A `full` batch is kept whole. While the sink is
+   * behind, a partition's batches not yet taken by the writer are merged into one (a key
+   * changed by ten checkpoints is written once, at the newest version): a slow sink then
+   * writes less, not later, and the buffer holds at most one row per key.
+   */
   pushState(batch: StateBatch): void {
     this.#checkOpen('pushState')
     if (!this.sink.accepts.state || this.sink.writeState === undefined) {
@@ -261,8 +317,31 @@ export class SinkRunner {
     }
     const n = batch.upserts.length + batch.deletes.length
     if (n === 0 && !batch.full) return
+    const open = this.#openState.get(batch.partition)
+    if (open !== undefined && !open.taken) {
+      // Same seq: whoever awaits flushed() after this push waits for this item, or a later one.
+      open.batch = mergeStateBatches(open.batch, batch)
+      const weight = Math.max(1, open.batch.upserts.length + open.batch.deletes.length)
+      this.#buffered += weight - open.weight
+      open.weight = weight
+      this.#merged++
+      return
+    }
     // A full batch with no upserts still deletes rows: it weighs 1 so it is never free.
-    this.#enqueue({ kind: 'state', batch, weight: Math.max(1, n), seq: ++this.#pushedSeq })
+    const item: StateItem = {
+      kind: 'state',
+      batch,
+      weight: Math.max(1, n),
+      seq: ++this.#pushedSeq,
+      taken: false,
+    }
+    this.#openState.set(batch.partition, item)
+    this.#enqueue(item)
+  }
+
+  /** State batches folded into an earlier one of their partition (the sink was behind). */
+  get mergedStateBatches(): number {
+    return this.#merged
   }
 
   #checkOpen(what: string): void {
@@ -357,6 +436,12 @@ export class SinkRunner {
       if (records + item.weight > this.#maxChunkRecords) break
       chunk.push(item)
       records += item.weight
+    }
+    for (const item of chunk) {
+      if (item.kind !== 'state') continue
+      // Being written: later state of its partition goes into a new item.
+      item.taken = true
+      if (this.#openState.get(item.batch.partition) === item) this.#openState.delete(item.batch.partition)
     }
     return chunk
   }

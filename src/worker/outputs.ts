@@ -6,7 +6,9 @@
  * - Emitted records are pushed to the runners synchronously, in the order batches are applied,
  *   with their identity (partition, log offset, index), so a checkpoint can wait until what
  *   the batches before its cut emitted is written (flushed()): a record is never lost between
- *   a sink that failed and a checkpoint that moved past the batch that emitted it.
+ *   a sink that failed and a checkpoint that moved past the batch that emitted it. Committed
+ *   state is written behind without holding checkpoints back; a state sink that is behind
+ *   merges a partition's pending checkpoints into one write (SinkRunner.pushState).
  * - Backpressure: while any runner's buffer is full (`full`), the data plane stops reading
  *   batches, so a sink that is down slows the sources and clients instead of filling memory.
  * - A subscriber is a client connection that sent Control `subscribe` {streams} to the worker's
@@ -106,9 +108,15 @@ export class OutputHub {
     while (this.full) await Promise.all(this.#runners.map((r) => r.room()))
   }
 
-  /** Everything handed to the sinks so far is written (or dead-lettered). */
+  /**
+   * Every emitted record handed to the sinks so far is written (or dead-lettered): what a
+   * checkpoint waits for before and after its cut. Committed state written behind is not
+   * waited for: it is durable in the state store already, a new owner writes it again whole,
+   * and waiting for it made every checkpoint wait for the previous one's write-behind (a
+   * Postgres state sink then lagged 5-9 checkpoint intervals at 100k events/s).
+   */
   flushed(): Promise<void> {
-    return Promise.all(this.#runners.map((r) => r.flushed())).then(() => undefined)
+    return Promise.all(this.#eventRunners.map((r) => r.flushedEvents())).then(() => undefined)
   }
 
   sinkStatus(): SinkStatus[] {

@@ -82,11 +82,11 @@ class ScriptedSink implements Sink {
     }
   }
 
-  writeState(batches: readonly StateBatch[]): Promise<void> {
+  async writeState(batches: readonly StateBatch[]): Promise<void> {
+    if (this.gated) await new Promise<void>((resolve) => this.#waiting.push(resolve))
     const f = this.stateFailures.shift()
-    if (f !== undefined) return Promise.reject(f)
+    if (f !== undefined) throw f
     this.states.push([...batches])
-    return Promise.resolve()
   }
 
   deadLetter(records: readonly DeadLetterRecord[]): Promise<void> {
@@ -288,7 +288,7 @@ describe('SinkRunner', () => {
     sink.stateFailures = [rejected('row'), rejected('row'), rejected('row'), unavailable()]
     await r.start()
     const s1: StateBatch = { partition: 0, version: 1, upserts: [['a', 1]], deletes: ['b'], full: false }
-    const s2: StateBatch = { partition: 0, version: 2, upserts: [], deletes: [], full: true }
+    const s2: StateBatch = { partition: 1, version: 2, upserts: [], deletes: [], full: true }
     r.pushState(s1)
     r.pushState({ partition: 0, version: 2, upserts: [], deletes: [], full: false })
     r.pushState(s2)
@@ -319,6 +319,126 @@ describe('SinkRunner', () => {
     await r.start()
     await r.flushed()
     expect(order).toEqual(['e2', 's1', 'e1'])
+  })
+
+  it("merges a partition's state batches while the sink is behind: one write per key, at the newest version", async () => {
+    const sink = new ScriptedSink()
+    sink.gated = true
+    const r = runner(sink)
+    await r.start()
+    r.pushState({
+      partition: 0,
+      version: 1,
+      upserts: [
+        ['a', 1],
+        ['b', 1],
+      ],
+      deletes: [],
+      full: false,
+    })
+    await waitFor(() => sink.blocked === 1, 'the first write to start')
+    // The writer holds version 1; these arrive meanwhile and become one batch per partition.
+    r.pushState({ partition: 0, version: 2, upserts: [['a', 2]], deletes: ['b'], full: false })
+    r.pushState({ partition: 1, version: 5, upserts: [['x', 5]], deletes: [], full: false })
+    r.pushState({ partition: 0, version: 3, upserts: [['c', 3]], deletes: [], full: false })
+    r.pushState({ partition: 1, version: 6, upserts: [['x', 6]], deletes: [], full: false })
+    r.pushState({ partition: 0, version: 4, upserts: [['b', 4]], deletes: ['c'], full: false })
+    expect(r.mergedStateBatches).toBe(3)
+    expect(r.status().lag).toBe(2 + 3 + 1) // v1 (a, b) in flight; p0: a, b, and c deleted; p1: x
+    let flushed = false
+    const f = r.flushed().then(() => (flushed = true))
+    sink.release()
+    await waitFor(() => sink.blocked === 1, 'the second write')
+    expect(flushed).toBe(false)
+    sink.release()
+    await f
+    expect(sink.states).toEqual([
+      [
+        {
+          partition: 0,
+          version: 1,
+          upserts: [
+            ['a', 1],
+            ['b', 1],
+          ],
+          deletes: [],
+          full: false,
+        },
+      ],
+      [
+        {
+          partition: 0,
+          version: 4,
+          upserts: [
+            ['a', 2],
+            ['b', 4],
+          ],
+          deletes: ['c'],
+          full: false,
+        },
+        { partition: 1, version: 6, upserts: [['x', 6]], deletes: [], full: false },
+      ],
+    ])
+    expect(r.status().lag).toBe(0)
+  })
+
+  it('a full batch replaces what its partition had pending; later deltas merge into it and keep it full', async () => {
+    const sink = new ScriptedSink()
+    sink.gated = true
+    const r = runner(sink)
+    await r.start()
+    r.pushState({ partition: 2, version: 1, upserts: [['a', 1]], deletes: [], full: false })
+    await waitFor(() => sink.blocked === 1, 'the first write')
+    r.pushState({ partition: 2, version: 2, upserts: [['z', 0]], deletes: ['q'], full: false })
+    r.pushState({
+      partition: 2,
+      version: 7,
+      upserts: [
+        ['a', 7],
+        ['b', 7],
+      ],
+      deletes: [],
+      full: true,
+    })
+    r.pushState({ partition: 2, version: 8, upserts: [['c', 8]], deletes: ['a'], full: false })
+    sink.release()
+    await waitFor(() => sink.blocked === 1, 'the second write')
+    sink.release()
+    await r.flushed()
+    expect(sink.states[1]).toEqual([
+      {
+        partition: 2,
+        version: 8,
+        upserts: [
+          ['b', 7],
+          ['c', 8],
+        ],
+        deletes: ['a'],
+        full: true,
+      },
+    ])
+  })
+
+  it('flushedEvents() waits for emitted records only, not for state written behind', async () => {
+    const sink = new ScriptedSink()
+    sink.gated = true
+    const r = runner(sink)
+    await r.start()
+    r.pushEvents(batch(0, 1, records(0, 1)))
+    const events = r.flushedEvents()
+    await waitFor(() => sink.blocked === 1, 'the events write')
+    sink.release()
+    await events
+    r.pushState({ partition: 0, version: 1, upserts: [['k', 1]], deletes: [], full: false })
+    await waitFor(() => sink.blocked === 1, 'the state write')
+    // The state write is held: events are flushed, everything is not.
+    await expect(r.flushedEvents()).resolves.toBeUndefined()
+    let all = false
+    const f = r.flushed().then(() => (all = true))
+    await new Promise((res) => setTimeout(res, 5))
+    expect(all).toBe(false)
+    sink.release()
+    await f
   })
 
   it('flushed() waits for what was pushed before the call only', async () => {
