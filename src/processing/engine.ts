@@ -135,6 +135,12 @@ export class Engine {
         minThreads: 1,
         maxThreads: 1,
         concurrentTasksPerWorker: 1,
+        // Everything here rests on a thread running its tasks in submission order. piscina's
+        // default (false) puts a queued task that finds the thread busy back at the *tail* of the
+        // queue, so with a queue a drop could run after the next restore's load (the restored
+        // partition served empty: docs/reliability.md, "Leader partitions"), or a snapshot
+        // before the batches of its cut.
+        stricterFIFO: true,
         maxQueue: this.#maxQueue,
         idleTimeout: Infinity,
         workerData: { job: this.job },
