@@ -99,6 +99,23 @@ describe('engine task order', () => {
     await Promise.all([held, other, applied])
     expect((await snap).kv.keys).toEqual(['k'])
   })
+
+  it('a drop of a partition with nothing since its last drop resolves only after that drop ran', async () => {
+    const blocking = blockingJob()
+    const engine = startEngine(blocking)
+    const p = 6
+    await engine.load(p, packStates([['a', { n: 1 }]]), false)
+    const { held } = await holdThread(engine, 7)
+    const first = engine.drop(p) // queued behind the blocked batch (a fence does not await it)
+    let second = false
+    const again = engine.drop(p).then(() => (second = true)) // a restore's drop, no round trip
+    for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r))
+    expect(second).toBe(false) // the first drop cannot have run: the thread is still held
+    blocking.release()
+    await Promise.all([held, first, again])
+    expect(second).toBe(true)
+    expect(await stateOf(engine, p)).toEqual({})
+  })
 })
 
 describe('data plane: fence, then restore while the thread is busy', () => {
@@ -111,7 +128,28 @@ describe('data plane: fence, then restore while the thread is busy', () => {
       await store.close()
       await backend.close()
     })
-    const dp = new DataPlane({ engine, logger, store })
+    // Seen from the store: a restore reads the checkpoint's entries once its engine drop resolved.
+    let loaded = false
+    let entriesRead = false
+    const loadCheckpoint: PartitionStore['loadCheckpoint'] = async (partition) => {
+      const cp = await store.loadCheckpoint(partition)
+      loaded = true
+      return {
+        ...cp,
+        entries: () => {
+          entriesRead = true
+          return cp.entries()
+        },
+      }
+    }
+    const watched = new Proxy(store, {
+      get: (target, key): unknown => {
+        if (key === 'loadCheckpoint') return loadCheckpoint
+        const v: unknown = Reflect.get(target, key)
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v
+      },
+    })
+    const dp = new DataPlane({ engine, logger, store: watched })
     dp.bind({ serves: () => true, partitionCount: 16 })
     cleanup.push(() => dp.close())
     const p = 4
@@ -133,8 +171,14 @@ describe('data plane: fence, then restore while the thread is busy', () => {
     dp.fence(p)
     // Assigned back at a newer epoch and restored from the same checkpoint, while the thread
     // still holds the fence's drop in its queue.
+    loaded = false
+    entriesRead = false
     const restoring = dp.restore(p, 10)
-    await waitFor(() => engine.queueDepth === 3, 'the restore has its load queued behind the drop')
+    await waitFor(() => loaded, 'the restore has loaded the checkpoint record')
+    for (let i = 0; i < 3; i++) await new Promise((r) => setImmediate(r))
+    // Either its load is queued behind the fence's drop (what went wrong), or the restore waits
+    // for that drop before reading the state (Engine.drop now resolves after a pending drop).
+    expect(engine.queueDepth === 3 || !entriesRead).toBe(true)
     blocking.release()
     await Promise.all([held, other, restoring])
     expect(dp.partitionsInFlight().map((x) => x.partition)).toContain(p) // served again
