@@ -86,8 +86,9 @@ const { values: opt } = parseArgs({
     keys: { type: 'string', default: '4000' },
     'no-source': { type: 'boolean', default: false },
     'no-partitions': { type: 'boolean', default: false },
-    // Opt in for now: its first runs found a partition reset that is not explained yet
-    // (docs/reliability.md). Off, seeds replay the same plans as before it existed.
+    // Opt in for now: its first run found a partition reset (explained and fixed since: the
+    // engine ran a thread's tasks out of order, docs/reliability.md "Leader partitions"). Off,
+    // seeds replay the same plans as before it existed.
     'leader-partitions': { type: 'boolean', default: false },
     'self-test': { type: 'boolean', default: false },
     'recover-timeout': { type: 'string', default: '60000' },

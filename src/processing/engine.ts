@@ -117,6 +117,8 @@ export class Engine {
   }
   /** Partitions with tasks submitted since their last drop (the others hold no state anywhere). */
   readonly #touched = new Set<number>()
+  /** Per partition, its last drop while it has not run yet. */
+  readonly #dropping = new Map<number, Promise<ResultOf<'drop'>>>()
   #inFlight = 0
   #busySince = 0
   #busyMs = 0
@@ -135,6 +137,12 @@ export class Engine {
         minThreads: 1,
         maxThreads: 1,
         concurrentTasksPerWorker: 1,
+        // Everything here rests on a thread running its tasks in submission order. piscina's
+        // default (false) puts a queued task that finds the thread busy back at the *tail* of the
+        // queue, so with a queue a drop could run after the next restore's load (the restored
+        // partition served empty: docs/reliability.md, "Leader partitions"), or a snapshot
+        // before the batches of its cut.
+        stricterFIFO: true,
         maxQueue: this.#maxQueue,
         idleTimeout: Infinity,
         workerData: { job: this.job },
@@ -239,9 +247,18 @@ export class Engine {
     if (!this.#touched.delete(partition)) {
       if (this.#closed)
         return Promise.reject(new ShoalError(ErrorCodes.CLOSED, 'the processing engine is closed'))
-      return Promise.resolve({ op: 'drop' })
+      // The previous drop may still be queued in the thread (a fence does not wait for its
+      // drop): resolve only once it ran, so "dropped" holds when this resolves.
+      const pending = this.#dropping.get(partition)
+      return pending === undefined ? Promise.resolve({ op: 'drop' }) : pending
     }
-    return this.#run<ResultOf<'drop'>>({ op: 'drop', partition })
+    const run = this.#run<ResultOf<'drop'>>({ op: 'drop', partition })
+    this.#dropping.set(partition, run)
+    const forget = (): void => {
+      if (this.#dropping.get(partition) === run) this.#dropping.delete(partition)
+    }
+    run.then(forget, forget)
+    return run
   }
 
   async close(): Promise<void> {

@@ -440,7 +440,9 @@ export class Worker extends EventEmitter<{
     if (conn === null || this.#joining || this.#stopped || this.#draining || this.#refused !== null) return
     this.#joining = true
     try {
-      const owned = [...this.#owned].map(([partition, o]) => ({ partition, epoch: o.epoch }))
+      // What this join reports; the coordinator's `kept` answers for these entries only.
+      const reported = new Map(this.#owned)
+      const owned = [...reported].map(([partition, o]) => ({ partition, epoch: o.epoch }))
       const res = await this.#requests.request(
         conn,
         {
@@ -488,7 +490,9 @@ export class Worker extends EventEmitter<{
         this.#ticker.unref()
       }
       const kept = new Set(joined.kept.map((k) => k.partition))
-      const lost = [...this.#owned.keys()].filter((p) => !kept.has(p))
+      // Only entries reported in the join and still the same: an assign handled while the reply
+      // was on its way (the coordinator sends it right after) set a new entry, not to be fenced.
+      const lost = [...reported].filter(([p, o]) => !kept.has(p) && this.#owned.get(p) === o).map(([p]) => p)
       if (lost.length > 0) this.#fence(lost, 'not kept on rejoin')
       if (leader > 0 && this.#host.claim !== undefined) this.#confirmKept(leader)
       this.#registered = true

@@ -1,0 +1,89 @@
+/**
+ * The worker's side of a join against a scripted coordinator (memory transport), for orderings
+ * the real coordinator produces only by chance: here each step waits for the worker to have
+ * handled the previous one, so the interleaving is fixed.
+ */
+import { pino } from 'pino'
+import { afterEach, describe, expect, it } from 'vitest'
+import type { Envelope } from '../../../src/protocol/messages.ts'
+import { createMemoryTransport } from '../../../src/transport/memory/memory-transport.ts'
+import { reply } from '../../../src/transport/requests.ts'
+import type { Connection } from '../../../src/transport/transport.ts'
+import { Worker, type PartitionHost } from '../../../src/worker/worker.ts'
+import { waitFor } from '../../helpers/wait-for.ts'
+
+const logger = pino({ level: 'silent' })
+const cleanup: (() => Promise<void> | void)[] = []
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f()
+})
+
+describe('worker join', () => {
+  it('an assign handled before the join reply is not fenced as "not kept on rejoin"', async () => {
+    const restored: number[] = []
+    const fenced: number[] = []
+    const host: PartitionHost = {
+      restore: (p) => {
+        restored.push(p)
+        return Promise.resolve()
+      },
+      release: () => Promise.resolve(),
+      fence: (p) => fenced.push(p),
+      pause: () => {},
+      resume: () => {},
+      load: () => ({ queueDepth: 0, inFlight: 0, eventsPerSec: 0, rssBytes: 0, lag: 0 }),
+    }
+    const received: string[] = []
+    const coordinator = await createMemoryTransport({ nodeId: 'scripted', role: 'coordinator' }).listen(
+      { host: 'join-race', port: 1 },
+      (conn: Connection) => {
+        void (async () => {
+          for await (const env of conn) {
+            if (env.kind !== 'control') continue
+            received.push(env.body.op)
+            if (env.body.op === 'join') void answerJoin(conn, env)
+          }
+        })().catch(() => {})
+      },
+    )
+    cleanup.push(() => coordinator.close({ timeoutMs: 100 }))
+    // The coordinator's join handling sends the reply and then the assignments the worker does
+    // not report; the worker may handle that assign before its join continuation runs. Scripted:
+    // the assign first, the reply once the worker is restoring the assigned partition.
+    const answerJoin = async (conn: Connection, join: Envelope): Promise<void> => {
+      conn.send({
+        kind: 'control',
+        body: { op: 'assign', epoch: 3, partitions: [{ partition: 9, epoch: 3 }] },
+      })
+      await waitFor(() => restored.includes(9), 'the worker restores the assigned partition')
+      reply(conn, join, {
+        kind: 'control',
+        body: {
+          op: 'joined',
+          memberId: 'w1',
+          partitions: 16,
+          heartbeatIntervalMs: 1000,
+          heartbeatMisses: 3,
+          epoch: 3,
+          kept: [],
+        },
+      })
+    }
+    const w = new Worker({
+      transport: createMemoryTransport({ nodeId: 'w1', role: 'worker' }),
+      coordinator: coordinator.address,
+      listen: { host: 'join-race', port: 2 },
+      memberId: 'w1',
+      capacity: 1,
+      version: 'test',
+      heartbeatIntervalMs: 1000,
+      logger,
+      host,
+    })
+    cleanup.push(() => w.stop({ timeoutMs: 100 }))
+    await w.start()
+    await waitFor(() => received.includes('assigned'), 'the worker reports partition 9 assigned')
+    expect(fenced).toEqual([])
+    expect(w.partitions().get(9)).toEqual({ epoch: 3, state: 'ready' })
+  })
+})
