@@ -52,7 +52,7 @@ export interface WorkerNodeOptions {
    */
   sources?: Source[]
   clientTransport?: Transport
-  /** Source reading: records in flight per source before reading waits. @default 20000 */
+  /** Source reading: records in flight per source before reading waits. @default max(20000, 2 x its read count) */
   sourceMaxInFlight?: number
   hooks?: { tick?(): void; heartbeatSent?(): void; heartbeatMissed?(): void }
 }
