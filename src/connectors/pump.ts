@@ -89,9 +89,6 @@ function fromBatch(b: PumpBatch): SourceRecord[] {
   }))
 }
 
-/** Acks per source call at most (an XACK's arguments). */
-const MAX_ACKS_PER_CALL = 20_000
-
 export class SourcePump {
   readonly #o: Required<Omit<SourcePumpOptions, 'logger'>> & { logger: Logger | undefined }
   #inFlight = 0
@@ -238,15 +235,15 @@ export class SourcePump {
   }
 
   /**
-   * One ack call at a time, each taking everything acked meanwhile (up to MAX_ACKS_PER_CALL):
+   * One ack call at a time, each taking everything acked meanwhile (a source splits
+   * what is too big for one command, e.g. Redis at 10k ids):
    * when the source is slower than the cluster, calls grow instead of queueing one per
    * `ackBatch` (a chain of 1000-id XACKs fell 300k entries behind in the connectors benchmark).
    */
   async #ackLoop(): Promise<void> {
     while (this.#acks.length > 0) {
-      const acks =
-        this.#acks.length <= MAX_ACKS_PER_CALL ? this.#acks : this.#acks.slice(0, MAX_ACKS_PER_CALL)
-      this.#acks = acks === this.#acks ? [] : this.#acks.slice(MAX_ACKS_PER_CALL)
+      const acks = this.#acks
+      this.#acks = []
       for (let attempt = 1; ; attempt++) {
         try {
           await this.#o.source.ack(acks)

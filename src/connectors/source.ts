@@ -78,3 +78,23 @@ export interface Source {
   status(): SourceStatus
   close(): Promise<void>
 }
+
+/**
+ * The key of a decoded event: the event must be an object whose `keyField` is a non-empty
+ * string or a finite number (the rule every source applies before routing), else why not.
+ */
+export function eventKey(
+  event: unknown,
+  keyField: string,
+  /** What held the event, for the error: "field 'data'", "the entry". */
+  holder: string,
+): { key: string } | { error: string } {
+  if (typeof event !== 'object' || event === null || Array.isArray(event)) {
+    const got = event === null ? 'null' : Array.isArray(event) ? 'an array' : typeof event
+    return { error: `${holder} must hold an object (got ${got})` }
+  }
+  const key = (event as Record<string, unknown>)[keyField]
+  if (typeof key === 'string' && key.length > 0) return { key }
+  if (typeof key === 'number' && Number.isFinite(key)) return { key: String(key) }
+  return { error: `the event has no key: field '${keyField}' must be a non-empty string or a number` }
+}

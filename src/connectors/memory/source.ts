@@ -21,7 +21,7 @@
  *   SOURCE_UNAVAILABLE (retryable), to test what the pump does when the system is down.
  */
 import { ErrorCodes, ShoalError } from '../../errors.ts'
-import type { Source, SourceRead, SourceRecord, SourceStatus } from '../source.ts'
+import { eventKey, type Source, type SourceRead, type SourceRecord, type SourceStatus } from '../source.ts'
 
 interface Pending {
   consumer: string
@@ -273,23 +273,12 @@ export class MemorySource implements Source {
 
   #record(id: number, producerId: string, bad: MemoryDeadLetter[]): SourceRecord | null {
     const event = this.#stream.entry(id)
-    const key =
-      typeof event === 'object' && event !== null && !Array.isArray(event)
-        ? (event as Record<string, unknown>)[this.#keyField]
-        : undefined
-    const reason =
-      typeof event !== 'object' || event === null || Array.isArray(event)
-        ? 'the entry must hold an object'
-        : typeof key === 'string' && key.length > 0
-          ? null
-          : typeof key === 'number' && Number.isFinite(key)
-            ? null
-            : `the event has no key: field '${this.#keyField}' must be a non-empty string or a number`
-    if (reason !== null) {
-      bad.push({ id: String(id), reason, consumer: this.#me, event })
+    const k = eventKey(event, this.#keyField, 'the entry')
+    if ('error' in k) {
+      bad.push({ id: String(id), reason: k.error, consumer: this.#me, event })
       return null
     }
-    return { key: String(key), event, producerId, sequence: id, ack: String(id) }
+    return { key: k.key, event, producerId, sequence: id, ack: String(id) }
   }
 
   #settleBad(g: Group, bad: readonly MemoryDeadLetter[]): void {

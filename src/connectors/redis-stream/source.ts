@@ -32,7 +32,7 @@ import {
   createRedisClient,
   type StateTlsOptions,
 } from '../../state/redis/redis-backend.ts'
-import type { Source, SourceRead, SourceRecord, SourceStatus } from '../source.ts'
+import { eventKey, type Source, type SourceRead, type SourceRecord, type SourceStatus } from '../source.ts'
 import type { RedisStreamSourceSpec } from '../spec.ts'
 
 export interface RedisStreamSourceOptions {
@@ -106,19 +106,8 @@ export function decodeEntry(
   } catch (err) {
     return { error: `field '${spec.dataField}' is not valid ${spec.format}: ${(err as Error).message}` }
   }
-  if (typeof event !== 'object' || event === null || Array.isArray(event)) {
-    return { error: `field '${spec.dataField}' must hold an object (got ${describe(event)})` }
-  }
-  const key = (event as Record<string, unknown>)[spec.keyField]
-  if (typeof key === 'string' && key.length > 0) return { key, event }
-  if (typeof key === 'number' && Number.isFinite(key)) return { key: String(key), event }
-  return { error: `the event has no key: field '${spec.keyField}' must be a non-empty string or a number` }
-}
-
-function describe(v: unknown): string {
-  if (v === null) return 'null'
-  if (Array.isArray(v)) return 'an array'
-  return typeof v
+  const k = eventKey(event, spec.keyField, `field '${spec.dataField}'`)
+  return 'error' in k ? k : { key: k.key, event }
 }
 
 interface PendingJob {
