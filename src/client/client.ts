@@ -1242,11 +1242,20 @@ export class ShoalClient {
   // --- routing and connections -------------------------------------------------------------------
 
   #onRouting(r: RoutingFields): void {
-    if (r.epoch < this.#routing.epoch || r.partitions !== this.#routing.partitions) return
+    const current = this.#routing
+    if (r.partitions !== current.partitions) return
+    // Tables are ordered by the leader that made them, then by epoch. A new leader rebuilds the
+    // assignment from what the workers claimed, so its epoch can be below the last ones a
+    // deposed leader published (it went on declaring workers dead while cut off, and those
+    // tables, ownerless, reached this client when its link came back): compared by epoch alone
+    // they would shadow the new leader's for good ("no owner" until the epochs caught up).
+    const leader = r.leader ?? 0
+    const currentLeader = current.leader ?? 0
+    if (leader < currentLeader) return // a deposed leader's late push
+    if (leader === currentLeader && r.epoch < current.epoch) return
     // A recovering coordinator (restarted, or a new leader) has no owners yet; the workers keep
     // serving what they own meanwhile, so the last real table stays the better guide. The
     // coordinator pushes its table once the owners are back.
-    const current = this.#routing
     if (r.recovering === true && current.recovering !== true && current.routes.some((x) => x !== null)) return
     this.#routing = r
     this.#refreshedAt = performance.now()
