@@ -6,7 +6,11 @@
  * client acknowledges batches of a partition in the order their events were sent (`onAck`), so
  * a FIFO of event numbers per partition says exactly which events each ack covers; the
  * acknowledged per-key {count, sum} is what the cluster must hold at the end. Events sent and
- * never acknowledged (only if a client gives up) are "in doubt": either outcome is allowed.
+ * never acknowledged are "in doubt": either outcome is allowed. A batch the client gives up on
+ * (deliveryTimeoutMs, e.g. a partition without an owner for that long) is reported in the same
+ * order (onGiveUp) and its events leave the FIFO as in doubt; without that, every later ack of
+ * the partition would be credited to the events before it (the given-up ones) and the spot
+ * checks would report keys short of what was "acknowledged".
  *
  * Stream entries: XADD to the source stream with explicit ids `<base>-<n>`, so an XADD whose
  * reply was lost (Redis killed) is resolved by retrying it: "ID equal or smaller" means it is
@@ -17,6 +21,7 @@ import { ShoalClient } from '../src/client/client.ts'
 import { InvalidOptionError } from '../src/errors.ts'
 import { partitionForKey } from '../src/protocol/partition.ts'
 import { createTransport } from '../src/transport/index.ts'
+import type { Transport } from '../src/transport/transport.ts'
 
 export type Totals = Map<string, { count: number; sum: number }>
 
@@ -40,9 +45,11 @@ export const streamValue = (n: number): number => (n % 13) - 4
 class Tracked {
   readonly client: ShoalClient
   readonly label: string
-  /** Per partition: event numbers sent, in order; `heads[p]` is the first not yet acked. */
+  /** Per partition: event numbers sent, in order; `heads[p]` is the first not yet settled. */
   readonly pending: number[][]
   readonly heads: number[]
+  /** Events of batches the client gave up on: in doubt. */
+  readonly gaveUp: number[] = []
   failure: string | null = null
   closed = false
 
@@ -54,7 +61,7 @@ class Tracked {
   }
 
   unackedEvents(): number[] {
-    return this.pending.flatMap((q, p) => q.slice(this.heads[p]))
+    return [...this.gaveUp, ...this.pending.flatMap((q, p) => q.slice(this.heads[p]))]
   }
 }
 
@@ -65,6 +72,10 @@ export interface LoadOptions {
   coordinatorList: string
   /** Pause sending above this many unacknowledged events (the client buffers the rest). */
   maxUnacked?: number
+  /** The client gives a batch up after this long. @default 120000 */
+  deliveryTimeoutMs?: number
+  /** The clients' transport (tests: an in-process one). @default TCP */
+  transport?: (nodeId: string) => Transport
   say: (line: string) => void
 }
 
@@ -116,14 +127,15 @@ export class ClientLoad {
       try {
         const client = await ShoalClient.connect({
           coordinator,
-          transport: createTransport('tcp', { nodeId: `chaos-client-${process.pid}`, role: 'client' }),
+          transport: this.#transport(`chaos-client-${process.pid}`),
           retryDelayMs: 20,
-          deliveryTimeoutMs: 120_000,
+          deliveryTimeoutMs: this.#o.deliveryTimeoutMs ?? 120_000,
           queryTimeoutMs: 60_000,
           // Every worker is reachable from here; 'auto' would send a worker's traffic through the
           // leader for the rest of the run after one failed dial (during a partition).
           gateway: 'never',
           onAck: (p, n) => this.#onAck(tracked!, p, n),
+          onGiveUp: (p, n) => this.#onGiveUp(tracked!, p, n),
         })
         tracked = new Tracked(client, coordinator, client.partitions)
         this.#partitions = client.partitions
@@ -157,23 +169,33 @@ export class ClientLoad {
     t.closed = true
   }
 
+  #transport(nodeId: string): Transport {
+    return this.#o.transport?.(nodeId) ?? createTransport('tcp', { nodeId, role: 'client' })
+  }
+
   #onAck(t: Tracked, p: number, n: number): void {
+    this.#settle(t, p, n, (i) => add(this.acked, clientKey(i, this.#o.keys), clientValue(i)))
+    this.ackedEvents += n
+    const now = performance.now()
+    this.#maxGap = Math.max(this.#maxGap, now - this.#lastAckAt)
+    this.#lastAckAt = now
+  }
+
+  /** A batch given up: its events (the partition's oldest unsettled) are in doubt. */
+  #onGiveUp(t: Tracked, p: number, n: number): void {
+    this.#settle(t, p, n, (i) => t.gaveUp.push(i))
+  }
+
+  /** The next `n` events of partition `p`'s FIFO, settled in send order. */
+  #settle(t: Tracked, p: number, n: number, each: (i: number) => void): void {
     const q = t.pending[p]!
     let h = t.heads[p]!
-    const keys = this.#o.keys
-    for (let j = 0; j < n && h < q.length; j++, h++) {
-      const i = q[h]!
-      add(this.acked, clientKey(i, keys), clientValue(i))
-    }
-    this.ackedEvents += n
+    for (let j = 0; j < n && h < q.length; j++, h++) each(q[h]!)
     if (h > 4096 && h * 2 > q.length) {
       q.splice(0, h)
       h = 0
     }
     t.heads[p] = h
-    const now = performance.now()
-    this.#maxGap = Math.max(this.#maxGap, now - this.#lastAckAt)
-    this.#lastAckAt = now
   }
 
   start(): void {
@@ -258,7 +280,7 @@ export class ClientLoad {
     return { events, totals }
   }
 
-  /** Events a client gave up on (stats.failed): the ack bookkeeping of that partition is off. */
+  /** Events a client gave up on (stats.failed); they are in doubt (see onGiveUp). */
   failedEvents(): number {
     return this.#clients.reduce((n, t) => n + t.client.stats.failed, 0)
   }
@@ -267,7 +289,7 @@ export class ClientLoad {
   fresh(name: string): Promise<ShoalClient> {
     return ShoalClient.connect({
       coordinator: this.#current!.label,
-      transport: createTransport('tcp', { nodeId: `${name}-${process.pid}`, role: 'client' }),
+      transport: this.#transport(`${name}-${process.pid}`),
       gateway: 'never',
       queryTimeoutMs: 60_000,
     })

@@ -752,9 +752,7 @@ async function main(): Promise<number> {
     problems.push(...flushProblems)
     const failedEvents = load.failedEvents()
     if (failedEvents > 0)
-      problems.push(
-        `clients gave up on ${failedEvents} events (per-key ack bookkeeping of those partitions is off)`,
-      )
+      problems.push(`clients gave up on ${failedEvents} events (undelivered for 120 s; counted in doubt)`)
     let settledObs: Observation | null = null
     try {
       settledObs = await waitSettled(cluster, 60_000)

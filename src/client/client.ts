@@ -69,6 +69,13 @@ export interface ShoalClientOptions {
    */
   onAck?: (partition: number, events: number) => void
   /**
+   * Called when a batch of `events` events of `partition` is given up (deliveryTimeoutMs passed,
+   * or a refusal that is not retryable): its events are in doubt (it may or may not have been
+   * applied). With onAck, every batch is reported exactly once, in the order its events were
+   * sent, so a caller keeping a FIFO of its events per partition stays exact after a give-up.
+   */
+  onGiveUp?: (partition: number, events: number) => void
+  /**
    * Reaching workers. 'auto': send to each partition's owner directly, and through the
    * coordinator's gateway for a worker this client cannot dial (CONNECT_FAILED: its advertised
    * address does not resolve or route from here, e.g. a host outside a compose network).
@@ -521,11 +528,12 @@ function sealBatch(f: BatchBuffer, count: number): Uint8Array {
 
 export class ShoalClient {
   readonly producerId: string
-  readonly #opts: Required<Omit<ShoalClientOptions, 'producerId' | 'onAck'>>
+  readonly #opts: Required<Omit<ShoalClientOptions, 'producerId' | 'onAck' | 'onGiveUp'>>
   /** Workers reached through the coordinator's gateway ('auto' after a failed dial). */
   readonly #viaGateway = new Set<string>()
   #gatewayConn: Promise<Connection> | null = null
   readonly #onAckHook: ((partition: number, events: number) => void) | undefined
+  readonly #onGiveUpHook: ((partition: number, events: number) => void) | undefined
   readonly #admin: AdminClient
   #routing: RoutingFields
   readonly #queues: PartitionQueue[]
@@ -567,6 +575,7 @@ export class ShoalClient {
       gateway: opts.gateway ?? 'auto',
     }
     this.#onAckHook = opts.onAck
+    this.#onGiveUpHook = opts.onGiveUp
     this.#admin = admin
     this.#routing = routing
     this.#queues = Array.from({ length: routing.partitions }, () => ({
@@ -1195,6 +1204,7 @@ export class ShoalClient {
     batch.timer = null
     q.inFlight = null
     this.stats.failed += batch.count
+    this.#onGiveUpHook?.(batch.partition, batch.count)
     if (batch.settle !== undefined) {
       batch.settle.reject(err)
       this.#acked(batch.count, false)
@@ -1242,11 +1252,20 @@ export class ShoalClient {
   // --- routing and connections -------------------------------------------------------------------
 
   #onRouting(r: RoutingFields): void {
-    if (r.epoch < this.#routing.epoch || r.partitions !== this.#routing.partitions) return
+    const current = this.#routing
+    if (r.partitions !== current.partitions) return
+    // Tables are ordered by the leader that made them, then by epoch. A new leader rebuilds the
+    // assignment from what the workers claimed, so its epoch can be below the last ones a
+    // deposed leader published (it went on declaring workers dead while cut off, and those
+    // tables, ownerless, reached this client when its link came back): compared by epoch alone
+    // they would shadow the new leader's for good ("no owner" until the epochs caught up).
+    const leader = r.leader ?? 0
+    const currentLeader = current.leader ?? 0
+    if (leader < currentLeader) return // a deposed leader's late push
+    if (leader === currentLeader && r.epoch < current.epoch) return
     // A recovering coordinator (restarted, or a new leader) has no owners yet; the workers keep
     // serving what they own meanwhile, so the last real table stays the better guide. The
     // coordinator pushes its table once the owners are back.
-    const current = this.#routing
     if (r.recovering === true && current.recovering !== true && current.routes.some((x) => x !== null)) return
     this.#routing = r
     this.#refreshedAt = performance.now()

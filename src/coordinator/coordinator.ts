@@ -540,6 +540,9 @@ export class Coordinator extends EventEmitter<{
       routes,
       addresses,
       ...(recovering ? { recovering } : {}),
+      // Clients order tables by leader, then epoch: this leader's epochs may be below a deposed
+      // one's (see RoutingFields.leader).
+      ...(this.#leader > 0 ? { leader: this.#leader } : {}),
     }
   }
 

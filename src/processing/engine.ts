@@ -171,6 +171,17 @@ export class Engine {
     return this.#busyMs + (this.#inFlight > 0 ? performance.now() - this.#busySince : 0)
   }
 
+  /**
+   * Whether a batch or tick of `partition` submitted now would be taken (not refused with
+   * QUEUE_FULL or CLOSED). Synchronous, so a caller can decide before it records the batch as
+   * handed on (DataPlane: the checkpoint cut must not cover a batch the engine refused).
+   */
+  accepts(partition: number): boolean {
+    if (this.#closed) return false
+    const lane = this.#lanes[partition % this.threads]!
+    return lane.waiting.length + lane.pool.queueSize < this.#maxQueue
+  }
+
   /** Process one batch of partition's events (msgpack [key, event][]). */
   batch(partition: number, payload: Uint8Array): Promise<BatchResult> {
     const own = new Uint8Array(payload.byteLength)

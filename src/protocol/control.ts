@@ -89,6 +89,13 @@ export interface RoutingFields {
   addresses: Record<string, string>
   /** The coordinator is still rebuilding its assignment (after a restart or takeover). */
   recovering?: boolean
+  /**
+   * The leadership epoch (HA lease generation) of the coordinator that made this table; absent
+   * without HA. Assignment epochs are per leader: a new leader rebuilds from what the workers
+   * claimed and may number its table below what a deposed leader published (docs/cluster.md), so
+   * a client orders tables by leader first, then by epoch.
+   */
+  leader?: number
 }
 
 function bad(op: string, field: string, expected: string, got: unknown): ProtocolError {
@@ -238,11 +245,16 @@ export function parseRouting(body: ControlBody): RoutingFields {
   if (recovering !== undefined && typeof recovering !== 'boolean') {
     throw bad(body.op, 'recovering', 'a boolean', recovering)
   }
+  const leader = (body as Record<string, unknown>).leader
+  if (leader !== undefined && (!Number.isSafeInteger(leader) || (leader as number) < 0)) {
+    throw bad(body.op, 'leader', 'a non-negative integer', leader)
+  }
   return {
     epoch,
     partitions,
     routes: out,
     addresses: addresses as Record<string, string>,
     ...(recovering === true ? { recovering } : {}),
+    ...(leader === undefined || leader === 0 ? {} : { leader: leader as number }),
   }
 }

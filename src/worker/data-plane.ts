@@ -946,6 +946,10 @@ export class DataPlane implements PartitionHost {
         if (this.#partitions.get(b.partition) !== rt) {
           throw new ShoalError(ErrorCodes.NOT_OWNER, `partition ${b.partition} moved`, { retryable: true })
         }
+        // Refused by the engine: not handed on, so not in the checkpoint cut either. Recorded as
+        // applied, a checkpoint would cover it without it, and the sender's retry (appended
+        // again) would be skipped as a duplicate when the log is replayed after a restore.
+        if (!this.#engine.accepts(b.partition)) throw refusedByEngine(b.partition)
         rt.applied.delete(b.producerId)
         rt.applied.set(b.producerId, b.sequence)
         if (rt.applied.size > maxProducers) rt.applied.delete(rt.applied.keys().next().value!)
@@ -1039,6 +1043,12 @@ export class DataPlane implements PartitionHost {
         throw new ShoalError(ErrorCodes.BAD_MESSAGE, `a worker does not take state ${body.op}`)
     }
   }
+}
+
+function refusedByEngine(partition: number): ShoalError {
+  return new ShoalError(ErrorCodes.QUEUE_FULL, `processing queue of partition ${partition} is full`, {
+    retryable: true,
+  })
 }
 
 /** A failed append or batch as the sender sees it: moved partitions are NOT_OWNER (retry). */

@@ -18,6 +18,9 @@ import { Engine } from '../../../src/processing/engine.ts'
 import { openPartitionStore, type PartitionStore } from '../../../src/state/checkpoint/partition-store.ts'
 import { createStateBackend } from '../../../src/state/index.ts'
 import { DataPlane } from '../../../src/worker/data-plane.ts'
+import { ErrorCodes } from '../../../src/errors.ts'
+import type { Envelope, EventAckBody } from '../../../src/protocol/messages.ts'
+import type { Connection } from '../../../src/transport/transport.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
 const logger = pino({ level: process.env.DEBUG_LOG ?? 'silent' })
@@ -185,6 +188,121 @@ describe('data plane: fence, then restore while the thread is busy', () => {
     expect(await stateOf(engine, p)).toEqual(keys)
   })
 })
+
+describe('data plane: a batch the engine refuses', () => {
+  it('is not in the checkpoint cut, so its acknowledged retry is replayed after a restore', async () => {
+    // The hand-off advanced the partition's applied offset and dedup table, then handed the
+    // batch to the engine, which can refuse it at once (QUEUE_FULL): a checkpoint cut then
+    // covered a batch its snapshot lacks, and the sender's retry (acknowledged) was skipped as
+    // a duplicate when the log was replayed after a restore.
+    const blocking = blockingJob()
+    const engine = new Engine({ job: blocking.job, threads: 1, maxQueuePerThread: 2 })
+    cleanup.push(() => {
+      blocking.release()
+      return engine.close()
+    })
+    const backend = await createStateBackend(`memory:refused-${process.pid}`)
+    const store = await openPartitionStore(backend)
+    cleanup.push(async () => {
+      await store.close()
+      await backend.close()
+    })
+    const dp = new DataPlane({ engine, logger, store, maxInFlightBatches: 100 })
+    dp.bind({ serves: () => true, partitionCount: 16 })
+    cleanup.push(() => dp.close())
+    const p = 0
+    await dp.restore(p, 1)
+    const { held } = await holdThread(engine, 1) // the thread busy: batches wait in its queue
+    const link = fakeConnection()
+    void dp.serve(link.conn)
+    const batch = (sequence: number): Envelope =>
+      ({
+        kind: 'event',
+        body: {
+          op: 'batch',
+          partition: p,
+          epoch: 1,
+          producerId: 'P',
+          sequence,
+          count: 1,
+          payload: packr.pack([['k', {}]]),
+        },
+      }) as unknown as Envelope
+    // Two batches fill the thread's queue (2); the third is refused.
+    for (const s of [1, 2, 3]) link.push(batch(s))
+    const refused = await waitFor(
+      () => link.acks.find((a) => a.sequence === 3),
+      'the third batch refused by the engine',
+    )
+    expect(refused.ok).toBe(false)
+    expect(refused.error?.code).toBe(ErrorCodes.QUEUE_FULL)
+    // A checkpoint now, then the thread runs everything.
+    const checkpointed = dp.checkpoint('cp-1', [p])
+    blocking.release()
+    await held
+    const [cp] = await checkpointed
+    expect(cp?.partition).toBe(p)
+    // The sender retries the refused batch; it is applied and acknowledged.
+    link.push(batch(3))
+    await waitFor(
+      () =>
+        link.acks
+          .filter((a) => a.ok)
+          .map((a) => a.sequence)
+          .sort()
+          .join() === '1,2,3',
+      'all three batches acknowledged',
+    )
+    expect(await stateOf(engine, p)).toEqual({ k: { n: 3 } })
+    // Another worker restores the partition from the checkpoint and the log.
+    const engine2 = startEngine(blocking)
+    const dp2 = new DataPlane({ engine: engine2, logger, store })
+    dp2.bind({ serves: () => true, partitionCount: 16 })
+    cleanup.push(() => dp2.close())
+    await dp2.restore(p, 2)
+    expect(await stateOf(engine2, p)).toEqual({ k: { n: 3 } })
+  })
+})
+
+/** A Connection that a test feeds with envelopes and that records the acks sent on it. */
+function fakeConnection(): {
+  conn: Connection
+  push: (env: Envelope) => void
+  acks: EventAckBody[]
+} {
+  const inbox: Envelope[] = []
+  const acks: EventAckBody[] = []
+  let wake: (() => void) | null = null
+  let closed = false
+  const conn = {
+    id: 'fake',
+    peer: { nodeId: 'client' },
+    send(m: { kind: string; body: { op?: string } }): boolean {
+      if (m.kind === 'event' && m.body.op === 'ack') acks.push(m.body as EventAckBody)
+      return true
+    },
+    async *[Symbol.asyncIterator](): AsyncIterator<Envelope> {
+      for (;;) {
+        while (inbox.length > 0) yield inbox.shift()!
+        if (closed) return
+        await new Promise<void>((r) => (wake = r))
+      }
+    },
+  }
+  cleanup.push(() => {
+    closed = true
+    wake?.()
+  })
+  return {
+    conn: conn as unknown as Connection,
+    push: (env) => {
+      inbox.push(env)
+      wake?.()
+      wake = null
+    },
+    acks,
+  }
+}
 
 async function stateOf(engine: Engine, p: number): Promise<Record<string, unknown>> {
   const dump = packr.unpack((await engine.dump(p)).data) as [string, unknown][]
