@@ -33,6 +33,7 @@ const REGISTRY: Record<string, () => Promise<{ default: Benchmark }>> = {
   'pg-write-behind': () => import('./macro/pg-write-behind.ts'),
   windows: () => import('./macro/windows.ts'),
   send: () => import('./macro/send.ts'),
+  memory: () => import('./macro/memory.ts'),
 }
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url))

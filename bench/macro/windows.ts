@@ -82,6 +82,8 @@ import {
   watchWorkers,
   workerProcessMetrics,
   type Cluster,
+  buildDist,
+  type NodeBinary,
 } from './e2e.ts'
 
 const SELF = fileURLToPath(import.meta.url)
@@ -113,7 +115,7 @@ export default defineJob({
 })
 `
 
-const JOB_FILES: Record<string, string> = {
+export const JOB_FILES: Record<string, string> = {
   'tumbling.ts': WINDOWED_JOB('bench-tumbling', 'windows.tumbling({ sizeMs: 60_000 })'),
   'sliding.ts': WINDOWED_JOB('bench-sliding', 'windows.sliding({ sizeMs: 300_000, slideMs: 60_000 })'),
   // One window of an hour per key and no idleness: nothing fires while the benchmark looks.
@@ -589,26 +591,37 @@ async function closeJob(live: LiveJob, o: JobOptions): Promise<JobRun> {
   return out
 }
 
-interface MemoryRun {
+export interface MemoryRun {
   job: 'open windows' | 'count'
+  binary: NodeBinary
   keys: number
   baseMiB: number
   peakMiB: number
   settledMiB: number
   seconds: number
+  /** Keys written by checkpoints (shoal_checkpoint_keys_total; 0 without a state store). */
+  checkpointed: number
+  /** From the last ack until two more checkpoints completed. */
+  checkpointSeconds: number
   sample: string
   ok: boolean
 }
 
-/** One worker; one event for each of `keys` keys; its RSS before, at peak and 5 s after. */
-async function runMemory(
+/**
+ * One worker; one event for each of `keys` keys; its RSS before, at peak and 5 s after. `dir`
+ * holds JOB_FILES; `binary: 'dist'` needs a current `npm run build`.
+ */
+export async function runMemory(
   job: MemoryRun['job'],
-  o: { dir: string; threads: number; keys: number; settle: boolean },
+  o: { dir: string; threads: number; keys: number; settle: boolean; binary: NodeBinary },
 ): Promise<MemoryRun> {
   if (o.settle) await waitForIdle()
-  console.error(`  windows memory (${job}): coordinator + 1 worker x ${o.threads} thread(s), ${o.keys} keys`)
+  console.error(
+    `  memory (${job}, ${o.binary}): coordinator + 1 worker x ${o.threads} thread(s), ${o.keys} keys`,
+  )
   const cluster = await startCluster('tcp', 1, o.threads, {
     job: job === 'count' ? 'count' : join(o.dir, 'open-windows.ts'),
+    binary: o.binary,
     workerFlags: profileFlags(`memory-${job === 'count' ? 'count' : 'windows'}`),
   })
   const client = new ClientChild(cluster.coordinator.info.address)
@@ -627,6 +640,18 @@ async function runMemory(
     )
     let peak = w.peakRss[0]!
     let settled = 0
+    // The steady state a user sees: two checkpoints completed after the last ack (with a state
+    // store, the committed copy is part of what a worker holds), then 5 s more.
+    const started = performance.now()
+    const checkpoints0 = (await workerProcessMetrics(cluster.coordinator)).checkpoints
+    let checkpoints = checkpoints0
+    while (checkpoints < checkpoints0 + 2 && performance.now() - started < 120_000) {
+      await sleep(250)
+      peak = Math.max(peak, (await workerProcessMetrics(worker)).rss)
+      checkpoints = (await workerProcessMetrics(cluster.coordinator)).checkpoints
+    }
+    const checkpointed = (await workerProcessMetrics(cluster.coordinator)).checkpointKeys
+    const checkpointSeconds = (performance.now() - started) / 1000
     for (let t = 0; t < 20; t++) {
       await sleep(250)
       settled = (await workerProcessMetrics(worker)).rss
@@ -652,17 +677,20 @@ async function runMemory(
     })
     const r: MemoryRun = {
       job,
+      binary: o.binary,
       keys: o.keys,
       baseMiB: mib(base),
       peakMiB: mib(peak),
       settledMiB: mib(settled),
       seconds: w.result.seconds,
+      checkpointed,
+      checkpointSeconds,
       sample: JSON.stringify(states[0]),
       ok,
     }
     console.error(
-      `  windows memory (${job}): RSS ${r.baseMiB} MiB before, peak ${r.peakMiB} MiB, ` +
-        `${r.settledMiB} MiB 5 s after the last ack; ${job === 'count' ? 'key' : 'window'} ` +
+      `  memory (${job}, ${o.binary}): RSS ${r.baseMiB} MiB before, peak ${r.peakMiB} MiB, ` +
+        `${r.settledMiB} MiB 5 s after two more checkpoints (${r.checkpointSeconds.toFixed(1)} s after the last ack; ${r.checkpointed} keys checkpointed); ${job === 'count' ? 'key' : 'window'} ` +
         `${keyOf(0)}: ${r.sample}${ok ? '' : ' (WRONG)'}`,
     )
     return r
@@ -718,8 +746,11 @@ const benchmark: Benchmark = {
       }
       const memory: MemoryRun[] = []
       if (process.env.WINDOWS_MEMORY !== '0') {
-        memory.push(await runMemory('open windows', { dir, threads, keys: memoryKeys, settle }))
-        memory.push(await runMemory('count', { dir, threads, keys: memoryKeys, settle }))
+        // The built CLI, as the `shoal` binary and the image run it (see bench/macro/memory.ts).
+        await buildDist()
+        const mo = { dir, threads, keys: memoryKeys, settle, binary: 'dist' as const }
+        memory.push(await runMemory('open windows', mo))
+        memory.push(await runMemory('count', mo))
       }
 
       const rateOf = (r: JobRun | undefined): number =>
@@ -829,7 +860,7 @@ const benchmark: Benchmark = {
                     'state',
                   ],
                   rows: memory.map((m) => [
-                    m.job === 'count' ? 'count (reference)' : 'one open 1-hour tumbling window per key',
+                    `${m.job === 'count' ? 'count (reference)' : 'one open 1-hour tumbling window per key'}, ${m.binary}`,
                     m.keys,
                     m.baseMiB,
                     m.peakMiB,

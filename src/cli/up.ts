@@ -61,9 +61,23 @@ export function onListening(stdout: Readable, callback: (info: NodeListening) =>
   })
 }
 
+/**
+ * The main thread's semi-spaces, as the processing threads' (engine.ts, DEFAULT_YOUNG_GENERATION_MB):
+ * 4 MiB instead of V8's 16-32 MiB. A V8 heap is sized when its isolate starts, so this can only be
+ * a flag of the node process; the image's ENTRYPOINT passes it too (docs/operations.md).
+ */
+export const MAIN_THREAD_FLAGS = ['--max-semi-space-size=4']
+
+/** This process's Node flags, plus MAIN_THREAD_FLAGS unless the user set a semi-space size. */
+export function nodeFlagsForNodes(execArgv: readonly string[], nodeOptions = ''): string[] {
+  const set = [...execArgv, nodeOptions].some((f) => f.includes('--max-semi-space-size'))
+  return set ? [...execArgv] : [...execArgv, ...MAIN_THREAD_FLAGS]
+}
+
 function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<NodeListening> } {
   // Re-run this CLI with the same Node flags (tsx in development, plain node when built).
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1]!, ...args], {
+  const flags = nodeFlagsForNodes(process.execArgv, process.env.NODE_OPTIONS)
+  const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: process.env,
   })

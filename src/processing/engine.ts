@@ -36,7 +36,19 @@ export interface EngineOptions {
   threads?: number
   /** Tasks queued per thread before submit() rejects with QUEUE_FULL. @default 1024 */
   maxQueuePerThread?: number
+  /**
+   * Each processing thread's young generation (V8's `maxYoungGenerationSizeMb`: two semi-spaces
+   * and the new large-object space). @default 12 (4 MiB semi-spaces)
+   */
+  youngGenerationMb?: number
 }
+
+/**
+ * 4 MiB semi-spaces instead of V8's 16 MiB (32 MiB on Node 22 and later): a batch's garbage dies
+ * young either way, and a smaller nursery stays in the CPU cache. Measured on the e2e benchmark
+ * (docs/benchmarks.md, "Worker memory"): ~60 MiB less RSS per worker and no loss of throughput.
+ */
+export const DEFAULT_YOUNG_GENERATION_MB = 12
 
 type ResultOf<Op extends TaskRequest['op']> = Extract<TaskResult, { op: Op }>
 
@@ -111,6 +123,7 @@ export class Engine {
   readonly job: string
   readonly #lanes: Lane[]
   readonly #maxQueue: number
+  readonly #youngGenerationMb: number
   /** Tasks one thread queues before submit() rejects with QUEUE_FULL. */
   get maxQueuePerThread(): number {
     return this.#maxQueue
@@ -131,6 +144,7 @@ export class Engine {
     this.job = options.job ?? 'count'
     this.threads = Math.max(1, options.threads ?? availableParallelism())
     this.#maxQueue = options.maxQueuePerThread ?? 1024
+    this.#youngGenerationMb = options.youngGenerationMb ?? DEFAULT_YOUNG_GENERATION_MB
     this.#lanes = Array.from({ length: this.threads }, () => ({
       pool: new Piscina({
         filename: TASK_FILE,
@@ -146,6 +160,7 @@ export class Engine {
         maxQueue: this.#maxQueue,
         idleTimeout: Infinity,
         workerData: { job: this.job },
+        resourceLimits: { maxYoungGenerationSizeMb: this.#youngGenerationMb },
       }),
       inPool: 0,
       waiting: [],
