@@ -210,6 +210,8 @@ export interface ClusterExtras {
   workerFlags?: string[]
   /** How the nodes run. @default 'tsx' */
   binary?: NodeBinary
+  /** --state for every node (e.g. `file:DIR`). @default none: memory state */
+  state?: string
 }
 
 export async function startCluster(
@@ -218,7 +220,13 @@ export async function startCluster(
   threads: number,
   extras: ClusterExtras = {},
 ): Promise<Cluster> {
-  const common = ['--transport', transport, '--log-level', 'warn']
+  const common = [
+    '--transport',
+    transport,
+    '--log-level',
+    'warn',
+    ...(extras.state === undefined ? [] : ['--state', extras.state]),
+  ]
   const workerArgs = [
     ...(extras.job === undefined ? [] : ['--job', extras.job]),
     ...(extras.sinks ?? []).flatMap((s) => ['--sink', s]),

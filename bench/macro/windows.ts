@@ -594,6 +594,8 @@ async function closeJob(live: LiveJob, o: JobOptions): Promise<JobRun> {
 export interface MemoryRun {
   job: 'open windows' | 'count'
   binary: NodeBinary
+  /** The nodes' --state: 'memory' (none given) or 'file'. */
+  state: string
   keys: number
   baseMiB: number
   peakMiB: number
@@ -613,7 +615,7 @@ export interface MemoryRun {
  */
 export async function runMemory(
   job: MemoryRun['job'],
-  o: { dir: string; threads: number; keys: number; settle: boolean; binary: NodeBinary },
+  o: { dir: string; threads: number; keys: number; settle: boolean; binary: NodeBinary; state?: string },
 ): Promise<MemoryRun> {
   if (o.settle) await waitForIdle()
   console.error(
@@ -622,6 +624,7 @@ export async function runMemory(
   const cluster = await startCluster('tcp', 1, o.threads, {
     job: job === 'count' ? 'count' : join(o.dir, 'open-windows.ts'),
     binary: o.binary,
+    ...(o.state === undefined ? {} : { state: o.state }),
     workerFlags: profileFlags(`memory-${job === 'count' ? 'count' : 'windows'}`),
   })
   const client = new ClientChild(cluster.coordinator.info.address)
@@ -678,6 +681,7 @@ export async function runMemory(
     const r: MemoryRun = {
       job,
       binary: o.binary,
+      state: o.state === undefined ? 'memory' : o.state.split(':')[0]!,
       keys: o.keys,
       baseMiB: mib(base),
       peakMiB: mib(peak),

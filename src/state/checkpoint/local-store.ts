@@ -7,8 +7,10 @@
  * ```
  * p<N>.log   append-only: header (SHLG, version, base offset), then records
  *            [u32 length][u32 crc32][msgpack [offset, epoch, producerId, sequence, count, payload]]
- * p<N>.cp    the committed checkpoint: SHCP, version, crc32, msgpack
- *            [version, partition, [checkpointId, logOffset, dedup, epoch, committedAt], [[key, value], ...]]
+ * p<N>.cp    the committed checkpoint: SHCP, version 2, crc32, msgpack
+ *            [2, partition, [checkpointId, logOffset, dedup, epoch, committedAt], keys, values, ends]
+ *            (values end to end in one bin, ends: little-endian u32 per key; version 1 files,
+ *            [1, partition, [...], [[key, value], ...]], are still read)
  * ```
  *
  * Appends are group-committed per partition (one write + fdatasync for every append made while
@@ -42,6 +44,7 @@ import {
 } from '../backend.ts'
 import type { FileBackend } from '../file/file-backend.ts'
 import { MemoryStore } from '../memory/memory-backend.ts'
+import { CommittedState } from './committed.ts'
 import {
   KeyedQueue,
   checkChanged,
@@ -81,8 +84,8 @@ interface LocalPartition {
   /** Highest offset on disk (memory: == lastOffset). */
   durableOffset: number
   meta: Meta | undefined
-  /** The committed state. Replaced or updated only at a commit, synchronously. */
-  state: Map<string, Buffer>
+  /** The committed state. Replaced only at a commit, synchronously (it is immutable). */
+  state: CommittedState
 }
 
 const packr = new Packr({ useRecords: false, moreTypes: false })
@@ -124,7 +127,7 @@ class LocalEngine {
 }
 
 function emptyPartition(): LocalPartition {
-  return { log: [], lastOffset: 0, durableOffset: 0, meta: undefined, state: new Map() }
+  return { log: [], lastOffset: 0, durableOffset: 0, meta: undefined, state: CommittedState.EMPTY }
 }
 
 const engines = new WeakMap<MemoryStore, LocalEngine>()
@@ -313,11 +316,14 @@ class LocalPartitionStore implements PartitionStore {
         { partition: p, logOffset: cp.logOffset, committed: part.meta.logOffset },
       )
     }
-    const changes = new Map<string, Buffer>()
+    const changes = new Map<string, Uint8Array>()
     for (const pair of cp.changed) {
       checkChanged(pair, deleted)
-      changes.set(pair[0], Buffer.from(pair[1]))
+      changes.set(pair[0], pair[1])
     }
+    // Built now (values copied), swapped in at the commit: this partition's checkpoints, claims
+    // and trims run one at a time, so nothing else replaces part.state meanwhile.
+    const next = cp.full ? CommittedState.from(changes) : part.state.merge(changes, deleted)
     const meta: Meta = {
       checkpointId: cp.checkpointId,
       logOffset: cp.logOffset,
@@ -327,11 +333,7 @@ class LocalPartitionStore implements PartitionStore {
     }
     const apply = (): void => {
       this.#checkFence(p, epoch)
-      if (cp.full) part.state = changes
-      else {
-        for (const k of deleted) part.state.delete(k)
-        for (const [k, v] of changes) part.state.set(k, v)
-      }
+      part.state = next
       part.meta = meta
     }
     const result = { changed: changes.size, deleted: cp.full ? 0 : deleted.size, merging: false }
@@ -340,13 +342,7 @@ class LocalPartitionStore implements PartitionStore {
       await this.#hooks.beforeCommit?.(p, cp.checkpointId)
       apply()
     } else {
-      // The new snapshot: the committed state minus deleted and changed keys, plus the changes.
-      const entries: [string, Buffer][] = []
-      if (!cp.full) {
-        for (const [k, v] of part.state) if (!changes.has(k) && !deleted.has(k)) entries.push([k, v])
-      }
-      for (const e of changes) entries.push(e)
-      const staged = await disk.stageCheckpoint(p, meta, entries)
+      const staged = await disk.stageCheckpoint(p, meta, next)
       try {
         await this.#hooks.beforeCommit?.(p, cp.checkpointId)
         this.#checkFence(p, epoch)
@@ -369,8 +365,8 @@ class LocalPartitionStore implements PartitionStore {
     validatePartition(partition)
     const part = await this.#engine.partition(partition)
     const meta = part.meta
-    // A consistent snapshot, taken synchronously (commits replace or update the map in place).
-    const snapshot = [...part.state]
+    // A consistent snapshot: commits replace the (immutable) committed state, never change it.
+    const snapshot = part.state
     return {
       partition,
       checkpointId: meta?.checkpointId,
@@ -437,13 +433,17 @@ function firstAfter(log: readonly LogEntry[], offset: number): number {
 }
 
 async function* batches(
-  snapshot: [string, Buffer][],
+  snapshot: CommittedState,
   check: () => void,
   size = 1024,
 ): AsyncGenerator<[string, Buffer][]> {
-  for (let i = 0; i < snapshot.length; i += size) {
+  for (let i = 0; i < snapshot.size; i += size) {
     check()
-    yield snapshot.slice(i, i + size).map(([k, v]) => [k, Buffer.from(v)])
+    const batch: [string, Buffer][] = []
+    for (let j = i; j < Math.min(i + size, snapshot.size); j++) {
+      batch.push([snapshot.keys[j]!, Buffer.from(snapshot.value(j))])
+    }
+    yield batch
     if (i > 0 && i % (size * 64) === 0) await yieldToLoop()
   }
 }
@@ -454,6 +454,20 @@ async function* batches(
 const LOG_MAGIC = Buffer.from('SHLG', 'latin1')
 const CP_MAGIC = Buffer.from('SHCP', 'latin1')
 const FORMAT_VERSION = 1
+/**
+ * Checkpoint files: 1 held [key, value] pairs (still read); 2 holds the keys, the values end to
+ * end and their ends (see CommittedState).
+ */
+const CP_FORMAT_VERSION = 2
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1
+
+/** The ends as little-endian u32 bytes (a view of them on little-endian machines). */
+function endsBytes(ends: Uint32Array): Buffer {
+  if (LITTLE_ENDIAN) return Buffer.from(ends.buffer, ends.byteOffset, ends.byteLength)
+  const b = Buffer.allocUnsafe(ends.length * 4)
+  ends.forEach((e, i) => b.writeUInt32LE(e, i * 4))
+  return b
+}
 const LOG_HEADER_BYTES = LOG_MAGIC.length + 1 + 8
 const CP_HEADER_BYTES = CP_MAGIC.length + 1 + 4
 const RECORD_HEADER_BYTES = 8
@@ -555,9 +569,9 @@ class DiskLog {
       if (!isErrno(err, 'ENOENT')) throw unavailable(`cannot read ${cpFile}`, err)
     }
     if (cpBytes !== undefined) {
-      const { meta, entries } = decodeCheckpoint(cpBytes, cpFile, p)
+      const { meta, state } = decodeCheckpoint(cpBytes, cpFile, p)
       part.meta = meta
-      part.state = new Map(entries)
+      part.state = state
     }
     const logFile = this.#logFile(p)
     let logBytes: Buffer | undefined
@@ -665,19 +679,22 @@ class DiskLog {
   }
 
   /** Write the checkpoint to a temp file (fsynced); commit() renames it into place. */
-  async stageCheckpoint(p: number, meta: Meta, entries: [string, Buffer][]): Promise<StagedCheckpoint> {
+  async stageCheckpoint(p: number, meta: Meta, state: CommittedState): Promise<StagedCheckpoint> {
     await this.#init()
     const file = this.#cpFile(p)
     const tmp = `${file}.${process.pid}.${this.#seq++}.tmp`
+    // Format 2: keys, values end to end, their ends (little-endian u32): no object per key.
     const payload = packr.pack([
-      FORMAT_VERSION,
+      CP_FORMAT_VERSION,
       p,
       [meta.checkpointId, meta.logOffset, meta.dedup, meta.epoch, meta.committedAt],
-      entries,
+      state.keys,
+      state.data,
+      endsBytes(state.ends),
     ])
     const header = Buffer.alloc(CP_HEADER_BYTES)
     CP_MAGIC.copy(header, 0)
-    header.writeUInt8(FORMAT_VERSION, CP_MAGIC.length)
+    header.writeUInt8(CP_FORMAT_VERSION, CP_MAGIC.length)
     header.writeUInt32BE(crc32(payload), CP_MAGIC.length + 1)
     try {
       await this.#writeFile(tmp, [header, payload])
@@ -811,12 +828,14 @@ function decodeCheckpoint(
   bytes: Buffer,
   file: string,
   partition: number,
-): { meta: Meta; entries: [string, Buffer][] } {
+): { meta: Meta; state: CommittedState } {
   if (bytes.length < CP_HEADER_BYTES || !bytes.subarray(0, CP_MAGIC.length).equals(CP_MAGIC)) {
     throw corrupt(file, 'bad magic')
   }
   const version = bytes.readUInt8(CP_MAGIC.length)
-  if (version !== FORMAT_VERSION) throw corrupt(file, `unsupported format version ${version}`)
+  if (version !== 1 && version !== CP_FORMAT_VERSION) {
+    throw corrupt(file, `unsupported format version ${version}`)
+  }
   const payload = bytes.subarray(CP_HEADER_BYTES)
   if (crc32(payload) !== bytes.readUInt32BE(CP_MAGIC.length + 1)) throw corrupt(file, 'checksum mismatch')
   let decoded: unknown
@@ -825,12 +844,17 @@ function decodeCheckpoint(
   } catch (err) {
     throw corrupt(file, `undecodable payload (${String(err)})`)
   }
-  if (!Array.isArray(decoded) || decoded.length !== 4 || decoded[1] !== partition) {
+  const fields = version === 1 ? 4 : 6
+  if (
+    !Array.isArray(decoded) ||
+    decoded.length !== fields ||
+    decoded[0] !== version ||
+    decoded[1] !== partition
+  ) {
     throw corrupt(file, 'unexpected payload shape')
   }
-  const [, , m, stored] = decoded as [number, number, unknown, unknown]
-  if (!Array.isArray(m) || m.length !== 5 || !Array.isArray(stored))
-    throw corrupt(file, 'unexpected payload shape')
+  const m: unknown = decoded[2]
+  if (!Array.isArray(m) || m.length !== 5) throw corrupt(file, 'unexpected payload shape')
   const [checkpointId, logOffset, dedup, epoch, committedAt] = m as [
     string,
     number,
@@ -838,12 +862,38 @@ function decodeCheckpoint(
     number,
     number,
   ]
-  const entries: [string, Buffer][] = []
-  for (const item of stored) {
-    if (!Array.isArray(item) || typeof item[0] !== 'string' || !(item[1] instanceof Uint8Array)) {
-      throw corrupt(file, 'bad entry')
+  const meta = { checkpointId, logOffset, dedup: { ...dedup }, epoch, committedAt }
+  if (version === 1) {
+    const stored: unknown = decoded[3]
+    if (!Array.isArray(stored)) throw corrupt(file, 'unexpected payload shape')
+    const values = new Map<string, Uint8Array>()
+    for (const item of stored) {
+      if (!Array.isArray(item) || typeof item[0] !== 'string' || !(item[1] instanceof Uint8Array)) {
+        throw corrupt(file, 'bad entry')
+      }
+      values.set(item[0], item[1])
     }
-    entries.push([item[0], Buffer.from(item[1])])
+    return { meta, state: CommittedState.from(values) }
   }
-  return { meta: { checkpointId, logOffset, dedup: { ...dedup }, epoch, committedAt }, entries }
+  const [, , , keys, data, endBytes] = decoded as unknown[]
+  if (
+    !Array.isArray(keys) ||
+    !keys.every((k) => typeof k === 'string') ||
+    !(data instanceof Uint8Array) ||
+    !(endBytes instanceof Uint8Array) ||
+    endBytes.length !== keys.length * 4
+  ) {
+    throw corrupt(file, 'bad entries')
+  }
+  const ends = new Uint32Array(keys.length)
+  const view = new DataView(endBytes.buffer, endBytes.byteOffset, endBytes.byteLength)
+  let prev = 0
+  for (let i = 0; i < ends.length; i++) {
+    const e = view.getUint32(i * 4, true)
+    if (e < prev || e > data.length) throw corrupt(file, 'bad entries')
+    ends[i] = prev = e
+  }
+  if (prev !== data.length) throw corrupt(file, 'bad entries')
+  // A copy: the state outlives the file's bytes and must not pin them.
+  return { meta, state: new CommittedState(keys, Buffer.from(data), ends) }
 }

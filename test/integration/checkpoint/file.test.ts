@@ -6,6 +6,7 @@
 import {
   appendFileSync,
   existsSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   readdirSync,
@@ -14,6 +15,8 @@ import {
 } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { crc32 } from 'node:zlib'
+import { Packr } from 'msgpackr'
 import { afterAll, describe, expect, it, onTestFinished } from 'vitest'
 import { ErrorCodes } from '../../../src/errors.ts'
 import { encodeName } from '../../../src/state/file/file-backend.ts'
@@ -161,5 +164,82 @@ describe('file PartitionStore on disk', () => {
     expect(checkpoint.checkpointId).toBe('first')
     expect(state.get('a')?.toString()).toBe('1')
     expect(existsSync(join(dirOf(prefix), 'p0.cp.999.0.tmp'))).toBe(false)
+  })
+
+  /** A checkpoint file as written: SHCP, version, crc32 of the payload, msgpack payload. */
+  function cpFile(version: number, payload: unknown): Buffer {
+    const body = new Packr({ useRecords: false, moreTypes: false }).pack(payload)
+    const header = Buffer.alloc(9)
+    header.write('SHCP', 0, 'latin1')
+    header.writeUInt8(version, 4)
+    header.writeUInt32BE(crc32(body), 5)
+    return Buffer.concat([header, body])
+  }
+
+  it('reads checkpoint files of format 1 ([key, value] pairs) and writes format 2', async () => {
+    const prefix = uniquePrefix()
+    let node = await open(prefix)
+    await node.store.close()
+    await node.backend.close()
+    const meta = ['old', 7, { p: 3 }, 1, 1_700_000_000_000]
+    const pairs = [
+      ['a', Buffer.from('1')],
+      ['b', Buffer.from('')],
+      ['c', Buffer.from('333')],
+    ]
+    mkdirSync(dirOf(prefix), { recursive: true })
+    writeFileSync(join(dirOf(prefix), 'p4.cp'), cpFile(1, [1, 4, meta, pairs]))
+    node = await open(prefix)
+    const before = await readCheckpoint(node.store, 4)
+    expect(before.checkpoint.checkpointId).toBe('old')
+    expect(before.checkpoint.logOffset).toBe(7)
+    expect(before.checkpoint.dedup).toEqual({ p: 3 })
+    expect([...before.state].map(([k, v]) => [k, v.toString()])).toEqual([
+      ['a', '1'],
+      ['b', ''],
+      ['c', '333'],
+    ])
+    await node.store.writeCheckpoint(4, 1, {
+      checkpointId: 'new',
+      changed: [['b', Buffer.from('22')]],
+      deleted: ['c'],
+      logOffset: 8,
+      dedup: { p: 4 },
+      full: false,
+    })
+    expect(readFileSync(join(dirOf(prefix), 'p4.cp')).readUInt8(4)).toBe(2)
+    node = await restart(node, prefix)
+    const after = await readCheckpoint(node.store, 4)
+    expect(after.checkpoint.checkpointId).toBe('new')
+    expect(Object.fromEntries([...after.state].map(([k, v]) => [k, v.toString()]))).toEqual({
+      a: '1',
+      b: '22',
+    })
+  })
+
+  it('refuses a format-2 checkpoint whose value ends do not fit its values', async () => {
+    const prefix = uniquePrefix()
+    const node = await open(prefix)
+    const meta = ['c', 0, {}, 1, 0]
+    const ends = (xs: number[]): Buffer => Buffer.from(new Uint32Array(xs).buffer)
+    const bad: [number, unknown][] = [
+      [5, [2, 5, meta, ['a', 'b'], Buffer.from('xyz'), ends([2, 1])]], // decreasing
+      [6, [2, 6, meta, ['a', 'b'], Buffer.from('xyz'), ends([1, 9])]], // past the values
+      [7, [2, 7, meta, ['a', 'b'], Buffer.from('xyz'), ends([1])]], // one end short
+      [8, [2, 8, meta, ['a', 1], Buffer.from('xyz'), ends([1, 3])]], // a key that is not a string
+      [9, [2, 9, meta, ['a'], Buffer.from('xyz'), ends([1])]], // bytes after the last value
+    ]
+    mkdirSync(dirOf(prefix), { recursive: true })
+    for (const [p, payload] of bad) {
+      writeFileSync(join(dirOf(prefix), `p${p}.cp`), cpFile(2, payload))
+      await expectCode(node.store.loadCheckpoint(p), ErrorCodes.STATE_BACKEND)
+    }
+    // and the same layout with fitting ends is read
+    writeFileSync(
+      join(dirOf(prefix), 'p10.cp'),
+      cpFile(2, [2, 10, meta, ['a', 'b'], Buffer.from('xyz'), ends([1, 3])]),
+    )
+    const { state } = await readCheckpoint(node.store, 10)
+    expect(Object.fromEntries([...state].map(([k, v]) => [k, v.toString()]))).toEqual({ a: 'x', b: 'yz' })
   })
 })
