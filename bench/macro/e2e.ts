@@ -95,6 +95,11 @@ export const KEYS = 100_000
 const BATCH = 1000
 const GOAL_RATE = 1_000_000
 const GOAL_RATIO = 0.25
+/** Issue 13's goals: whole-cluster cost, latency at 50% load, gRPC against TCP. */
+const GOAL_PER_CPU_SECOND = 1_500_000
+const GOAL_P99_MS = 20
+const GOAL_P50_MS = 5
+const GOAL_VS_TCP = 0.7
 const MAX_FRAME_BYTES = 8 * 1024 * 1024
 /** One in this many events of the rate run is timed. */
 const SAMPLE_EVERY = 16
@@ -599,6 +604,11 @@ interface TransportRun {
   /** Whole-machine CPU busy during the max runs, in cores (Linux /proc/stat), and ours. */
   machineBusyCores: number
   shoalBusyCores: number
+  /**
+   * Events acknowledged per CPU-second of the whole cluster (coordinator + workers + client,
+   * process CPU) over the max runs: issue 13's cost figure.
+   */
+  eventsPerCpuSecond: number
   nodeLogLines: number
   nodeLogSample: string[]
 }
@@ -620,6 +630,7 @@ async function runTransport(
     workerCpuPct: [],
     machineBusyCores: NaN,
     shoalBusyCores: NaN,
+    eventsPerCpuSecond: NaN,
     nodeLogLines: 0,
     nodeLogSample: [],
   }
@@ -627,6 +638,7 @@ async function runTransport(
   try {
     await client.ask(null, 'ready')
     const stat0 = await machineCpu()
+    const coordinatorCpu0 = (await workerProcessMetrics(cluster.coordinator)).cpu
     const watched = await watchWorkers(cluster.workers, async () => {
       for (let r = 1; r <= o.runs; r++) {
         const m = await client.ask({ cmd: 'max', events: o.events }, 'max')
@@ -642,6 +654,10 @@ async function runTransport(
     out.peakRssMiB = watched.peakRss.map(mib)
     const maxSeconds = out.max.reduce((a, m) => a + m.seconds, 0)
     out.workerCpuPct = watched.cpuSeconds.map((s) => Math.round((s / maxSeconds) * 100))
+    const coordinatorCpu = (await workerProcessMetrics(cluster.coordinator)).cpu - coordinatorCpu0
+    const clientCpu = out.max.reduce((a, m) => a + (m.cpuPct / 100) * m.seconds, 0)
+    const clusterCpu = watched.cpuSeconds.reduce((a, b) => a + b, 0) + clientCpu + coordinatorCpu
+    out.eventsPerCpuSecond = out.max.reduce((a, m) => a + m.events, 0) / clusterCpu
     const stat1 = await machineCpu()
     if (stat0 !== null && stat1 !== null) {
       out.machineBusyCores =
@@ -801,6 +817,37 @@ const benchmark: Benchmark = {
           label: 'end to end over TCP / raw socket + unpacking every event',
           value: fmtPct(tcpRate / decodeCeiling),
         },
+        ...(tcp === undefined
+          ? []
+          : [
+              {
+                label: 'whole-cluster cost over TCP (coordinator + workers + client, process CPU)',
+                value: `${fmtRate(tcp.eventsPerCpuSecond)} events per CPU-second`,
+                goal: `>= ${fmtRate(GOAL_PER_CPU_SECOND)}`,
+                pass: tcp.eventsPerCpuSecond >= GOAL_PER_CPU_SECOND,
+              },
+              ...(tcp.rate === null
+                ? []
+                : [
+                    {
+                      label: 'send-to-ack latency over TCP at 50% of max load, p99 / p50',
+                      value: `${tcp.rate.p99.toFixed(1)} ms / ${tcp.rate.p50.toFixed(1)} ms`,
+                      goal: `<= ${GOAL_P99_MS} ms / <= ${GOAL_P50_MS} ms`,
+                      pass: tcp.rate.p99 <= GOAL_P99_MS && tcp.rate.p50 <= GOAL_P50_MS,
+                    },
+                  ]),
+            ]),
+        ...results
+          .filter((r) => r.transport !== 'tcp' && tcp !== undefined)
+          .map((r) => {
+            const ratio = median(r.max.map((m) => m.events / m.seconds)) / tcpRate
+            return {
+              label: `end to end over ${r.transport} / over TCP`,
+              value: fmtPct(ratio),
+              goal: `>= ${fmtPct(GOAL_VS_TCP)}`,
+              pass: ratio >= GOAL_VS_TCP,
+            }
+          }),
         ...results
           .filter((r) => r.transport !== 'tcp')
           .map((r) => ({
@@ -815,7 +862,7 @@ const benchmark: Benchmark = {
           `${os.availableParallelism()} cores in all`,
         ...results.map(
           (r) =>
-            `${r.transport} max runs: the machine was ${r.machineBusyCores.toFixed(2)} cores busy, ` +
+            `${r.transport} max runs: ${fmtRate(r.eventsPerCpuSecond)} events per CPU-second of the whole cluster; the machine was ${r.machineBusyCores.toFixed(2)} cores busy, ` +
             `Shoal's client and workers ${r.shoalBusyCores.toFixed(2)} of them (the rest: coordinator, ` +
             `kernel, other processes)`,
         ),
