@@ -30,13 +30,17 @@
  * Knobs (environment): E2E_EVENTS (events of the max run), E2E_TRANSPORTS (tcp,grpc),
  * E2E_THREADS (processing threads per worker, default: the `shoal up` default, CPUs / workers),
  * E2E_WORKERS (3), E2E_NODE_FLAGS (extra node flags for the coordinator and workers, e.g.
- * "--cpu-prof --cpu-prof-dir=.tmp/prof"), BENCH_CHILD_FLAGS (the same for the client process).
+ * "--cpu-prof --cpu-prof-dir=.tmp/prof"; the nodes always get MAIN_THREAD_FLAGS, as from
+ * `shoal up` and the image, unless these set a semi-space size), BENCH_CHILD_FLAGS (the same for
+ * the client process), E2E_STATE (memory; `file`: every node on `--state file:<tmp>`, the
+ * durable default of `shoal up`).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { readFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import net from 'node:net'
 import os from 'node:os'
+import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Packr } from 'msgpackr'
 import { ShoalClient } from '../../src/client/client.ts'
@@ -618,7 +622,13 @@ async function runTransport(
   o: { events: number; runs: number; workers: number; threads: number; rateEvents: number },
 ): Promise<TransportRun> {
   console.error(`  e2e ${transport}: starting coordinator + ${o.workers} workers x ${o.threads} thread(s)`)
-  const cluster = await startCluster(transport, o.workers, o.threads)
+  // E2E_STATE=file: the workers log every batch to disk and checkpoint there (`shoal up`'s
+  // default, exactly-once); default: memory state (no log).
+  const stateDir =
+    process.env.E2E_STATE === 'file' ? await mkdtemp(join(os.tmpdir(), 'shoal-e2e-state-')) : null
+  const cluster = await startCluster(transport, o.workers, o.threads, {
+    ...(stateDir === null ? {} : { state: `file:${stateDir}` }),
+  })
   const client = new ClientChild(transport, cluster.coordinator.info.address)
   const out: TransportRun = {
     transport,
@@ -682,6 +692,7 @@ async function runTransport(
   } finally {
     await client.stop()
     await cluster.stop()
+    if (stateDir !== null) await rm(stateDir, { recursive: true, force: true })
     const nodes = [cluster.coordinator, ...cluster.workers]
     out.nodeLogLines = nodes.reduce((a, n) => a + n.logLines, 0)
     out.nodeLogSample = nodes.flatMap((n) => n.firstLines).slice(0, 3)
