@@ -25,7 +25,7 @@
  * claims and checkpoints of a partition are serialized, so no claim can slip between a
  * checkpoint's check and its commit.
  */
-import { mkdir, open, readFile, readdir, rename, unlink } from 'node:fs/promises'
+import { mkdir, open, readFile, readdir, rename, unlink, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setImmediate as yieldToLoop } from 'node:timers/promises'
 import { crc32 } from 'node:zlib'
@@ -504,6 +504,12 @@ interface LogWriter {
   size: number
   pending: PendingAppend[]
   running: Promise<void> | undefined
+  /**
+   * The log file, open between group writes: opening and closing it for each one took a fifth
+   * of a durable worker's main thread (docs/benchmarks.md, "Worker memory"). Closed when the
+   * file is replaced (trim), after a failed write, and when the store closes.
+   */
+  fh: FileHandle | undefined
 }
 
 interface StagedCheckpoint {
@@ -601,14 +607,14 @@ class DiskLog {
     const last = part.log[part.log.length - 1]?.offset ?? 0
     part.lastOffset = Math.max(base, last, part.meta?.logOffset ?? 0)
     part.durableOffset = part.lastOffset
-    this.#writers.set(p, { size, pending: [], running: undefined })
+    this.#writers.set(p, { size, pending: [], running: undefined, fh: undefined })
     return part
   }
 
   #writer(p: number): LogWriter {
     let w = this.#writers.get(p)
     if (w === undefined) {
-      w = { size: 0, pending: [], running: undefined }
+      w = { size: 0, pending: [], running: undefined, fh: undefined }
       this.#writers.set(p, w)
     }
     return w
@@ -631,15 +637,12 @@ class DiskLog {
       try {
         await this.#fileLock.run(p, async () => {
           const created = w.size === 0
-          const fh = await open(this.#logFile(p), created ? 'w' : 'r+')
-          try {
-            const bytes = Buffer.concat([...(created ? [logHeader(0)] : []), ...group.map((g) => g.bytes)])
-            await fh.write(bytes, 0, bytes.length, w.size)
-            if (this.#fsync) await fh.datasync()
-            w.size += bytes.length
-          } finally {
-            await fh.close()
-          }
+          if (created) await closeLog(w) // a new file: 'w' creates (or empties) it
+          const fh = (w.fh ??= await open(this.#logFile(p), created ? 'w' : 'r+'))
+          const bytes = Buffer.concat([...(created ? [logHeader(0)] : []), ...group.map((g) => g.bytes)])
+          await fh.write(bytes, 0, bytes.length, w.size)
+          if (this.#fsync) await fh.datasync()
+          w.size += bytes.length
           if (created) await this.#syncDir()
         })
         part.durableOffset = Math.max(part.durableOffset, last)
@@ -652,6 +655,7 @@ class DiskLog {
         part.lastOffset = part.durableOffset
         await this.#fileLock
           .run(p, async () => {
+            await closeLog(w)
             const fh = await open(this.#logFile(p), 'r+')
             try {
               await fh.truncate(w.size)
@@ -671,6 +675,7 @@ class DiskLog {
   async rewrite(p: number, part: LocalPartition, base: number): Promise<void> {
     const w = this.#writer(p)
     await this.#fileLock.run(p, async () => {
+      await closeLog(w) // the file is replaced: the next write opens the new one
       const durable = part.log.slice(0, firstAfter(part.log, part.durableOffset))
       const bytes = Buffer.concat([logHeader(base), ...durable.map(encodeRecord)])
       await this.#replace(this.#logFile(p), bytes)
@@ -754,11 +759,18 @@ class DiskLog {
     }
   }
 
-  /** Resolves when no append is being written. */
+  /** Resolves when no append is being written; closes the open log files (reopened on demand). */
   async flushed(): Promise<void> {
     for (const w of this.#writers.values()) await w.running
     await this.#fileLock.idle()
+    await Promise.all([...this.#writers].map(([p, w]) => this.#fileLock.run(p, () => closeLog(w))))
   }
+}
+
+async function closeLog(w: LogWriter): Promise<void> {
+  const fh = w.fh
+  w.fh = undefined
+  await fh?.close().catch(() => {})
 }
 
 function asError(err: unknown): Error {
