@@ -635,10 +635,6 @@ export class DataPlane implements PartitionHost {
         rt.needFull = true
         throw err
       }
-      const changed = new Array<[string, Uint8Array]>(kv.keys.length)
-      for (let i = 0; i < kv.keys.length; i++) {
-        changed[i] = [kv.keys[i]!, kv.data.subarray(i === 0 ? 0 : kv.ends[i - 1], kv.ends[i])]
-      }
       try {
         // Records emitted before the cut must be in the sinks before the log can be replayed
         // from after it.
@@ -648,7 +644,8 @@ export class DataPlane implements PartitionHost {
         if (rt.gone) throw gone(partition)
         await store.writeCheckpoint(partition, rt.epoch, {
           checkpointId,
-          changed,
+          // Packed as the thread sent it: no [key, value view] object per key (PackedChanges).
+          changed: kv,
           ...(deleted.length === 0 ? {} : { deleted }),
           logOffset,
           dedup,
@@ -663,19 +660,26 @@ export class DataPlane implements PartitionHost {
       rt.needFull = false
       rt.checkpointedOffset = logOffset
       this.#checkpointsDone++
-      const upserts = changed.filter(([k]) => k !== TIME_KEY)
-      if (outputs?.wantsState === true && (upserts.length > 0 || deleted.length > 0)) {
+      const keys = kv.keys.reduce((n, k) => (k === TIME_KEY ? n : n + 1), 0)
+      if (outputs?.wantsState === true && (keys > 0 || deleted.length > 0)) {
+        const upserts: (readonly [string, unknown])[] = []
+        for (let i = 0; i < kv.keys.length; i++) {
+          const k = kv.keys[i]!
+          if (k === TIME_KEY) continue
+          const v = kv.data.subarray(i === 0 ? 0 : kv.ends[i - 1], kv.ends[i])
+          upserts.push([k, userView(k, stateUnpackr.unpack(v))])
+        }
         // Committed: write it behind. The log offset is the version: the state at a cut is a
         // function of the log up to it, and offsets only grow, across owners too.
         outputs.deliverState({
           partition,
           version: logOffset,
-          upserts: upserts.map(([k, v]) => [k, userView(k, stateUnpackr.unpack(v))] as const),
+          upserts,
           deletes: deleted,
           full,
         })
       }
-      return { partition, epoch: rt.epoch, logOffset, keys: upserts.length }
+      return { partition, epoch: rt.epoch, logOffset, keys }
     })
     rt.checkpoints = run.catch(() => undefined)
     void rt.checkpoints.then(() => this.#room())

@@ -1,3 +1,20 @@
+import type { PackedChanges } from './contract.ts'
+
+/** [key, value] pairs as packed changes (the values copied end to end). */
+export function packPairs(pairs: Iterable<readonly [string, Uint8Array]>): PackedChanges {
+  const list = [...pairs]
+  const keys = list.map(([k]) => k)
+  const ends = new Uint32Array(list.length)
+  const data = Buffer.allocUnsafe(list.reduce((n, [, v]) => n + v.length, 0))
+  let at = 0
+  list.forEach(([, v], i) => {
+    data.set(v, at)
+    at += v.length
+    ends[i] = at
+  })
+  return { keys, data, ends }
+}
+
 /**
  * A partition's committed checkpoint state, as the memory and file PartitionStores keep it in a
  * worker's main thread: its keys in one array and their values end to end in one buffer
@@ -37,26 +54,30 @@ export class CommittedState {
     for (let i = 0; i < this.keys.length; i++) yield [this.keys[i]!, this.value(i)]
   }
 
-  /** From key -> value (copied). */
-  static from(values: ReadonlyMap<string, Uint8Array>): CommittedState {
-    return CommittedState.EMPTY.merge(values, new Set())
+  /** From packed changes (copied; a key listed twice keeps its last value). */
+  static from(changes: PackedChanges): CommittedState {
+    return CommittedState.EMPTY.merge(changes, new Set())
   }
 
   /**
-   * The next committed state: this one without the `deleted` keys and the `latest` ones, then
-   * the `latest` keys with their new values (copied).
+   * The next committed state: this one without the `deleted` keys and the changed ones, then the
+   * changed keys with their new values (copied; a key listed twice keeps its last value).
    */
-  merge(latest: ReadonlyMap<string, Uint8Array>, deleted: ReadonlySet<string>): CommittedState {
-    if (latest.size === 0 && deleted.size === 0) return this // immutable: share it
+  merge(changes: PackedChanges, deleted: ReadonlySet<string>): CommittedState {
+    if (changes.keys.length === 0 && deleted.size === 0) return this // immutable: share it
+    // key -> index of its last value in `changes`
+    const latest = new Map<string, number>()
+    for (let i = 0; i < changes.keys.length; i++) latest.set(changes.keys[i]!, i)
+    const start = (ends: Uint32Array, i: number): number => (i === 0 ? 0 : ends[i - 1]!)
     let bytes = 0
     let count = 0
     for (let i = 0; i < this.keys.length; i++) {
       const k = this.keys[i]!
       if (latest.has(k) || deleted.has(k)) continue
-      bytes += this.ends[i]! - (i === 0 ? 0 : this.ends[i - 1]!)
+      bytes += this.ends[i]! - start(this.ends, i)
       count++
     }
-    for (const v of latest.values()) bytes += v.length
+    for (const i of latest.values()) bytes += changes.ends[i]! - start(changes.ends, i)
     count += latest.size
     const keys = new Array<string>(count)
     const data = Buffer.allocUnsafe(bytes)
@@ -66,14 +87,15 @@ export class CommittedState {
     for (let i = 0; i < this.keys.length; i++) {
       const k = this.keys[i]!
       if (latest.has(k) || deleted.has(k)) continue
-      const from = i === 0 ? 0 : this.ends[i - 1]!
-      at += this.data.copy(data, at, from, this.ends[i])
+      at += this.data.copy(data, at, start(this.ends, i), this.ends[i])
       keys[n] = k
       ends[n++] = at
     }
-    for (const [k, v] of latest) {
-      data.set(v, at)
-      at += v.length
+    for (const [k, i] of latest) {
+      const from = start(changes.ends, i)
+      const to = changes.ends[i]!
+      data.set(changes.data.subarray(from, to), at)
+      at += to - from
       keys[n] = k
       ends[n++] = at
     }

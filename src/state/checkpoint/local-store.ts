@@ -44,11 +44,12 @@ import {
 } from '../backend.ts'
 import type { FileBackend } from '../file/file-backend.ts'
 import { MemoryStore } from '../memory/memory-backend.ts'
-import { CommittedState } from './committed.ts'
+import { CommittedState, packPairs } from './committed.ts'
 import {
   KeyedQueue,
   checkChanged,
   closedStore,
+  isPackedChanges,
   dedupFilter,
   invalid,
   validateAppend,
@@ -61,6 +62,7 @@ import {
   type LogAppend,
   type LogEntry,
   type LogInfo,
+  type PackedChanges,
   type PartitionStore,
   type PartitionStoreHooks,
   type PartitionStoreOptions,
@@ -89,6 +91,7 @@ interface LocalPartition {
 }
 
 const packr = new Packr({ useRecords: false, moreTypes: false })
+const EMPTY_VALUE = new Uint8Array(0)
 
 /** The in-process data of one backend store, shared by every PartitionStore over it. */
 class LocalEngine {
@@ -316,10 +319,13 @@ class LocalPartitionStore implements PartitionStore {
         { partition: p, logOffset: cp.logOffset, committed: part.meta.logOffset },
       )
     }
-    const changes = new Map<string, Uint8Array>()
-    for (const pair of cp.changed) {
-      checkChanged(pair, deleted)
-      changes.set(pair[0], pair[1])
+    let changes: PackedChanges
+    if (isPackedChanges(cp.changed)) {
+      changes = cp.changed
+      for (const k of changes.keys) checkChanged([k, EMPTY_VALUE], deleted)
+    } else {
+      for (const pair of cp.changed) checkChanged(pair, deleted)
+      changes = packPairs(cp.changed)
     }
     // Built now (values copied), swapped in at the commit: this partition's checkpoints, claims
     // and trims run one at a time, so nothing else replaces part.state meanwhile.
@@ -336,7 +342,11 @@ class LocalPartitionStore implements PartitionStore {
       part.state = next
       part.meta = meta
     }
-    const result = { changed: changes.size, deleted: cp.full ? 0 : deleted.size, merging: false }
+    const result = {
+      changed: new Set(changes.keys).size,
+      deleted: cp.full ? 0 : deleted.size,
+      merging: false,
+    }
     const disk = this.#engine.disk
     if (disk === undefined) {
       await this.#hooks.beforeCommit?.(p, cp.checkpointId)
@@ -878,14 +888,12 @@ function decodeCheckpoint(
   if (version === 1) {
     const stored: unknown = decoded[3]
     if (!Array.isArray(stored)) throw corrupt(file, 'unexpected payload shape')
-    const values = new Map<string, Uint8Array>()
     for (const item of stored) {
       if (!Array.isArray(item) || typeof item[0] !== 'string' || !(item[1] instanceof Uint8Array)) {
         throw corrupt(file, 'bad entry')
       }
-      values.set(item[0], item[1])
     }
-    return { meta, state: CommittedState.from(values) }
+    return { meta, state: CommittedState.from(packPairs(stored as [string, Uint8Array][])) }
   }
   const [, , , keys, data, endBytes] = decoded as unknown[]
   if (

@@ -38,7 +38,8 @@ import { FencedError, LeaderFencedError, StateError, validateEpoch, validatePart
 import { redisEpochKey, redisPartitionTag, toStateError, type RedisBackend } from '../redis/redis-backend.ts'
 import {
   KeyedQueue,
-  checkChanged,
+  changedCount,
+  changedPairs,
   checkpointAborted,
   closedStore,
   dedupFilter,
@@ -489,7 +490,7 @@ export class RedisPartitionStore implements PartitionStore {
   ): Promise<CheckpointResult> {
     this.#check()
     const k = this.#keys(p)
-    const nothing = cp.changed.length === 0 && (cp.full || deleted.size === 0)
+    const nothing = changedCount(cp.changed) === 0 && (cp.full || deleted.size === 0)
     const gen = nothing
       ? ''
       : `${epoch}.${Date.now().toString(36)}.${randomBytes(4).toString('hex')}.${++genCounter}`
@@ -630,15 +631,12 @@ export class RedisPartitionStore implements PartitionStore {
       }
       if (failure !== undefined) throw toStateError(failure, 'checkpoint staging')
     }
-    const changed = cp.changed
     const maxArgs = this.#chunkKeys * 2
     const hset = new BulkEncoder('HSET', seg)
     const addFields = (n: number): void => {
       fields += n
     }
-    for (let i = 0; i < changed.length; i++) {
-      const pair = changed[i]
-      checkChanged(pair, deleted)
+    for (const pair of changedPairs(cp.changed, deleted)) {
       hset.pair(pair[0], pair[1])
       if (hset.args >= maxArgs || hset.bytes >= CHUNK_BYTES) await send(hset, 'hset', seg, addFields)
     }

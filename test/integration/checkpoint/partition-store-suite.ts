@@ -15,6 +15,7 @@ import type { StateBackend } from '../../../src/state/backend.ts'
 import {
   readCheckpoint,
   replayAll,
+  type PackedChanges,
   type PartitionStore,
   type PartitionStoreOptions,
 } from '../../../src/state/checkpoint/partition-store.ts'
@@ -293,6 +294,68 @@ export function partitionStoreSuite(fixture: StoreFixture): void {
           epoch: undefined,
         })
         expect(state.size).toBe(0)
+      })
+
+      it('takes changes packed as the processing threads send them ({ keys, data, ends })', async () => {
+        const { store } = await open()
+        await store.claim(6, 1)
+        const pack = (pairs: [string, string][]): PackedChanges => {
+          const data = Buffer.from(pairs.map(([, v]) => v).join(''), 'latin1')
+          let at = 0
+          const ends = Uint32Array.from(pairs, ([, v]) => (at += v.length))
+          return { keys: pairs.map(([k]) => k), data, ends }
+        }
+        const r1 = await store.writeCheckpoint(6, 1, {
+          checkpointId: 'p1',
+          changed: pack([
+            ['a', 'one'],
+            ['b', ''],
+            ['c', 'three'],
+            ['a', 'uno'], // listed twice: the last value wins
+          ]),
+          logOffset: 0,
+          dedup: {},
+          full: false,
+        })
+        expect(r1).toMatchObject({ changed: 3, deleted: 0 })
+        await store.writeCheckpoint(6, 1, {
+          checkpointId: 'p2',
+          changed: pack([['d', 'four']]),
+          deleted: ['c'],
+          logOffset: 3,
+          dedup: { x: 1 },
+          full: false,
+        })
+        const { checkpoint, state } = await readCheckpoint(store, 6)
+        expect(checkpoint).toMatchObject({ checkpointId: 'p2', logOffset: 3, dedup: { x: 1 } })
+        expect(Object.fromEntries([...state].map(([k, v]) => [k, v.toString('latin1')]))).toEqual({
+          a: 'uno',
+          b: '',
+          d: 'four',
+        })
+        // Packed changes are checked like pairs: ends within the data, no key both changed and deleted.
+        await expectCode(
+          store.writeCheckpoint(6, 1, {
+            checkpointId: 'p3',
+            changed: { keys: ['a', 'b'], data: Buffer.from('xy'), ends: Uint32Array.of(2, 1) },
+            logOffset: 3,
+            dedup: {},
+            full: false,
+          }),
+          ErrorCodes.INVALID_OPTION,
+        )
+        await expectCode(
+          store.writeCheckpoint(6, 1, {
+            checkpointId: 'p4',
+            changed: pack([['d', 'x']]),
+            deleted: ['d'],
+            logOffset: 3,
+            dedup: {},
+            full: false,
+          }),
+          ErrorCodes.STATE_BAD_KEY,
+        )
+        expect((await readCheckpoint(store, 6)).checkpoint.checkpointId).toBe('p2')
       })
 
       it('round-trips state, offset, dedup table, id and epoch; incremental updates and deletes', async () => {

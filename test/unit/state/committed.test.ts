@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
-import { CommittedState } from '../../../src/state/checkpoint/committed.ts'
+import { CommittedState, packPairs } from '../../../src/state/checkpoint/committed.ts'
 
 const key = fc.constantFrom('a', 'b', 'c', 'd', 'e', 'f', '', 'ключ')
 const value = fc.uint8Array({ maxLength: 6 })
@@ -36,10 +36,10 @@ describe('CommittedState', () => {
           const changed = new Map(c.changed)
           const deleted = new Set(c.deleted.filter((k) => !changed.has(k)))
           if (c.full) {
-            state = CommittedState.from(changed)
+            state = CommittedState.from(packPairs(c.changed)) // a key listed twice: its last value
             model.clear()
           } else {
-            state = state.merge(changed, deleted)
+            state = state.merge(packPairs(c.changed), deleted)
             for (const k of deleted) model.delete(k)
           }
           for (const [k, v] of changed) model.set(k, v)
@@ -55,7 +55,7 @@ describe('CommittedState', () => {
 
   it('copies the values it is given', () => {
     const v = Uint8Array.from([1, 2, 3])
-    const s = CommittedState.from(new Map([['k', v]]))
+    const s = CommittedState.from({ keys: ['k'], data: v, ends: Uint32Array.of(3) })
     v[0] = 9
     expect([...s.value(0)]).toEqual([1, 2, 3])
   })
