@@ -64,7 +64,7 @@ export function onListening(stdout: Readable, callback: (info: NodeListening) =>
 /**
  * The main thread's semi-spaces, as the processing threads' (engine.ts, DEFAULT_YOUNG_GENERATION_MB):
  * 4 MiB instead of V8's 16-32 MiB. A V8 heap is sized when its isolate starts, so this can only be
- * a flag of the node process; the image's ENTRYPOINT passes it too (docs/operations.md).
+ * a flag of the node process; the image sets it in NODE_OPTIONS (docs/deploy.md).
  */
 export const MAIN_THREAD_FLAGS = ['--max-semi-space-size=4']
 

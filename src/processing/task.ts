@@ -131,7 +131,8 @@ function markClean(s: PartitionState): void {
   s.dirty = new Map()
 }
 
-function stateGet(s: PartitionState, key: string): unknown {
+function stateGet(s: PartitionState | undefined, key: string): unknown {
+  if (s === undefined) return undefined
   return s.dirty.has(key) ? s.dirty.get(key) : s.clean.get(key)
 }
 
@@ -220,10 +221,7 @@ export default function handle(req: TaskRequest): TaskResult {
     case 'get': {
       const v = timed
         ? timedPartitions.get(req.partition)?.view(req.key)
-        : (() => {
-            const s = partitions.get(req.partition)
-            return s === undefined ? undefined : stateGet(s, req.key)
-          })()
+        : stateGet(partitions.get(req.partition), req.key)
       return { op: 'get', found: v !== undefined, data: v === undefined ? null : packr.pack(v) }
     }
     case 'dump': {

@@ -1,8 +1,7 @@
 import type { PackedChanges } from './contract.ts'
 
 /** [key, value] pairs as packed changes (the values copied end to end). */
-export function packPairs(pairs: Iterable<readonly [string, Uint8Array]>): PackedChanges {
-  const list = [...pairs]
+export function packPairs(list: readonly (readonly [string, Uint8Array])[]): PackedChanges {
   const keys = list.map(([k]) => k)
   const ends = new Uint32Array(list.length)
   const data = Buffer.allocUnsafe(list.reduce((n, [, v]) => n + v.length, 0))
@@ -54,6 +53,13 @@ export class CommittedState {
     for (let i = 0; i < this.keys.length; i++) yield [this.keys[i]!, this.value(i)]
   }
 
+  /** Where each key's value is in `changes`: the index of its last listing. */
+  static latest(changes: PackedChanges): Map<string, number> {
+    const latest = new Map<string, number>()
+    for (let i = 0; i < changes.keys.length; i++) latest.set(changes.keys[i]!, i)
+    return latest
+  }
+
   /** From packed changes (copied; a key listed twice keeps its last value). */
   static from(changes: PackedChanges): CommittedState {
     return CommittedState.EMPTY.merge(changes, new Set())
@@ -62,12 +68,14 @@ export class CommittedState {
   /**
    * The next committed state: this one without the `deleted` keys and the changed ones, then the
    * changed keys with their new values (copied; a key listed twice keeps its last value).
+   * `latest`: CommittedState.latest(changes), when the caller has it already.
    */
-  merge(changes: PackedChanges, deleted: ReadonlySet<string>): CommittedState {
+  merge(
+    changes: PackedChanges,
+    deleted: ReadonlySet<string>,
+    latest = CommittedState.latest(changes),
+  ): CommittedState {
     if (changes.keys.length === 0 && deleted.size === 0) return this // immutable: share it
-    // key -> index of its last value in `changes`
-    const latest = new Map<string, number>()
-    for (let i = 0; i < changes.keys.length; i++) latest.set(changes.keys[i]!, i)
     const start = (ends: Uint32Array, i: number): number => (i === 0 ? 0 : ends[i - 1]!)
     let bytes = 0
     let count = 0

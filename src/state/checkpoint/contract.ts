@@ -34,7 +34,6 @@ export interface LogEntry {
   payload: Buffer
 }
 
-/** What one checkpoint writes. */
 /**
  * Changed keys packed as the processing threads send them: the value of keys[i] is
  * data[ends[i-1] ?? 0 .. ends[i]). Same meaning as [key, value] pairs, without an object per key
@@ -79,6 +78,7 @@ export function* changedPairs(
   }
 }
 
+/** What one checkpoint writes. */
 export interface CheckpointWrite {
   /** The coordinator's checkpoint id (non-empty); reported back by loadCheckpoint. */
   checkpointId: string
@@ -401,10 +401,15 @@ export function checkChanged(
   if (!Array.isArray(pair) || pair.length < 2) throw invalid('changed entries must be [key, value] pairs')
   const key: unknown = pair[0]
   const value: unknown = pair[1]
-  if (typeof key !== 'string') throw invalid(`changed keys must be strings (got ${describe(key)})`)
+  checkChangedKey(key, deleted)
   if (!(value instanceof Uint8Array)) {
     throw invalid(`value of ${JSON.stringify(key)} must be a Uint8Array (got ${describe(value)})`)
   }
+}
+
+/** Check one changed key (of pairs or packed changes); throws as checkChanged does. */
+export function checkChangedKey(key: unknown, deleted: ReadonlySet<string>): asserts key is string {
+  if (typeof key !== 'string') throw invalid(`changed keys must be strings (got ${describe(key)})`)
   if (deleted.size > 0 && deleted.has(key)) {
     throw new ShoalError(
       ErrorCodes.STATE_BAD_KEY,

@@ -48,6 +48,7 @@ import { CommittedState, packPairs } from './committed.ts'
 import {
   KeyedQueue,
   checkChanged,
+  checkChangedKey,
   closedStore,
   isPackedChanges,
   dedupFilter,
@@ -91,7 +92,6 @@ interface LocalPartition {
 }
 
 const packr = new Packr({ useRecords: false, moreTypes: false })
-const EMPTY_VALUE = new Uint8Array(0)
 
 /** The in-process data of one backend store, shared by every PartitionStore over it. */
 class LocalEngine {
@@ -322,14 +322,16 @@ class LocalPartitionStore implements PartitionStore {
     let changes: PackedChanges
     if (isPackedChanges(cp.changed)) {
       changes = cp.changed
-      for (const k of changes.keys) checkChanged([k, EMPTY_VALUE], deleted)
+      for (const k of changes.keys) checkChangedKey(k, deleted)
     } else {
       for (const pair of cp.changed) checkChanged(pair, deleted)
       changes = packPairs(cp.changed)
     }
     // Built now (values copied), swapped in at the commit: this partition's checkpoints, claims
     // and trims run one at a time, so nothing else replaces part.state meanwhile.
-    const next = cp.full ? CommittedState.from(changes) : part.state.merge(changes, deleted)
+    const latest = CommittedState.latest(changes)
+    // (A full checkpoint starts from nothing; its `deleted` is empty: validateCheckpoint.)
+    const next = (cp.full ? CommittedState.EMPTY : part.state).merge(changes, deleted, latest)
     const meta: Meta = {
       checkpointId: cp.checkpointId,
       logOffset: cp.logOffset,
@@ -343,7 +345,7 @@ class LocalPartitionStore implements PartitionStore {
       part.meta = meta
     }
     const result = {
-      changed: new Set(changes.keys).size,
+      changed: latest.size,
       deleted: cp.full ? 0 : deleted.size,
       merging: false,
     }

@@ -22,12 +22,11 @@ import { ErrorCodes } from '../../../src/errors.ts'
 import type { Envelope, EventAckBody } from '../../../src/protocol/messages.ts'
 import type { Connection } from '../../../src/transport/transport.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
+import { packStates, statePackr } from '../../helpers/packed-states.ts'
 
 const logger = pino({ level: process.env.DEBUG_LOG ?? 'silent' })
 /** Batches: msgpack records, as the client sends them. */
 const packr = new Packr({ useRecords: true, moreTypes: true })
-/** Checkpointed state values: plain msgpack (see PackedStates). */
-const statePackr = new Packr({ useRecords: false, moreTypes: true })
 
 const cleanup: (() => Promise<void> | void)[] = []
 afterEach(async () => {
@@ -307,21 +306,4 @@ function fakeConnection(): {
 async function stateOf(engine: Engine, p: number): Promise<Record<string, unknown>> {
   const dump = packr.unpack((await engine.dump(p)).data) as [string, unknown][]
   return Object.fromEntries(dump)
-}
-
-function packStates(entries: [string, unknown][]): {
-  keys: string[]
-  data: Uint8Array
-  ends: Uint32Array
-} {
-  const parts = entries.map(([, v]) => statePackr.pack(v))
-  const data = new Uint8Array(parts.reduce((n, b) => n + b.length, 0))
-  const ends = new Uint32Array(parts.length)
-  let at = 0
-  parts.forEach((b, i) => {
-    data.set(b, at)
-    at += b.length
-    ends[i] = at
-  })
-  return { keys: entries.map(([k]) => k), data, ends }
 }

@@ -15,11 +15,10 @@ import { Packr } from 'msgpackr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { Engine } from '../../../src/processing/engine.ts'
 import type { PackedStates } from '../../../src/processing/task-types.ts'
+import { packStates, statePackr } from '../../helpers/packed-states.ts'
 
 /** Batches: msgpack records, as the client sends them. */
 const packr = new Packr({ useRecords: true, moreTypes: true })
-/** Checkpointed state values: plain msgpack (see PackedStates). */
-const statePackr = new Packr({ useRecords: false, moreTypes: true })
 
 type Op = 'mut' | 'new' | 'keep' | 'throw'
 interface Ev {
@@ -83,19 +82,6 @@ class Model {
     }
     for (const [k, v] of entries) this.state.set(k, v)
   }
-}
-
-function packStates(entries: [string, unknown][]): PackedStates {
-  const parts = entries.map(([, v]) => statePackr.pack(v))
-  const data = new Uint8Array(parts.reduce((n, b) => n + b.length, 0))
-  const ends = new Uint32Array(parts.length)
-  let at = 0
-  parts.forEach((b, i) => {
-    data.set(b, at)
-    at += b.length
-    ends[i] = at
-  })
-  return { keys: entries.map(([k]) => k), data, ends }
 }
 
 function unpackStates(kv: PackedStates): Map<string, unknown> {
