@@ -34,8 +34,12 @@ export interface ShoalClientOptions {
   /** Events per batch. @default 1000 */
   batchSize?: number
   /**
-   * A partial batch of an idle partition leaves after this long. A partition with a batch in
-   * flight keeps filling the next one and sends it as soon as that batch is acked. @default 5
+   * The longest a partial batch waits for its worker to acknowledge this client's batches in
+   * flight. Batching is adaptive (Nagle's rule per worker, see Gate): a partial batch leaves at
+   * the end of the current event-loop turn when its worker has nothing of this client's in
+   * flight, and otherwise goes with the next round of batches to that worker, when the
+   * current round is acknowledged or after lingerMs, whichever comes first. A full batch
+   * (batchSize) leaves at once. @default 5
    */
   lingerMs?: number
   /** send() returns false above this many unacknowledged events. @default 200000 */
@@ -103,6 +107,27 @@ interface Sealed {
   target: string | null
   /** When the current attempt was sent (performance.now()). */
   sentAt: number
+  timer: NodeJS.Timeout | null
+  /** The flight gate this batch counts against while it is out (see Gate). */
+  gate: Gate | null
+}
+
+/**
+ * Per worker: how many of this client's batches are out to it, and the partitions whose partial
+ * batch waits for them: Nagle's rule, per worker rather than per partition. A partial batch
+ * leaves at once when its worker has nothing of ours in flight; otherwise it waits until that
+ * round is acknowledged (or lingerMs) and leaves together with every other partition's partial
+ * batch for the same worker: one write, one task on the worker's thread, one write of acks
+ * back. Full batches never wait. Under light load an event leaves at once; under load the
+ * partitions of a worker move in step, one round at a time, instead of each partition's batch
+ * chasing its own ack (a round trip's worth of tiny writes and thread wake-ups per worker).
+ * docs/benchmarks.md, "Latency at 50% load".
+ */
+interface Gate {
+  flying: number
+  parked: number[]
+  /** A round opened in this turn (until its microtasks ran): partial batches join it. */
+  forming: boolean
   timer: NodeJS.Timeout | null
 }
 
@@ -194,8 +219,10 @@ interface PartitionQueue {
   inFlight: Sealed | null
   seq: number
   retryTimer: NodeJS.Timeout | null
-  /** Listed in #lingering: its partial batch leaves when the linger timer fires. */
+  /** Listed in #lingering: its partial batch leaves at the end of this event-loop turn. */
   lingering: boolean
+  /** Listed in its gate's parked partitions. */
+  parked: boolean
 }
 
 export interface ClientStats {
@@ -540,8 +567,9 @@ export class ShoalClient {
   readonly #conns = new Map<string, Promise<Connection>>()
   readonly #requests = new Requests()
   #unacked = 0
-  #lingerTimer: NodeJS.Timeout | null = null
-  /** Idle partitions with a partial batch waiting for the linger timer. */
+  #lingerTimer: NodeJS.Immediate | null = null
+  readonly #gates = new Map<string, Gate>()
+  /** Idle partitions with a partial batch, sent at the end of this event-loop turn. */
   #lingering: number[] = []
   readonly #partitionOf: Partitioner
   #roomWaiters: (() => void)[] = []
@@ -587,6 +615,7 @@ export class ShoalClient {
       seq: 0,
       retryTimer: null,
       lingering: false,
+      parked: false,
     }))
     this.#partitionOf = createPartitioner(routing.partitions)
   }
@@ -632,11 +661,12 @@ export class ShoalClient {
     this.stats.sent++
     if (n >= this.#opts.batchSize) this.#seal(p)
     else if (n === 1 && q.inFlight === null && !q.lingering) {
-      // An idle partition: its batch leaves when full or after lingerMs. A busy one (a batch in
-      // flight) keeps filling its next batch until the ack, which sends it at once.
+      // An idle partition: its batch leaves at the end of this turn (with every other event sent
+      // in it), or waits for its worker's round in flight (#pump). A busy one (a batch in flight)
+      // keeps filling its next batch until the ack.
       q.lingering = true
       this.#lingering.push(p)
-      this.#lingerTimer ??= setTimeout(this.#onLinger, this.#opts.lingerMs)
+      this.#lingerTimer ??= setImmediate(this.#onLinger)
     }
     return this.#unacked < this.#opts.maxBufferedEvents
   }
@@ -689,6 +719,7 @@ export class ShoalClient {
         target: null,
         sentAt: 0,
         timer: null,
+        gate: null,
       })
       this.#unacked += batch.count
       this.stats.sent += batch.count
@@ -975,7 +1006,8 @@ export class ShoalClient {
   async close(): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    if (this.#lingerTimer !== null) clearTimeout(this.#lingerTimer)
+    if (this.#lingerTimer !== null) clearImmediate(this.#lingerTimer)
+    for (const g of this.#gates.values()) if (g.timer !== null) clearTimeout(g.timer)
     const closing = new ShoalError(ErrorCodes.CLOSED, 'client is closed')
     for (const w of this.#watches) w.abort(closing)
     for (const ac of this.#dials.values()) ac.abort(closing)
@@ -1002,13 +1034,14 @@ export class ShoalClient {
   // --- batching and delivery ---------------------------------------------------------------------
 
   /**
-   * Send the partial batches of idle partitions. Partitions with a batch in flight are not
-   * touched: their next batch leaves when that one is acked (see #pump), so under load batches
-   * grow to what accumulates during one round trip instead of being cut every lingerMs.
+   * Send the partial batches of idle partitions, or park them behind their worker's round in
+   * flight (#pump). Partitions with a batch in flight are not touched: their next batch leaves
+   * after that one is acked, so under load batches grow to what accumulates during one round
+   * trip.
    */
   readonly #onLinger = (): void => {
     if (this.#lingerTimer !== null) {
-      clearTimeout(this.#lingerTimer)
+      clearImmediate(this.#lingerTimer)
       this.#lingerTimer = null
     }
     const parts = this.#lingering
@@ -1016,8 +1049,40 @@ export class ShoalClient {
     for (const p of parts) {
       const q = this.#queues[p]!
       q.lingering = false
-      if (q.count > 0 && q.inFlight === null) this.#seal(p)
+      if (q.count > 0 && q.inFlight === null) this.#pump(p)
     }
+  }
+
+  #gateOf(key: string): Gate {
+    let g = this.#gates.get(key)
+    if (g === undefined) {
+      g = { flying: 0, parked: [], forming: false, timer: null }
+      this.#gates.set(key, g)
+    }
+    return g
+  }
+
+  /** `batch` is no longer out (acked, refused, given up): the last of a flight lets the parked go. */
+  #land(batch: Sealed): void {
+    const g = batch.gate
+    if (g === null) return
+    batch.gate = null
+    if (--g.flying === 0) this.#launch(g)
+  }
+
+  readonly #launch = (g: Gate): void => {
+    if (g.timer !== null) clearTimeout(g.timer)
+    g.timer = null
+    if (g.parked.length === 0) return
+    const parts = g.parked
+    g.parked = []
+    // They go now even if a round is still out (lingerMs passed), and form one round.
+    g.forming = true
+    for (const p of parts) {
+      this.#queues[p]!.parked = false
+      this.#pump(p)
+    }
+    queueMicrotask(() => (g.forming = false))
   }
 
   #seal(p: number): void {
@@ -1042,20 +1107,44 @@ export class ShoalClient {
       target: null,
       sentAt: 0,
       timer: null,
+      gate: null,
     })
     this.stats.batches++
   }
 
-  /** Put the partition's next batch in flight if none is: a sealed one, else what is buffered. */
+  /**
+   * Put the partition's next batch in flight if none is: a sealed (full) one, else what is
+   * buffered, unless its worker has a round of ours in flight that is not forming now: then the
+   * partition waits in the worker's gate.
+   */
   #pump(p: number): void {
     const q = this.#queues[p]!
     if (q.inFlight !== null || q.retryTimer !== null || this.#closed) return
+    const t = targetOf(this.#routing, p)
+    const g = t === null ? null : this.#gateOf(t.key)
     if (q.sealed.length === 0) {
       if (q.count === 0) return
+      if (g !== null && g.flying > 0 && !g.forming) {
+        if (!q.parked) {
+          q.parked = true
+          g.parked.push(p)
+          g.timer ??= setTimeout(this.#launch, this.#opts.lingerMs, g)
+        }
+        return
+      }
       this.#sealBuffered(q, p)
     }
     const batch = q.sealed.shift()!
     q.inFlight = batch
+    if (g !== null) {
+      batch.gate = g
+      if (g.flying++ === 0) {
+        // A new round: what else becomes ready in this turn (the rest of a linger pass, the
+        // partitions a launch releases, a send loop's other partitions) joins it.
+        g.forming = true
+        queueMicrotask(() => (g.forming = false))
+      }
+    }
     void this.#deliver(q, batch)
   }
 
@@ -1162,7 +1251,10 @@ export class ShoalClient {
       this.#onAckHook?.(ack.partition, batch.count)
       batch.settle?.resolve()
       this.#acked(batch.count)
+      // Parks behind the rest of this round if it is still out; the round's last ack (#land)
+      // then sends every parked partition, this one included, together.
       this.#pump(ack.partition)
+      this.#land(batch)
       return
     }
     const err =
@@ -1175,6 +1267,7 @@ export class ShoalClient {
 
   #retry(q: PartitionQueue, batch: Sealed, err: ShoalError): void {
     if (q.inFlight !== batch || q.retryTimer !== null) return
+    this.#land(batch)
     if (performance.now() - batch.firstTriedAt > this.#opts.deliveryTimeoutMs) {
       this.#giveUp(q, batch, err)
       return
@@ -1200,6 +1293,7 @@ export class ShoalClient {
 
   #giveUp(q: PartitionQueue, batch: Sealed, err: ShoalError): void {
     if (q.inFlight !== batch) return
+    this.#land(batch)
     if (batch.timer !== null) clearTimeout(batch.timer)
     batch.timer = null
     q.inFlight = null
@@ -1305,6 +1399,9 @@ export class ShoalClient {
     for (const [key, ac] of this.#dials) {
       if (!owners.has(key))
         ac.abort(new ShoalError(ErrorCodes.NOT_OWNER, `${key} owns no partition now`, { retryable: true }))
+    }
+    for (const [key, g] of this.#gates) {
+      if (!owners.has(key) && g.flying === 0 && g.parked.length === 0) this.#gates.delete(key)
     }
     for (const [key, c] of this.#conns) {
       if (owners.has(key)) continue

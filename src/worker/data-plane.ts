@@ -4,7 +4,8 @@
  * job code runs in the engine's threads.
  *
  * Flow control: a connection's messages are read one at a time; when the engine has more than
- * `maxInFlightBatches` batches queued the reader waits, the connection's inbound queue fills,
+ * `maxInFlightBytes` of batches (or `maxInFlightBatches` tasks) queued the reader waits, the
+ * connection's inbound queue fills,
  * the transport pauses the socket, and TCP (or HTTP/2) flow control slows the sender. Nothing
  * is buffered without bound and nothing is dropped: every batch gets an ack, ok or not.
  *
@@ -63,8 +64,20 @@ export interface OwnershipView {
 export interface DataPlaneOptions {
   engine: Engine
   logger: Logger
-  /** Batches queued in the engine before readers stop reading. @default 4 per thread */
+  /**
+   * Tasks (batches, mostly) queued in the engine before readers stop reading. @default 256 per
+   * thread
+   */
   maxInFlightBatches?: number
+  /**
+   * Payload bytes of the batches queued in the engine before readers stop reading: the bound
+   * that matters under load. Counting bytes rather than batches lets a thread take every small
+   * batch that arrived together in one task (a bound of 4 batches cut light-load traffic, ~85
+   * one-to-ten-event batches per round trip, into 20 tasks in a row, each a thread wake-up of
+   * ~70 µs here, and was most of the send-to-ack latency; docs/benchmarks.md). @default 1 MiB
+   * per thread
+   */
+  maxInFlightBytes?: number
   /** Producers remembered per partition for dedup (least recently seen are forgotten). @default 10000 */
   maxProducersPerPartition?: number
   /** Receives dead-lettered events (a job threw). */
@@ -206,6 +219,9 @@ export class DataPlane implements PartitionHost {
   readonly #partitions = new Map<number, PartitionRuntime>()
   readonly #roomWaiters: (() => void)[] = []
   readonly #maxInFlight: number
+  readonly #maxInFlightBytes: number
+  /** Payload bytes of the batches handed to the engine and not finished. */
+  #inFlightBytes = 0
   #ownership: OwnershipView | null = null
   /** Fences per partition: a restore that sees the count change stops (see restore()). */
   readonly #fences = new Map<number, number>()
@@ -234,7 +250,8 @@ export class DataPlane implements PartitionHost {
     this.#opts = options
     this.#engine = options.engine
     this.#log = options.logger
-    this.#maxInFlight = options.maxInFlightBatches ?? 4 * options.engine.threads
+    this.#maxInFlight = options.maxInFlightBatches ?? 256 * options.engine.threads
+    this.#maxInFlightBytes = options.maxInFlightBytes ?? 2 ** 20 * options.engine.threads
     // Readers blocked on engine room are woken by any task's end (drops, snapshots, queries
     // count toward inFlight too): found as a reader that waited for ever after a rebalance.
     options.engine.onTaskEnd(() => this.#room())
@@ -759,7 +776,7 @@ export class DataPlane implements PartitionHost {
       for await (const env of conn) {
         try {
           if (env.kind === 'event' && env.body.op === 'batch') {
-            if (this.#engine.inFlight >= this.#maxInFlight) await this.#waitForRoom()
+            if (this.#full()) await this.#waitForRoom()
             if (this.#opts.outputs?.full === true) await this.#waitForSinks()
             this.#onBatch(conn, env.body)
           } else if (env.kind === 'state') {
@@ -803,9 +820,29 @@ export class DataPlane implements PartitionHost {
     this.#backpressuredMs += performance.now() - since
   }
 
+  /** Payload bytes of the batches handed to the engine and not finished (maxInFlightBytes). */
+  get inFlightBytes(): number {
+    return this.#inFlightBytes
+  }
+
+  #full(): boolean {
+    return this.#engine.inFlight >= this.#maxInFlight || this.#inFlightBytes >= this.#maxInFlightBytes
+  }
+
+  /** engine.batch, with the batch's bytes counted against maxInFlightBytes until it finished. */
+  #apply(partition: number, payload: Uint8Array): Promise<BatchResult> {
+    const bytes = payload.byteLength
+    this.#inFlightBytes += bytes
+    const done = this.#engine.batch(partition, payload)
+    const release = (): void => {
+      this.#inFlightBytes -= bytes
+    }
+    done.then(release, release)
+    return done
+  }
+
   #room(): void {
-    while (this.#roomWaiters.length > 0 && this.#engine.inFlight < this.#maxInFlight)
-      this.#roomWaiters.shift()!()
+    while (this.#roomWaiters.length > 0 && !this.#full()) this.#roomWaiters.shift()!()
   }
 
   /**
@@ -930,7 +967,7 @@ export class DataPlane implements PartitionHost {
     if (store === undefined) {
       rt.lastEventAt = performance.now()
       rt.batchesSinceTick++
-      processed = this.#engine.batch(b.partition, b.payload)
+      processed = this.#apply(b.partition, b.payload)
     } else {
       const logged =
         this.#opts.durability === 'none'
@@ -961,7 +998,7 @@ export class DataPlane implements PartitionHost {
         if (logged !== null) batchOffset = offset
         rt.lastEventAt = performance.now()
         rt.batchesSinceTick++
-        return { res: this.#engine.batch(b.partition, b.payload) }
+        return { res: this.#apply(b.partition, b.payload) }
       })
       rt.chain = handed.then(
         () => undefined,

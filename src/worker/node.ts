@@ -34,7 +34,10 @@ export interface WorkerNodeOptions {
   heartbeatMisses?: number
   logger: Logger
   dataPlane?: Partial<
-    Pick<DataPlaneOptions, 'maxInFlightBatches' | 'onDeadLetter' | 'onEmitted' | 'tickIntervalMs'>
+    Pick<
+      DataPlaneOptions,
+      'maxInFlightBatches' | 'maxInFlightBytes' | 'onDeadLetter' | 'onEmitted' | 'tickIntervalMs'
+    >
   >
   /**
    * Where emitted events (and, for state sinks, committed state) go besides live subscribers.

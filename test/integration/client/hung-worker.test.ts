@@ -16,7 +16,11 @@ import type { EventBatchBody, StateBody } from '../../../src/protocol/messages.t
 import { partitionForKey } from '../../../src/protocol/partition.ts'
 import { reply, replyError } from '../../../src/transport/requests.ts'
 import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
-import type { Connection, Listener } from '../../../src/transport/transport.ts'
+import type { Listener } from '../../../src/transport/transport.ts'
+import {
+  scriptedCoordinator as scripted,
+  type ScriptedCoordinator,
+} from '../../helpers/scripted-coordinator.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
@@ -28,47 +32,8 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f()
 })
 
-/** A coordinator that answers `routing` with `table` and pushes it to subscribers on demand. */
-async function scriptedCoordinator(table: RoutingFields): Promise<{
-  address: string
-  table: RoutingFields
-  /** Change the table; `push` also sends it to every subscribed client. */
-  set(next: RoutingFields, push: boolean): void
-  fetches: number
-}> {
-  const subscribers = new Set<Connection>()
-  const state = {
-    address: '',
-    table,
-    fetches: 0,
-    set(next: RoutingFields, push: boolean) {
-      state.table = next
-      if (!push) return
-      for (const c of subscribers) c.send({ kind: 'control', body: { op: 'routing', ...next } })
-    },
-  }
-  const listener = await createTcpTransport({ nodeId: 'coordinator', role: 'coordinator' }).listen(
-    { host: '127.0.0.1', port: 0 },
-    (conn) => {
-      void (async () => {
-        try {
-          for await (const env of conn) {
-            if (env.kind === 'control' && env.body.op === 'routing') {
-              state.fetches++
-              subscribers.add(conn)
-              reply(conn, env, { kind: 'control', body: { op: 'routing', ...state.table } })
-            }
-          }
-        } catch {
-          // the client went away
-        }
-        subscribers.delete(conn)
-      })()
-    },
-  )
-  cleanup.push(() => listener.close({ timeoutMs: 200 }))
-  state.address = listener.address
-  return state
+function scriptedCoordinator(table: RoutingFields): Promise<ScriptedCoordinator> {
+  return scripted(table, cleanup)
 }
 
 /** Accepts connections and reads, never answers: a stopped process, as its peers see it. */

@@ -29,6 +29,7 @@ async function cluster(
   workers: number,
   job?: string,
   sinks?: () => Sink[],
+  dataPlane?: { maxInFlightBatches?: number; maxInFlightBytes?: number },
 ): Promise<{ c: Coordinator; nodes: WorkerNode[] }> {
   const c = new Coordinator({
     transport: createMemoryTransport({ nodeId: 'coordinator', role: 'coordinator' }),
@@ -52,6 +53,7 @@ async function cluster(
       threads: 1,
       heartbeatIntervalMs: 50,
       logger,
+      ...(dataPlane === undefined ? {} : { dataPlane }),
     })
     await n.start()
     cleanup.push(() => n.stop())
@@ -125,37 +127,51 @@ describe('processing (in process)', () => {
     expect(n).toBe(20_000)
   })
 
-  it('backpressure: a slow job bounds what the client buffers and what the worker queues', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'shoal-job-'))
-    const jobPath = join(dir, 'slow.mjs')
-    writeFileSync(
-      jobPath,
-      `const pause = new Int32Array(new SharedArrayBuffer(4))
+  it.each([
+    { bound: 'tasks', dataPlane: { maxInFlightBatches: 4 } },
+    { bound: 'bytes', dataPlane: { maxInFlightBytes: 2048 } },
+  ])(
+    'backpressure: a slow job bounds what the client buffers and what the worker queues ($bound)',
+    async ({ dataPlane }) => {
+      const dir = mkdtempSync(join(tmpdir(), 'shoal-job-'))
+      const jobPath = join(dir, 'slow.mjs')
+      writeFileSync(
+        jobPath,
+        `const pause = new Int32Array(new SharedArrayBuffer(4))
        export default { name: 'slow', init: () => ({ n: 0 }),
         process(s, e) { if (e.i % 50 === 0) Atomics.wait(pause, 0, 0, 2); s.n++; return s } }`,
-    )
-    const { c, nodes } = await cluster(1, jobPath)
-    const cl = await client(c, { maxBufferedEvents: 2000, batchSize: 100 })
-    let maxUnacked = 0
-    let maxInFlight = 0
-    let waited = 0
-    for (let i = 0; i < 30_000; i++) {
-      if (!cl.send(`k${i % 300}`, { i })) {
-        waited++
-        await cl.drain()
+      )
+      const { c, nodes } = await cluster(1, jobPath, undefined, dataPlane)
+      const cl = await client(c, { maxBufferedEvents: 2000, batchSize: 100 })
+      let maxUnacked = 0
+      let maxInFlight = 0
+      let maxBytes = 0
+      let waited = 0
+      for (let i = 0; i < 30_000; i++) {
+        if (!cl.send(`k${i % 300}`, { i })) {
+          waited++
+          await cl.drain()
+        }
+        maxUnacked = Math.max(maxUnacked, cl.unacked)
+        maxInFlight = Math.max(maxInFlight, nodes[0]!.engine.inFlight)
+        maxBytes = Math.max(maxBytes, nodes[0]!.dataPlane.inFlightBytes)
       }
-      maxUnacked = Math.max(maxUnacked, cl.unacked)
-      maxInFlight = Math.max(maxInFlight, nodes[0]!.engine.inFlight)
-    }
-    await cl.flush()
-    // The producer was made to wait, and neither side ever held more than its bound.
-    expect(waited).toBeGreaterThan(0)
-    expect(maxUnacked).toBeLessThanOrEqual(2000)
-    expect(maxInFlight).toBeLessThanOrEqual(4)
-    let n = 0
-    for await (const [, v] of cl.dumpState()) n += (v as { n: number }).n
-    expect(n).toBe(30_000)
-  })
+      await cl.flush()
+      // The producer was made to wait, and neither side ever held more than its bound (the
+      // worker admits a batch while below its bound: at most one batch, < 1 KiB here, above).
+      expect(waited).toBeGreaterThan(0)
+      expect(maxUnacked).toBeLessThanOrEqual(2000)
+      if (dataPlane.maxInFlightBatches !== undefined)
+        expect(maxInFlight).toBeLessThanOrEqual(dataPlane.maxInFlightBatches)
+      if (dataPlane.maxInFlightBytes !== undefined) {
+        expect(maxBytes).toBeGreaterThan(0)
+        expect(maxBytes).toBeLessThan(dataPlane.maxInFlightBytes + 1024)
+      }
+      let n = 0
+      for await (const [, v] of cl.dumpState()) n += (v as { n: number }).n
+      expect(n).toBe(30_000)
+    },
+  )
 
   it('a job that throws dead-letters only that event and the worker keeps going', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'shoal-job-'))

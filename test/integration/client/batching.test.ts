@@ -1,0 +1,200 @@
+/**
+ * ShoalClient's adaptive batching (Nagle's rule per worker, src/client/client.ts "Gate"): a
+ * partial batch leaves at once when its worker has nothing of this client's in flight, waits
+ * for the round in flight otherwise, and then leaves together with the other partitions'
+ * partial batches for that worker; lingerMs bounds the wait; full batches never wait. A
+ * scripted coordinator routes every partition to one scripted worker whose acks the test holds
+ * and releases.
+ */
+import { afterEach, describe, expect, it } from 'vitest'
+import { ShoalClient, type ShoalClientOptions } from '../../../src/client/client.ts'
+import type { RoutingFields } from '../../../src/protocol/control.ts'
+import type { EventBatchBody } from '../../../src/protocol/messages.ts'
+import { partitionForKey } from '../../../src/protocol/partition.ts'
+import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
+import type { Connection } from '../../../src/transport/transport.ts'
+import { scriptedCoordinator } from '../../helpers/scripted-coordinator.ts'
+import { waitFor } from '../../helpers/wait-for.ts'
+
+const NEVER = 600_000
+const PARTITIONS = 4
+
+const cleanup: (() => Promise<void> | void)[] = []
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f()
+})
+
+/** A worker that records every batch and acks only when the test releases the acks held. */
+async function heldAckWorker(): Promise<{
+  address: string
+  batches: EventBatchBody[]
+  held: () => number
+  /** Ack every batch received so far. */
+  release: () => void
+}> {
+  const batches: EventBatchBody[] = []
+  let held: { conn: Connection; b: EventBatchBody }[] = []
+  const listener = await createTcpTransport({ nodeId: 'w', role: 'worker' }).listen(
+    { host: '127.0.0.1', port: 0 },
+    (conn) => {
+      void (async () => {
+        try {
+          for await (const env of conn) {
+            if (env.kind === 'event' && env.body.op === 'batch') {
+              batches.push(env.body)
+              held.push({ conn, b: env.body })
+            }
+          }
+        } catch {
+          // the client went away
+        }
+      })()
+    },
+  )
+  cleanup.push(() => listener.close({ timeoutMs: 200 }))
+  return {
+    address: listener.address,
+    batches,
+    held: () => held.length,
+    release() {
+      const now = held
+      held = []
+      for (const { conn, b } of now) {
+        conn.send({
+          kind: 'event',
+          body: {
+            op: 'ack',
+            partition: b.partition,
+            producerId: b.producerId,
+            sequence: b.sequence,
+            ok: true,
+          },
+        })
+      }
+    },
+  }
+}
+
+/** One key per partition, by partition. */
+function keysPerPartition(): string[] {
+  const keys: string[] = []
+  for (let i = 0; keys.filter((k) => k !== undefined).length < PARTITIONS; i++) {
+    const k = `key-${i}`
+    keys[partitionForKey(k, PARTITIONS)] ??= k
+  }
+  return keys
+}
+
+async function setup(extra: Partial<ShoalClientOptions>): Promise<{
+  cl: ShoalClient
+  w: Awaited<ReturnType<typeof heldAckWorker>>
+  keys: string[]
+}> {
+  const w = await heldAckWorker()
+  const table: RoutingFields = {
+    epoch: 1,
+    partitions: PARTITIONS,
+    routes: Array.from({ length: PARTITIONS }, () => ({ workerId: 'w', epoch: 1 })),
+    addresses: { w: w.address },
+  }
+  const coordinator = await scriptedCoordinator(table, cleanup)
+  const cl = await ShoalClient.connect({
+    coordinator: coordinator.address,
+    transport: createTcpTransport({ nodeId: 'client', role: 'client' }),
+    ackTimeoutMs: NEVER,
+    deliveryTimeoutMs: NEVER,
+    gateway: 'never',
+    ...extra,
+  })
+  cleanup.push(() => cl.close())
+  return { cl, w, keys: keysPerPartition() }
+}
+
+const turn = (): Promise<void> => new Promise((r) => setImmediate(r))
+
+describe('adaptive batching (per-worker rounds)', () => {
+  it('an event for an idle worker leaves at once: neither flush() nor lingerMs is needed', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER })
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.batches.length === 1, 'the batch of an idle partition')
+    expect(w.batches[0]).toMatchObject({ partition: 0, count: 1 })
+    w.release()
+    await cl.flush()
+    expect(cl.unacked).toBe(0)
+  })
+
+  it('partial batches wait for the round in flight, then leave together; full batches do not wait', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER, batchSize: 10 })
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.held() === 1, 'the first round')
+
+    // Partitions 1 and 2 get partial batches while partition 0's is unacked: they wait.
+    cl.send(keys[1]!, { n: 1 })
+    cl.send(keys[2]!, { n: 1 })
+    cl.send(keys[2]!, { n: 2 })
+    await turn()
+    await turn()
+    // A full batch of partition 3 leaves at once. Had partitions 1 and 2 left, their batches
+    // would be ahead of it on the same connection.
+    for (let i = 0; i < 10; i++) cl.send(keys[3]!, { n: i })
+    await waitFor(() => w.batches.length === 2, 'the full batch')
+    expect(w.batches.map((b) => [b.partition, b.count])).toEqual([
+      [0, 1],
+      [3, 10],
+    ])
+
+    // The round's acks: the parked partitions go, in one round.
+    w.release()
+    await waitFor(() => w.batches.length === 4, 'the parked partial batches')
+    expect(
+      w.batches
+        .slice(2)
+        .map((b) => [b.partition, b.count])
+        .sort(),
+    ).toEqual([
+      [1, 1],
+      [2, 2],
+    ])
+    const flushed = cl.flush()
+    w.release()
+    await flushed
+    expect(cl.unacked).toBe(0)
+    expect(cl.stats.acked).toBe(14)
+  })
+
+  it('lingerMs bounds the wait for a round that is not acknowledged', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: 20 })
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.held() === 1, 'the first round')
+    cl.send(keys[1]!, { n: 1 })
+    // Partition 0 is never acked before partition 1's batch arrives.
+    await waitFor(() => w.batches.length === 2, 'the batch that waited lingerMs')
+    expect(w.batches[1]).toMatchObject({ partition: 1, count: 1 })
+    expect(w.held()).toBe(2)
+    const flushed = cl.flush()
+    w.release()
+    await flushed
+  })
+
+  it('a partition acked mid-round joins the next round with the others', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER })
+    cl.send(keys[0]!, { n: 1 })
+    cl.send(keys[1]!, { n: 1 })
+    await waitFor(() => w.held() === 2, 'one round of two batches')
+    // More for both while the round is out, then the round's acks: both go again, together.
+    cl.send(keys[0]!, { n: 2 })
+    cl.send(keys[1]!, { n: 2 })
+    w.release()
+    await waitFor(() => w.batches.length === 4, 'the second round')
+    expect(
+      w.batches
+        .slice(2)
+        .map((b) => b.partition)
+        .sort(),
+    ).toEqual([0, 1])
+    const flushed = cl.flush()
+    w.release()
+    await flushed
+    expect(cl.stats.acked).toBe(4)
+  })
+})
