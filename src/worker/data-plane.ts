@@ -74,8 +74,9 @@ export interface DataPlaneOptions {
    * that matters under load. Counting bytes rather than batches lets a thread take every small
    * batch that arrived together in one task (a bound of 4 batches cut light-load traffic, ~85
    * one-to-ten-event batches per round trip, into 20 tasks in a row, each a thread wake-up of
-   * ~70 µs here, and was most of the send-to-ack latency; docs/benchmarks.md). @default 1 MiB
-   * per thread
+   * ~70 µs here, and was most of the send-to-ack latency; docs/benchmarks.md). 128 KiB holds a
+   * few full batches or a round of small ones; 1 MiB was no faster and cost a loaded worker
+   * ~24 MiB of RSS. @default 128 KiB per thread
    */
   maxInFlightBytes?: number
   /** Producers remembered per partition for dedup (least recently seen are forgotten). @default 10000 */
@@ -251,7 +252,7 @@ export class DataPlane implements PartitionHost {
     this.#engine = options.engine
     this.#log = options.logger
     this.#maxInFlight = options.maxInFlightBatches ?? 256 * options.engine.threads
-    this.#maxInFlightBytes = options.maxInFlightBytes ?? 2 ** 20 * options.engine.threads
+    this.#maxInFlightBytes = options.maxInFlightBytes ?? 2 ** 17 * options.engine.threads
     // Readers blocked on engine room are woken by any task's end (drops, snapshots, queries
     // count toward inFlight too): found as a reader that waited for ever after a rebalance.
     options.engine.onTaskEnd(() => this.#room())
