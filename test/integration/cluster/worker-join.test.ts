@@ -86,4 +86,71 @@ describe('worker join', () => {
     expect(fenced).toEqual([])
     expect(w.partitions().get(9)).toEqual({ epoch: 3, state: 'ready' })
   })
+
+  it('a late reply or an error report from the coordinator is never answered (no error ping-pong)', async () => {
+    const host: PartitionHost = {
+      restore: () => Promise.resolve(),
+      release: () => Promise.resolve(),
+      fence: () => {},
+      pause: () => {},
+      resume: () => {},
+      load: () => ({ queueDepth: 0, inFlight: 0, eventsPerSec: 0, rssBytes: 0, lag: 0 }),
+    }
+    const errors: string[] = []
+    let joinedConn: Connection | null = null
+    const coordinator = await createMemoryTransport({ nodeId: 'scripted', role: 'coordinator' }).listen(
+      { host: 'late-reply', port: 1 },
+      (conn: Connection) => {
+        void (async () => {
+          for await (const env of conn) {
+            if (env.kind !== 'control') continue
+            if (env.body.op === 'error') errors.push(String(env.body.message))
+            if (env.body.op === 'join') {
+              reply(conn, env, {
+                kind: 'control',
+                body: {
+                  op: 'joined',
+                  memberId: 'w1',
+                  partitions: 16,
+                  heartbeatIntervalMs: 1000,
+                  heartbeatMisses: 3,
+                  epoch: 1,
+                  kept: [],
+                },
+              })
+              joinedConn = conn
+            }
+          }
+        })().catch(() => {})
+      },
+    )
+    cleanup.push(() => coordinator.close({ timeoutMs: 100 }))
+    const w = new Worker({
+      transport: createMemoryTransport({ nodeId: 'w1', role: 'worker' }),
+      coordinator: coordinator.address,
+      listen: { host: 'late-reply', port: 2 },
+      memberId: 'w1',
+      capacity: 1,
+      version: 'test',
+      heartbeatIntervalMs: 1000,
+      logger,
+      host,
+    })
+    cleanup.push(() => w.stop({ timeoutMs: 100 }))
+    await w.start()
+    const conn = await waitFor(() => joinedConn, 'the join')
+    // A reply to a request that timed out long ago, and the coordinator's own error report:
+    // neither may be answered. Then a request the worker does not take: that one is.
+    conn.send({ kind: 'control', body: { op: 'revoked', partitions: [] }, corr: 424242 })
+    conn.send({
+      kind: 'control',
+      body: { op: 'error', code: 'SHOAL_ERR_BAD_MESSAGE', message: 'yours was bad', fatal: false },
+    })
+    conn.send({ kind: 'control', body: { op: 'leave' } })
+    await waitFor(() => errors.length > 0, "the worker's answer to the request it refuses")
+    // Messages on one connection are handled in order: the first two were handled (silently)
+    // before the answer to the third.
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toMatch(/leave/)
+  })
 })
