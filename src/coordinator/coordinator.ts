@@ -7,7 +7,10 @@
  * across hosts): every interval it checks whether each member was heard from since the last
  * tick; `heartbeatMisses` silent ticks in a row make the member dead. A closed connection makes
  * a member suspect at once; it stays an owner until declared dead, so a quick reconnect (a
- * network blip, a coordinator-side goaway) moves nothing.
+ * network blip, a coordinator-side goaway) moves nothing. A crashed process is told apart from
+ * a blip at once: when the connection closed, the coordinator dials the member's data port, and
+ * a refused connection (nothing listens there any more: the process is gone, its host is up)
+ * declares it dead without waiting for the missed heartbeats.
  *
  * Reassignment is revoke-before-assign: live previous owners must acknowledge a revoke before
  * the new assignment is committed and the new owners are told, so no partition is served by
@@ -19,6 +22,7 @@
  * the assignment from them, so workers keep their partitions and epochs stay monotonic.
  */
 import { EventEmitter } from 'node:events'
+import net from 'node:net'
 import type { Logger } from 'pino'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import {
@@ -30,6 +34,7 @@ import {
 } from '../protocol/control.ts'
 import type { ControlBody, Envelope, HeartbeatLoad } from '../protocol/messages.ts'
 import { validatePartitions } from '../protocol/partition.ts'
+import { parseHostPort } from '../transport/address.ts'
 import { Requests, isReplyOrError, reply, replyError } from '../transport/requests.ts'
 import { Gateway } from './gateway.ts'
 import type { Connection, Listener, ListenAddress, Transport } from '../transport/transport.ts'
@@ -602,7 +607,10 @@ export class Coordinator extends EventEmitter<{
     this.#routingSubscribers.delete(conn)
     if (member !== null && member.conn === conn) {
       member.conn = null
-      if (member.state === 'alive') this.#suspect(member, 'connection closed')
+      if (member.state === 'alive') {
+        this.#suspect(member, 'connection closed')
+        void this.#probeGone(member)
+      }
     }
   }
 
@@ -937,6 +945,31 @@ export class Coordinator extends EventEmitter<{
     this.emit('member-suspect', m.id, reason)
   }
 
+  /**
+   * After a member's connection closed: is its process gone? A dial of its data port that is
+   * refused says so (a live worker always listens there; a stopped or cut-off one does not
+   * refuse: its dial hangs or fails otherwise, and the heartbeats decide). Saves the
+   * failure-detection period (heartbeatIntervalMs x heartbeatMisses) on every crash.
+   */
+  async #probeGone(m: Member): Promise<void> {
+    if (this.#opts.transport.name === 'memory') return
+    const address = m.dataAddress
+    // Still the same silence: no rejoin meanwhile, nothing else decided.
+    const same = (): boolean =>
+      m.state === 'suspect' && m.conn === null && m.dataAddress === address && this.#leads
+    // A killed process's connections can close a little before its listening socket does (the
+    // kernel tears the process down in steps; seen here: the port still accepted 30 ms after the
+    // coordinator saw the close), so a dial that connects is tried again a little later.
+    for (const delayMs of PROBE_DELAYS_MS) {
+      if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs).unref())
+      if (!same()) return
+      if (await portRefuses(address, this.#opts.heartbeatIntervalMs)) {
+        if (same()) this.#declareDead(m, `connection closed and its data port ${address} refuses connections`)
+        return
+      }
+    }
+  }
+
   #declareDead(m: Member, reason: string): void {
     if (!LIVE.has(m.state)) return
     m.state = 'dead'
@@ -1106,6 +1139,30 @@ export class Coordinator extends EventEmitter<{
     for (const c of this.#routingSubscribers)
       trySend(c, { kind: 'control', body: { op: 'routing', ...routing } })
   }
+}
+
+/** When a closed member's data port is dialed, ms after the close and between the dials. */
+const PROBE_DELAYS_MS = [0, 100, 200, 400]
+
+/** Whether a TCP dial of `address` (HOST:PORT) is refused within timeoutMs (any other outcome: false). */
+function portRefuses(address: string, timeoutMs: number): Promise<boolean> {
+  let target: { host: string; port: number }
+  try {
+    target = parseHostPort(address)
+  } catch {
+    return Promise.resolve(false)
+  }
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: target.host, port: target.port })
+    const done = (refused: boolean): void => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(refused)
+    }
+    const timer = setTimeout(() => done(false), timeoutMs)
+    socket.once('connect', () => done(false))
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'ECONNREFUSED'))
+  })
 }
 
 /** Send, tolerating a connection that closed meanwhile (its loop notices and cleans up). */
