@@ -1053,13 +1053,22 @@ export class ShoalClient {
     }
   }
 
-  #gateOf(key: string): Gate {
-    let g = this.#gates.get(key)
+  /** The gate of partition p's owner (by worker id: no per-batch allocation), or null if none. */
+  #gateOf(p: number): Gate | null {
+    const workerId = this.#routing.routes[p]?.workerId
+    if (workerId === undefined) return null
+    let g = this.#gates.get(workerId)
     if (g === undefined) {
       g = { flying: 0, parked: [], forming: false, timer: null }
-      this.#gates.set(key, g)
+      this.#gates.set(workerId, g)
     }
     return g
+  }
+
+  /** Partial batches that become ready in this turn join the round being sent. */
+  #openRound(g: Gate): void {
+    g.forming = true
+    queueMicrotask(() => (g.forming = false))
   }
 
   /** `batch` is no longer out (acked, refused, given up): the last of a flight lets the parked go. */
@@ -1077,12 +1086,11 @@ export class ShoalClient {
     const parts = g.parked
     g.parked = []
     // They go now even if a round is still out (lingerMs passed), and form one round.
-    g.forming = true
+    this.#openRound(g)
     for (const p of parts) {
       this.#queues[p]!.parked = false
       this.#pump(p)
     }
-    queueMicrotask(() => (g.forming = false))
   }
 
   #seal(p: number): void {
@@ -1120,8 +1128,7 @@ export class ShoalClient {
   #pump(p: number): void {
     const q = this.#queues[p]!
     if (q.inFlight !== null || q.retryTimer !== null || this.#closed) return
-    const t = targetOf(this.#routing, p)
-    const g = t === null ? null : this.#gateOf(t.key)
+    const g = this.#gateOf(p)
     if (q.sealed.length === 0) {
       if (q.count === 0) return
       if (g !== null && g.flying > 0 && !g.forming) {
@@ -1138,12 +1145,9 @@ export class ShoalClient {
     q.inFlight = batch
     if (g !== null) {
       batch.gate = g
-      if (g.flying++ === 0) {
-        // A new round: what else becomes ready in this turn (the rest of a linger pass, the
-        // partitions a launch releases, a send loop's other partitions) joins it.
-        g.forming = true
-        queueMicrotask(() => (g.forming = false))
-      }
+      // A new round: what else becomes ready in this turn (the rest of a linger pass, the
+      // partitions a launch releases, a send loop's other partitions) joins it.
+      if (g.flying++ === 0) this.#openRound(g)
     }
     void this.#deliver(q, batch)
   }
@@ -1400,8 +1404,8 @@ export class ShoalClient {
       if (!owners.has(key))
         ac.abort(new ShoalError(ErrorCodes.NOT_OWNER, `${key} owns no partition now`, { retryable: true }))
     }
-    for (const [key, g] of this.#gates) {
-      if (!owners.has(key) && g.flying === 0 && g.parked.length === 0) this.#gates.delete(key)
+    for (const [workerId, g] of this.#gates) {
+      if (!(workerId in r.addresses) && g.flying === 0 && g.parked.length === 0) this.#gates.delete(workerId)
     }
     for (const [key, c] of this.#conns) {
       if (owners.has(key)) continue

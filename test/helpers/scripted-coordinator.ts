@@ -4,6 +4,7 @@
  * says who owns what.
  */
 import type { RoutingFields } from '../../src/protocol/control.ts'
+import { partitionForKey } from '../../src/protocol/partition.ts'
 import { reply } from '../../src/transport/requests.ts'
 import { createTcpTransport } from '../../src/transport/tcp/tcp-transport.ts'
 import type { Connection } from '../../src/transport/transport.ts'
@@ -55,4 +56,18 @@ export async function scriptedCoordinator(
   cleanup.push(() => listener.close({ timeoutMs: 200 }))
   state.address = listener.address
   return state
+}
+
+/** One key per partition, indexed by partition: a test can aim a send at any partition. */
+export function keysPerPartition(partitions: number): string[] {
+  const keys: string[] = []
+  for (let i = 0, found = 0; found < partitions; i++) {
+    const k = `key-${i}`
+    const p = partitionForKey(k, partitions)
+    if (keys[p] === undefined) {
+      keys[p] = k
+      found++
+    }
+  }
+  return keys
 }

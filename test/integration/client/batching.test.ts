@@ -10,10 +10,9 @@ import { afterEach, describe, expect, it } from 'vitest'
 import { ShoalClient, type ShoalClientOptions } from '../../../src/client/client.ts'
 import type { RoutingFields } from '../../../src/protocol/control.ts'
 import type { EventBatchBody } from '../../../src/protocol/messages.ts'
-import { partitionForKey } from '../../../src/protocol/partition.ts'
 import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
 import type { Connection } from '../../../src/transport/transport.ts'
-import { scriptedCoordinator } from '../../helpers/scripted-coordinator.ts'
+import { keysPerPartition, scriptedCoordinator } from '../../helpers/scripted-coordinator.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
 const NEVER = 600_000
@@ -75,16 +74,6 @@ async function heldAckWorker(): Promise<{
   }
 }
 
-/** One key per partition, by partition. */
-function keysPerPartition(): string[] {
-  const keys: string[] = []
-  for (let i = 0; keys.filter((k) => k !== undefined).length < PARTITIONS; i++) {
-    const k = `key-${i}`
-    keys[partitionForKey(k, PARTITIONS)] ??= k
-  }
-  return keys
-}
-
 async function setup(extra: Partial<ShoalClientOptions>): Promise<{
   cl: ShoalClient
   w: Awaited<ReturnType<typeof heldAckWorker>>
@@ -107,7 +96,7 @@ async function setup(extra: Partial<ShoalClientOptions>): Promise<{
     ...extra,
   })
   cleanup.push(() => cl.close())
-  return { cl, w, keys: keysPerPartition() }
+  return { cl, w, keys: keysPerPartition(PARTITIONS) }
 }
 
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r))

@@ -18,6 +18,7 @@ import { reply, replyError } from '../../../src/transport/requests.ts'
 import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
 import type { Listener } from '../../../src/transport/transport.ts'
 import {
+  keysPerPartition,
   scriptedCoordinator as scripted,
   type ScriptedCoordinator,
 } from '../../helpers/scripted-coordinator.ts'
@@ -135,16 +136,6 @@ function table(epoch: number, owners: string[], addresses: Record<string, string
   }
 }
 
-/** One key per partition. */
-function keysPerPartition(): string[] {
-  const keys: string[] = []
-  for (let i = 0; keys.filter((k) => k !== undefined).length < PARTITIONS; i++) {
-    const k = `key-${i}`
-    keys[partitionForKey(k, PARTITIONS)] ??= k
-  }
-  return keys
-}
-
 async function client(coordinator: string, extra: Partial<ShoalClientOptions>): Promise<ShoalClient> {
   const c = await ShoalClient.connect({
     coordinator,
@@ -174,7 +165,7 @@ describe('transport dial to a hung worker', () => {
 })
 
 describe('ShoalClient against a hung worker', () => {
-  const keys = keysPerPartition()
+  const keys = keysPerPartition(PARTITIONS)
   const state = Object.fromEntries(keys.map((k, i) => [k, { count: i + 1 }]))
 
   /**

@@ -18,21 +18,64 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f()
 })
 
+/** A host that does nothing but what `over` adds (restore, fence, ...). */
+function host(over: Partial<PartitionHost> = {}): PartitionHost {
+  return {
+    restore: () => Promise.resolve(),
+    release: () => Promise.resolve(),
+    fence: () => {},
+    pause: () => {},
+    resume: () => {},
+    load: () => ({ queueDepth: 0, inFlight: 0, eventsPerSec: 0, rssBytes: 0, lag: 0 }),
+    ...over,
+  }
+}
+
+/** The scripted coordinator's answer to `join`: member w1, nothing kept. */
+function replyJoined(conn: Connection, join: Envelope, epoch: number): void {
+  reply(conn, join, {
+    kind: 'control',
+    body: {
+      op: 'joined',
+      memberId: 'w1',
+      partitions: 16,
+      heartbeatIntervalMs: 1000,
+      heartbeatMisses: 3,
+      epoch,
+      kept: [],
+    },
+  })
+}
+
+/** Worker w1 on the memory transport, joined to `coordinator`, stopped after the test. */
+async function startWorker(coordinator: string, listenHost: string, h: PartitionHost): Promise<Worker> {
+  const w = new Worker({
+    transport: createMemoryTransport({ nodeId: 'w1', role: 'worker' }),
+    coordinator,
+    listen: { host: listenHost, port: 2 },
+    memberId: 'w1',
+    capacity: 1,
+    version: 'test',
+    heartbeatIntervalMs: 1000,
+    logger,
+    host: h,
+  })
+  cleanup.push(() => w.stop({ timeoutMs: 100 }))
+  await w.start()
+  return w
+}
+
 describe('worker join', () => {
   it('an assign handled before the join reply is not fenced as "not kept on rejoin"', async () => {
     const restored: number[] = []
     const fenced: number[] = []
-    const host: PartitionHost = {
+    const recording = host({
       restore: (p) => {
         restored.push(p)
         return Promise.resolve()
       },
-      release: () => Promise.resolve(),
       fence: (p) => fenced.push(p),
-      pause: () => {},
-      resume: () => {},
-      load: () => ({ queueDepth: 0, inFlight: 0, eventsPerSec: 0, rssBytes: 0, lag: 0 }),
-    }
+    })
     const received: string[] = []
     const coordinator = await createMemoryTransport({ nodeId: 'scripted', role: 'coordinator' }).listen(
       { host: 'join-race', port: 1 },
@@ -56,46 +99,15 @@ describe('worker join', () => {
         body: { op: 'assign', epoch: 3, partitions: [{ partition: 9, epoch: 3 }] },
       })
       await waitFor(() => restored.includes(9), 'the worker restores the assigned partition')
-      reply(conn, join, {
-        kind: 'control',
-        body: {
-          op: 'joined',
-          memberId: 'w1',
-          partitions: 16,
-          heartbeatIntervalMs: 1000,
-          heartbeatMisses: 3,
-          epoch: 3,
-          kept: [],
-        },
-      })
+      replyJoined(conn, join, 3)
     }
-    const w = new Worker({
-      transport: createMemoryTransport({ nodeId: 'w1', role: 'worker' }),
-      coordinator: coordinator.address,
-      listen: { host: 'join-race', port: 2 },
-      memberId: 'w1',
-      capacity: 1,
-      version: 'test',
-      heartbeatIntervalMs: 1000,
-      logger,
-      host,
-    })
-    cleanup.push(() => w.stop({ timeoutMs: 100 }))
-    await w.start()
+    const w = await startWorker(coordinator.address, 'join-race', recording)
     await waitFor(() => received.includes('assigned'), 'the worker reports partition 9 assigned')
     expect(fenced).toEqual([])
     expect(w.partitions().get(9)).toEqual({ epoch: 3, state: 'ready' })
   })
 
   it('a late reply or an error report from the coordinator is never answered (no error ping-pong)', async () => {
-    const host: PartitionHost = {
-      restore: () => Promise.resolve(),
-      release: () => Promise.resolve(),
-      fence: () => {},
-      pause: () => {},
-      resume: () => {},
-      load: () => ({ queueDepth: 0, inFlight: 0, eventsPerSec: 0, rssBytes: 0, lag: 0 }),
-    }
     const errors: string[] = []
     let joinedConn: Connection | null = null
     const coordinator = await createMemoryTransport({ nodeId: 'scripted', role: 'coordinator' }).listen(
@@ -106,18 +118,7 @@ describe('worker join', () => {
             if (env.kind !== 'control') continue
             if (env.body.op === 'error') errors.push(String(env.body.message))
             if (env.body.op === 'join') {
-              reply(conn, env, {
-                kind: 'control',
-                body: {
-                  op: 'joined',
-                  memberId: 'w1',
-                  partitions: 16,
-                  heartbeatIntervalMs: 1000,
-                  heartbeatMisses: 3,
-                  epoch: 1,
-                  kept: [],
-                },
-              })
+              replyJoined(conn, env, 1)
               joinedConn = conn
             }
           }
@@ -125,19 +126,7 @@ describe('worker join', () => {
       },
     )
     cleanup.push(() => coordinator.close({ timeoutMs: 100 }))
-    const w = new Worker({
-      transport: createMemoryTransport({ nodeId: 'w1', role: 'worker' }),
-      coordinator: coordinator.address,
-      listen: { host: 'late-reply', port: 2 },
-      memberId: 'w1',
-      capacity: 1,
-      version: 'test',
-      heartbeatIntervalMs: 1000,
-      logger,
-      host,
-    })
-    cleanup.push(() => w.stop({ timeoutMs: 100 }))
-    await w.start()
+    await startWorker(coordinator.address, 'late-reply', host())
     const conn = await waitFor(() => joinedConn, 'the join')
     // A reply to a request that timed out long ago, and the coordinator's own error report:
     // neither may be answered. Then a request the worker does not take: that one is.
