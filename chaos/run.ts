@@ -15,7 +15,7 @@
  *   redis-restart     SIGKILL redis-server, restart it from its AOF on the same port
  *   worker-partition  cut a worker's link for 2-4 s (network namespaces; needs root), then heal
  *   leader-partition  cut the leading coordinator's link (Redis, workers, clients) for 2-4 s,
- *                     then heal (deposed, it exits 3; restarted); only with --leader-partitions
+ *                     then heal (deposed, it exits 3; restarted)
  *
  * and waits until the cluster has settled again (one leader ready, the other replica up, the
  * three worker processes alive, every partition owned, ready and balanced), recording the
@@ -24,7 +24,9 @@
  * seed, and any discrepancy exits 1.
  *
  * Options: --cycles N (10) --seed S (random, printed) --rate EV/S (2000) --stream-rate EV/S (300)
- * --keys N (4000) --no-source --no-partitions --recover-timeout MS (60000) --junit FILE
+ * --keys N (4000) --no-source --no-partitions --no-leader-partitions (the six-kind plans of
+ * seeds recorded before 2026-12-04) --faults KIND,KIND (draw only these) --recover-timeout MS
+ * (60000) --junit FILE
  * --report FILE (JSON) --log-dir DIR (.tmp/chaos); --self-test adds one lost and one
  * duplicated event behind the runner's back, to show the check catches them (that run FAILs).
  */
@@ -86,10 +88,11 @@ const { values: opt } = parseArgs({
     keys: { type: 'string', default: '4000' },
     'no-source': { type: 'boolean', default: false },
     'no-partitions': { type: 'boolean', default: false },
-    // Opt in for now: its first run found a partition reset (explained and fixed since: the
-    // engine ran a thread's tasks out of order, docs/reliability.md "Leader partitions"). Off,
-    // seeds replay the same plans as before it existed.
-    'leader-partitions': { type: 'boolean', default: false },
+    // Leader partitions are drawn like every other fault since 2026-12-04; this replays the
+    // plans of seeds recorded before (six kinds).
+    'no-leader-partitions': { type: 'boolean', default: false },
+    // Draw only these kinds (comma-separated), e.g. to replay one fault under load.
+    faults: { type: 'string' },
     'self-test': { type: 'boolean', default: false },
     'recover-timeout': { type: 'string', default: '60000' },
     junit: { type: 'string' },
@@ -116,9 +119,21 @@ const STREAM_KEYS = Math.max(1, Math.floor(KEYS / 4))
 const RECOVER_MS = intOpt('recover-timeout', opt['recover-timeout'], 1000)
 const SOURCE = !opt['no-source']
 const LOG_DIR = opt['log-dir']
-const KINDS: readonly Kind[] = opt['leader-partitions']
-  ? ALL_KINDS
-  : ALL_KINDS.filter((k) => k !== 'leader-partition')
+function kindsOpt(): readonly Kind[] {
+  if (opt.faults !== undefined) {
+    const names = opt.faults.split(',').map((s) => s.trim())
+    const bad = names.filter((n) => !(ALL_KINDS as readonly string[]).includes(n))
+    if (bad.length > 0 || names.length === 0) {
+      say(
+        `chaos: --faults takes a comma-separated list of ${ALL_KINDS.join(', ')} (got ${JSON.stringify(opt.faults)})`,
+      )
+      process.exit(2)
+    }
+    return ALL_KINDS.filter((k) => names.includes(k))
+  }
+  return opt['no-leader-partitions'] ? ALL_KINDS.filter((k) => k !== 'leader-partition') : ALL_KINDS
+}
+const KINDS = kindsOpt()
 
 /** mulberry32: small, fast, and the same sequence on every platform for a given seed. */
 function prng(seed: number): () => number {

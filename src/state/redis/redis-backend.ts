@@ -693,6 +693,10 @@ function createClient(
     autoResendUnfulfilledCommands: false,
     maxRetriesPerRequest: 0,
     enableReadyCheck: true,
+    // A server restarting from its AOF answers LOADING for a while; ioredis re-checks after
+    // loading_eta_seconds or 1 s (its default cap is 10 s), which made every client wait >= 1 s
+    // after a short restart: the leader's lease expired and each worker's writes stalled.
+    maxLoadingRetryTime: 100,
     connectTimeout: connectTimeoutMs,
     commandTimeout: commandTimeoutMs,
     retryStrategy: (attempt) => retryDelay(attempt),

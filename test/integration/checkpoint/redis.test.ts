@@ -50,6 +50,16 @@ describe('standalone redis', () => {
       .filter((k) => k !== '')
       .sort()
 
+  it('re-checks a server that is loading its AOF every 100 ms, not after 1 s (ioredis default)', async () => {
+    // After a restart the server answers LOADING until its AOF is read; a 1 s re-check made
+    // every Redis restart cost the leader its 1.5 s lease (docs/reliability.md).
+    const backend = (await createStateBackend(server.url, fast)) as RedisBackend
+    onTestFinished(() => backend.close())
+    expect(
+      (backend.client as { options: { maxLoadingRetryTime?: number } }).options.maxLoadingRetryTime,
+    ).toBe(100)
+  })
+
   it('keeps every key of a partition under its hash tag; the log is a stream of small fields', async () => {
     const prefix = uniquePrefix()
     const { store } = await open(prefix)
