@@ -69,6 +69,11 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
   #stopped = false
   #timer: NodeJS.Timeout | null = null
   #busy = false
+  // For the deposition reason: what the renewals went through since the last success.
+  #failures = 0
+  #lastError = ''
+  #lastAttempt = -Infinity
+  #longestGap = 0
 
   constructor(o: LeaderLeaseOptions) {
     super()
@@ -162,24 +167,37 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
     // between (a lease that expired, or was taken and released, no longer does). So a single
     // coordinator survives a stall of its event loop, and a replaced one never resumes.
     const sentAt = performance.now()
+    // A gap between attempts well above the interval means this process did not run (a stall).
+    this.#longestGap = Math.max(this.#longestGap, sentAt - Math.max(this.#lastAttempt, this.#validFrom))
+    this.#lastAttempt = sentAt
     let renewed: number
     try {
       renewed = await (
         this.#redis as unknown as { shoalLeaseRenew(k: string, v: string, ttl: number): Promise<number> }
       ).shoalLeaseRenew(this.#key, this.#value, this.#ttl)
-    } catch {
+    } catch (err) {
       // Not acting once past the margin (valid is false); the next renewal decides.
+      this.#failures++
+      this.#lastError = err instanceof Error ? err.message : String(err)
       return
     }
     if (renewed !== 1) {
+      const since = performance.now() - this.#validFrom
+      const seen =
+        `last renewal ${Math.round(since)} ms ago, ${this.#failures} failed since` +
+        `${this.#lastError === '' ? '' : ` (last: ${this.#lastError})`}, longest gap between attempts ` +
+        `${Math.round(this.#longestGap)} ms`
       this.#depose(
-        performance.now() - this.#validFrom >= this.#ttl - this.#safety
-          ? 'the lease expired (renewals failed, Redis was unreachable or this process was paused)'
-          : 'another coordinator holds the lease',
+        since >= this.#ttl - this.#safety
+          ? `the lease expired (renewals failed, Redis was unreachable or this process was paused): ${seen}`
+          : `another coordinator holds the lease: ${seen}`,
       )
       return
     }
     this.#validFrom = sentAt
+    this.#failures = 0
+    this.#lastError = ''
+    this.#longestGap = 0
   }
 
   #depose(reason: string): void {

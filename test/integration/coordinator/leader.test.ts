@@ -82,6 +82,25 @@ describe('LeaderLease', () => {
     expect(a.valid).toBe(false)
   })
 
+  it('a leader stalled past its lease is deposed, and the reason says what the renewals saw', async () => {
+    const prefix = `t${++prefixN}`
+    const a = new LeaderLease({ redis: client(), id: 'a', prefix, ttlMs: 600 })
+    a.start()
+    await waitFor(() => a.leading, 'a leads')
+    const deposed = new Promise<string>((resolve) => a.once('deposed', resolve))
+    // Past the whole lease: the key expires in Redis while this process does not run.
+    const until = performance.now() + 1200
+    while (performance.now() < until) {
+      // busy
+    }
+    const reason = await deposed
+    expect(reason).toMatch(
+      /^the lease expired .*: last renewal \d+ ms ago, 0 failed since, longest gap between attempts (\d+) ms$/,
+    )
+    expect(Number(/longest gap between attempts (\d+) ms/.exec(reason)?.[1])).toBeGreaterThanOrEqual(1000)
+    expect(a.leading).toBe(false)
+  })
+
   it('the warm view keeps the newest leader epoch', async () => {
     const prefix = `t${++prefixN}`
     const v = new WarmView(client(), prefix)
