@@ -11,7 +11,7 @@
  *               (drain() on backpressure), flush(): the SDK path
  *   cli file    `shoal send --json FILE` (node --import tsx src/cli/main.ts): the summary's own
  *               `seconds` (from the first read to the last ack, after connecting)
- *   cli stdin   `cat FILE | shoal send --json -`: the same through a pipe (64 KiB reads)
+ *   cli stdin   `cat FILE | shoal send --json -`: the same through a pipe
  *   http        POST /events on the coordinator: the file's lines in bodies of 10k lines,
  *               4 requests in flight, from this process
  *
