@@ -11,7 +11,7 @@
  *               (drain() on backpressure), flush(): the SDK path
  *   cli file    `shoal send --json FILE` (node --import tsx src/cli/main.ts): the summary's own
  *               `seconds` (from the first read to the last ack, after connecting)
- *   cli stdin   `cat FILE | shoal send --json -`: the same through a pipe (64 KiB reads)
+ *   cli stdin   `cat FILE | shoal send --json -`: the same through a pipe
  *   http        POST /events on the coordinator: the file's lines in bodies of 10k lines,
  *               4 requests in flight, from this process
  *
@@ -21,7 +21,7 @@
  * checked against what every case sent.
  *
  * Knobs (environment): SEND_EVENTS (events per case run), SEND_CASES (sdk,cli-file,cli-stdin,
- * http), E2E_THREADS / E2E_WORKERS as for e2e, BENCH_CHILD_FLAGS (node flags for the SDK and CLI
+ * http), SEND_HTTP_LINES (lines per POST body, 10000), SEND_HTTP_IN_FLIGHT (requests at once, 4), E2E_THREADS / E2E_WORKERS as for e2e, BENCH_CHILD_FLAGS (node flags for the SDK and CLI
  * processes, e.g. "--cpu-prof --cpu-prof-dir=.tmp/prof").
  */
 import { spawn } from 'node:child_process'
@@ -51,8 +51,8 @@ const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 const SELF = fileURLToPath(import.meta.url)
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const GOAL_RATIO = 0.6
-const HTTP_LINES_PER_BODY = 10_000
-const HTTP_IN_FLIGHT = 4
+const HTTP_LINES_PER_BODY = Number(process.env.SEND_HTTP_LINES ?? 10_000)
+const HTTP_IN_FLIGHT = Number(process.env.SEND_HTTP_IN_FLIGHT ?? 4)
 
 type CaseName = 'sdk' | 'cli-file' | 'cli-stdin' | 'http'
 const ALL_CASES: readonly CaseName[] = ['sdk', 'cli-file', 'cli-stdin', 'http']

@@ -8,6 +8,7 @@
  * the client pushes back (send() returns false), not once per event.
  */
 import { closeSync, createReadStream, fstatSync, openSync, readSync } from 'node:fs'
+import { Socket } from 'node:net'
 import { Readable, type Writable } from 'node:stream'
 import type { ShoalClient } from '../client/client.ts'
 import { NdjsonLineSplitter, parseNdjsonLine } from '../ingest/ndjson.ts'
@@ -16,7 +17,7 @@ import { NdjsonLineSplitter, parseNdjsonLine } from '../ingest/ndjson.ts'
 const READ_CHUNK_BYTES = 1 << 20
 
 export interface SendOptions {
-  input: Readable | FdInput
+  input: Readable | FdInput | PipeInput
   keyField: string
   /** Stop at the first malformed line instead of sending the valid ones and failing at the end. */
   strict: boolean
@@ -41,17 +42,31 @@ export interface FdInput {
   fd: number
 }
 
+/**
+ * A pipe or socket: `stream` reads `fd` (a net.Socket on it: libuv made the descriptor
+ * non-blocking, so readSync on `fd` returns what is there now or fails with EAGAIN).
+ */
+export interface PipeInput {
+  fd: number
+  stream: Readable
+}
+
 /** FILE, or stdin for `-` (or none). Throws if FILE cannot be opened. */
-export function openInput(path: string | undefined): Readable | FdInput {
+export function openInput(path: string | undefined): Readable | FdInput | PipeInput {
   if (path !== undefined && path !== '-') return { fd: openSync(path, 'r') }
-  // stdin redirected from a file (`< events.ndjson`) is read like a named file.
-  let isFile = false
+  // stdin redirected from a file (`< events.ndjson`) is read like a named file; a pipe or a
+  // socket (`cat FILE |`, a parent's stdio pipe) synchronously while it has data.
+  let kind: 'file' | 'pipe' | 'other' = 'other'
   try {
-    isFile = fstatSync(0).isFile()
+    const st = fstatSync(0)
+    kind = st.isFile() ? 'file' : st.isFIFO() || st.isSocket() ? 'pipe' : 'other'
   } catch {
     // No usable fd 0: process.stdin reports it as it did before.
   }
-  return isFile ? { fd: 0 } : process.stdin
+  if (kind === 'file') return { fd: 0 }
+  const stdin = process.stdin
+  // process.stdin on a pipe or socket is a net.Socket (libuv's pipe or tcp handle).
+  return kind === 'pipe' && stdin instanceof Socket ? { fd: 0, stream: stdin } : stdin
 }
 
 /**
@@ -62,13 +77,15 @@ export function openInput(path: string | undefined): Readable | FdInput {
  * Read asynchronously (fs.createReadStream), every chunk cost a turn in which the acks that had
  * arrived sent each partition's open batch at once: 13 events per batch with 64 KiB reads, 71
  * with 1 MiB, against ~500 for the SDK loop, and the rate followed (docs/benchmarks.md, "shoal
- * send"). A read from the page cache takes well under a millisecond. Pipes, terminals and
- * sockets are read as streams (a pipe's 64 KiB chunks come in bursts: ~95 events per batch).
+ * send"). A read from the page cache takes well under a millisecond. A pipe or socket is read
+ * the same way while it has data (pipeChunks); terminals and other streams chunk by chunk.
  */
-async function* lineChunks(input: Readable | FdInput): AsyncGenerator<string[]> {
+async function* lineChunks(input: Readable | FdInput | PipeInput): AsyncGenerator<string[]> {
   const splitter = new NdjsonLineSplitter()
   if (input instanceof Readable) {
     for await (const chunk of input as AsyncIterable<Uint8Array | string>) yield splitter.push(chunk)
+  } else if ('stream' in input) {
+    for await (const chunk of pipeChunks(input)) yield splitter.push(chunk)
   } else if (!fstatSync(input.fd).isFile()) {
     const stream = createReadStream('', { fd: input.fd, highWaterMark: READ_CHUNK_BYTES })
     for await (const chunk of stream as AsyncIterable<Buffer>) yield splitter.push(chunk)
@@ -86,6 +103,67 @@ async function* lineChunks(input: Readable | FdInput): AsyncGenerator<string[]> 
     }
   }
   yield splitter.end()
+}
+
+/**
+ * A pipe's bytes in order: what the stream has buffered, then readSync until the pipe is empty,
+ * and only then a wait (a turn of the event loop) for the stream's next data.
+ *
+ * Read as a stream, a pipe comes in 64 KiB chunks (its capacity), each in its own turn of the
+ * event loop, in which the acks that had come back sent every partition's small open batch: 105
+ * events per batch against ~500 for an SDK loop (docs/benchmarks.md, "shoal send"). While the
+ * writer keeps up, this reads on without a turn, so batches fill as with a file; once the pipe
+ * is empty it waits on the stream, so a slow writer's lines are sent as soon as they arrive.
+ *
+ * The stream and readSync read the same pipe, never at once (libuv reads only between turns):
+ * the stream's buffer is emptied before every readSync, so nothing is reordered.
+ */
+async function* pipeChunks(input: PipeInput): AsyncGenerator<Uint8Array> {
+  const { fd, stream } = input
+  const buf = Buffer.allocUnsafe(READ_CHUNK_BYTES)
+  let wake: (() => void) | null = null
+  // Set by the listeners (an object, so that the loop's checks are not narrowed away).
+  const seen: { ended: boolean; failed: Error | null } = { ended: false, failed: null }
+  const onReadable = (): void => {
+    const w = wake
+    wake = null
+    w?.()
+  }
+  const onEnd = (): void => {
+    seen.ended = true
+    onReadable()
+  }
+  const onError = (err: Error): void => {
+    seen.failed = err
+    onReadable()
+  }
+  stream.on('readable', onReadable).on('end', onEnd).on('error', onError)
+  try {
+    for (;;) {
+      if (seen.failed !== null) throw seen.failed
+      // The caller consumes each chunk (the splitter decodes it) before asking for the next, so
+      // `buf` is reused.
+      for (let c = stream.read() as Buffer | null; c !== null; c = stream.read() as Buffer | null) yield c
+      if (seen.ended) return
+      const n = readNow(fd, buf)
+      if (n === 0) return
+      if (n > 0) yield buf.subarray(0, n)
+      else await new Promise<void>((resolve) => (wake = resolve))
+    }
+  } finally {
+    stream.off('readable', onReadable).off('end', onEnd).off('error', onError)
+    stream.destroy()
+  }
+}
+
+/** readSync on a non-blocking descriptor: bytes read, 0 at the end, -1 if nothing is there now. */
+function readNow(fd: number, buf: Buffer): number {
+  try {
+    return readSync(fd, buf, 0, buf.length, null)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return -1
+    throw err
+  }
 }
 
 export async function sendNdjson(client: ShoalClient, o: SendOptions): Promise<SendSummary> {

@@ -3,16 +3,26 @@
  * input's chunks, line endings, malformed lines with their numbers, backpressure, strict mode.
  * The cluster path is tested end to end in test/e2e/processing.test.ts.
  */
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { execFileSync, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { closeSync, constants, mkdtempSync, openSync, writeFileSync, writeSync } from 'node:fs'
+import { Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { Readable, Writable } from 'node:stream'
-import { describe, expect, it } from 'vitest'
+import { PassThrough, Readable, Writable } from 'node:stream'
+import { describe, expect, it, onTestFinished } from 'vitest'
 import type { ShoalClient } from '../../../src/client/client.ts'
 import { openInput, sendNdjson, type SendOptions } from '../../../src/cli/send.ts'
+import { waitFor } from '../../helpers/wait-for.ts'
 
-/** A ShoalClient stand-in: records what is sent, acks everything on flush, pushes back every `room` events. */
-function fakeClient(room = Infinity): {
+/**
+ * A ShoalClient stand-in: records what is sent, acks everything on flush, pushes back every
+ * `room` events; `onDrain` runs while the sender waits.
+ */
+function fakeClient(
+  room = Infinity,
+  onDrain?: () => void,
+): {
   client: ShoalClient
   sent: [string, unknown][]
   drains: number
@@ -29,6 +39,7 @@ function fakeClient(room = Infinity): {
     },
     async drain(): Promise<void> {
       r.drains++
+      onDrain?.()
       await new Promise((resolve) => setImmediate(resolve))
     },
     flush(): Promise<void> {
@@ -52,11 +63,15 @@ function sink(): { stream: Writable; text: () => string } {
 
 async function send(
   chunks: (string | Buffer)[] | SendOptions['input'],
-  o: Partial<SendOptions> & { room?: number } = {},
+  o: Partial<SendOptions> & {
+    room?: number
+    onDrain?: () => void
+    client?: ReturnType<typeof fakeClient>
+  } = {},
 ): Promise<
   { events: [string, unknown][]; err: string; drains: number } & Awaited<ReturnType<typeof sendNdjson>>
 > {
-  const f = fakeClient(o.room)
+  const f = o.client ?? fakeClient(o.room, o.onDrain)
   const err = sink()
   // Buffers, as fs and stdin give them (a string would never split a character).
   const input = !Array.isArray(chunks)
@@ -183,5 +198,109 @@ describe('sendNdjson', () => {
     expect(r.events.map(([k]) => k)).toEqual(['p', '€', 'z'])
     expect(r.lines).toBe(4)
     expect(r.err).toBe('')
+  })
+})
+
+/** A named pipe: its read end non-blocking (as libuv leaves stdin) and a write end. */
+function fifo(): { path: string; readFd: number; writeFd: number } {
+  const path = join(mkdtempSync(join(tmpdir(), 'shoal-send-fifo-')), 'in')
+  execFileSync('mkfifo', [path])
+  const readFd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK)
+  // Opened before the reader starts: without a writer a read would see the end at once.
+  const writeFd = openSync(path, constants.O_WRONLY)
+  return { path, readFd, writeFd }
+}
+
+describe('sendNdjson from a pipe (stdin)', () => {
+  it('a pipe through its stream and readSync: every line in order, however the writer cuts it', async () => {
+    // ~3 MiB, multi-byte characters, CRLF, a blank and a malformed line, no final newline:
+    // many pipe-fulls, so lines and characters fall across the reads.
+    const lines = Array.from({ length: 40_000 }, (_, i) =>
+      i === 20_000
+        ? '{"key":'
+        : i === 30_000
+          ? ''
+          : JSON.stringify({ key: `k€${i % 13}`, i, pad: 'é'.repeat(i % 17) }),
+    )
+    const text = lines.map((l, i) => (i % 5 === 0 ? `${l}\r\n` : `${l}\n`)).join('') + '{"key":"last"}'
+    const dir = mkdtempSync(join(tmpdir(), 'shoal-send-test-'))
+    writeFileSync(join(dir, 'events.ndjson'), text)
+    const { readFd, writeFd } = fifo()
+    const writer = spawn('cat', [join(dir, 'events.ndjson')], { stdio: ['ignore', writeFd, 'inherit'] })
+    closeSync(writeFd)
+    const stream = new Socket({ fd: readFd, readable: true, writable: false })
+    onTestFinished(() => {
+      stream.destroy()
+    })
+    const r = await send({ fd: readFd, stream }, { room: 5000 })
+    await once(writer, 'exit').catch(() => {})
+    const want = lines.flatMap((_, i) => (i === 20_000 || i === 30_000 ? [] : [i]))
+    expect(r.events.slice(0, -1).map(([, e]) => (e as { i: number }).i)).toEqual(want)
+    expect(r.events.at(-1)).toEqual(['last', { key: 'last' }])
+    expect(r.err).toMatch(/^line 20001: not valid JSON/)
+    expect(r.lines).toBe(40_001)
+    expect(r.malformed).toBe(1)
+    expect(r.drains).toBeGreaterThan(0)
+  })
+
+  it('what the stream buffered comes before what readSync finds next, also across a wait for the client', async () => {
+    // The stream stands in for libuv's reads of the same pipe: a line and a character split
+    // between a stream chunk and the pipe, both before the first line and while the client
+    // pushes back.
+    const { readFd, writeFd } = fifo()
+    const stream = new PassThrough()
+    const euro = Buffer.from('€')
+    stream.write(Buffer.concat([Buffer.from('{"key":"a","n":1}\n{"key":"'), euro.subarray(0, 1)]))
+    writeSync(writeFd, Buffer.concat([euro.subarray(1), Buffer.from('","n":2}\n{"key":"c","n":3}\n')]))
+    let waits = 0
+    const r = send(
+      { fd: readFd, stream },
+      {
+        room: 3,
+        onDrain: () => {
+          // While the sender waits on the client, the stream takes in more, then the pipe.
+          if (waits++ > 0) return
+          stream.write('{"key":"d","n":4}\n{"key":"e",')
+          writeSync(writeFd, '"n":5}\n{"key":"f","n":6}')
+          closeSync(writeFd)
+          stream.end()
+        },
+      },
+    )
+    const got = await r
+    closeSync(readFd)
+    expect(got.events).toEqual([
+      ['a', { key: 'a', n: 1 }],
+      ['€', { key: '€', n: 2 }],
+      ['c', { key: 'c', n: 3 }],
+      ['d', { key: 'd', n: 4 }],
+      ['e', { key: 'e', n: 5 }],
+      ['f', { key: 'f', n: 6 }],
+    ])
+    expect(got.err).toBe('')
+  })
+
+  it('a slow writer: each line is sent as soon as it is written, before the next one or the end', async () => {
+    const { readFd, writeFd } = fifo()
+    const stream = new Socket({ fd: readFd, readable: true, writable: false })
+    onTestFinished(() => {
+      stream.destroy()
+    })
+    const f = fakeClient()
+    const done = send({ fd: readFd, stream }, { client: f })
+    const euro = Buffer.from('€')
+    for (let i = 0; i < 5; i++) {
+      // A character split across two writes, then the rest of the line.
+      writeSync(writeFd, Buffer.concat([Buffer.from(`{"key":"k${i}","v":"`), euro.subarray(0, 2)]))
+      writeSync(writeFd, Buffer.concat([euro.subarray(2), Buffer.from(`"}\n`)]))
+      await waitFor(() => f.sent.length === i + 1, `line ${i + 1} to be sent`)
+    }
+    writeSync(writeFd, '{"key":"x"\n')
+    closeSync(writeFd)
+    const r = await done
+    expect(r.events.map(([k, e]) => [k, (e as { v: string }).v])).toEqual(
+      Array.from({ length: 5 }, (_, i) => [`k${i}`, '€']),
+    )
+    expect(r.err).toMatch(/^line 6: not valid JSON/)
   })
 })
