@@ -256,6 +256,12 @@ async function awaitLeadership(
     { leaderEpoch: epoch, expectedMembers: previous?.members.length ?? 0 },
     'elected coordinator leader',
   )
+  lease.on('retaken', (lapseMs) => {
+    log.warn(
+      { lapseMs, leaderEpoch: epoch },
+      'leader lease had lapsed (Redis away or this process stalled longer than the lease); re-taken: no other replica claimed leadership meanwhile',
+    )
+  })
   lease.on('deposed', (reason) => {
     // Another replica may lead already: this process must not act again. Exit at once; the
     // supervisor (compose restart policy, Kubernetes) starts it again as a standby.

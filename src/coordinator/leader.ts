@@ -41,6 +41,13 @@ export interface LeaderLeaseOptions {
   intervalMs?: number
   /** A leader steps down this long before its lease could expire in Redis. @default ttlMs / 5 */
   safetyMs?: number
+  /**
+   * After this replica saw Redis in trouble (its connection came back, a lease command failed or
+   * took longer than intervalMs), a standby waits this long before claiming a free lease: one
+   * that lapsed while Redis was away lapsed because of Redis, and its holder gets the first
+   * chance to re-take it. @default 2 x intervalMs
+   */
+  takeoverGraceMs?: number
 }
 
 export interface LeaderInfo {
@@ -49,11 +56,13 @@ export interface LeaderInfo {
 }
 
 /**
- * Events: 'elected' (epoch), 'deposed' (reason). A deposed lease stops for good: the process
- * that held it restarts as a standby (a coordinator that was leader has state that a newer
- * leader may have superseded, so it never resumes leading).
+ * Events: 'elected' (epoch), 'deposed' (reason), 'retaken' (ms since the last renewal: the
+ * lease had lapsed, typically while Redis restarted, and nobody claimed a leadership epoch in
+ * between, so this leader holds it again). A deposed lease stops for good: the process that held
+ * it restarts as a standby (a coordinator that was leader has state that a newer leader may have
+ * superseded, so it never resumes leading).
  */
-export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [string] }> {
+export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [string]; retaken: [number] }> {
   readonly #redis: Redis | Cluster
   readonly #id: string
   readonly #key: string
@@ -61,6 +70,12 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
   readonly #ttl: number
   readonly #interval: number
   readonly #safety: number
+  readonly #grace: number
+  /**
+   * performance.now() when this replica last saw Redis in trouble: its connection came back (not
+   * the first connect), a lease command failed, or one took longer than the renewal interval.
+   */
+  #troubleAt = -Infinity
   #epoch = 0
   #value = ''
   /** performance.now() when the last successful acquire or renewal was sent. */
@@ -85,6 +100,12 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
     this.#ttl = o.ttlMs ?? 1500
     this.#interval = o.intervalMs ?? Math.max(50, Math.floor(this.#ttl / 5))
     this.#safety = o.safetyMs ?? Math.floor(this.#ttl / 5)
+    this.#grace = o.takeoverGraceMs ?? 2 * this.#interval
+    let connected = (this.#redis as { status?: string }).status === 'ready'
+    this.#redis.on('ready', () => {
+      if (connected) this.#troubleAt = performance.now()
+      connected = true
+    })
     this.#redis.defineCommand('shoalLeaseRenew', { numberOfKeys: 1, lua: RENEW })
     this.#redis.defineCommand('shoalLeaseRelease', { numberOfKeys: 1, lua: RELEASE })
   }
@@ -140,9 +161,17 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
   }
 
   async #acquire(): Promise<void> {
+    const askedAt = performance.now()
     try {
       // Cheap check first: an epoch is spent only when the lease is free.
-      if ((await this.#redis.exists(this.#key)) === 1) return
+      const held = await this.#redis.exists(this.#key)
+      const now = performance.now()
+      if (now - askedAt > this.#interval) this.#troubleAt = now
+      if (held === 1) return
+      // Redis was just away for this replica too: a lease that lapsed meanwhile lapsed because
+      // of Redis, not its holder, who gets the first chance to re-take it (#retake). Only
+      // liveness depends on this; safety does not.
+      if (now - this.#troubleAt < this.#grace) return
       const epoch = await this.#redis.incr(this.#epochKey)
       const value = `${this.#id} ${epoch}`
       // The lease runs from no earlier than this send (the commands before it may have waited
@@ -157,6 +186,7 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
       this.emit('elected', epoch)
     } catch {
       // Redis unreachable: a standby just keeps trying.
+      this.#troubleAt = performance.now()
     }
   }
 
@@ -164,8 +194,9 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
     // Past the safety margin (a stall, slow renewals) the leader stops acting (`valid` is false)
     // but is deposed only if the lease is no longer its own: the fenced renewal below succeeds
     // only while the key still holds this leader's value, which means nobody else held it in
-    // between (a lease that expired, or was taken and released, no longer does). So a single
-    // coordinator survives a stall of its event loop, and a replaced one never resumes.
+    // between; a key that is gone is re-taken only if nobody claimed an epoch since (#retake).
+    // So a coordinator survives a stall or a Redis restart longer than its lease when no standby
+    // stepped in, and a replaced one never resumes.
     const sentAt = performance.now()
     // A gap between attempts well above the interval means this process did not run (a stall).
     this.#longestGap = Math.max(this.#longestGap, sentAt - Math.max(this.#lastAttempt, this.#validFrom))
@@ -182,6 +213,8 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
       return
     }
     if (renewed !== 1) {
+      const retaken = await this.#retake()
+      if (retaken !== false) return
       const since = performance.now() - this.#validFrom
       const seen =
         `last renewal ${Math.round(since)} ms ago, ${this.#failures} failed since` +
@@ -198,6 +231,40 @@ export class LeaderLease extends EventEmitter<{ elected: [number]; deposed: [str
     this.#failures = 0
     this.#lastError = ''
     this.#longestGap = 0
+  }
+
+  /**
+   * The key no longer holds this leader's value. If it is free and no replica has claimed a
+   * leadership epoch since this leader's (a standby claims one before it tries the key), nobody
+   * led in between, so this leader may hold the lease again: typical after a Redis restart that
+   * outlasted the lease (the key comes back with its expiry passed). Not atomic, so the epoch is
+   * read again after the SET: a claim that slipped in between makes this leader let go.
+   * True: re-taken; false: depose; null: Redis failed, the next renewal decides.
+   */
+  async #retake(): Promise<boolean | null> {
+    const mine = String(this.#epoch)
+    try {
+      const sentAt = performance.now()
+      if ((await this.#redis.get(this.#epochKey)) !== mine) return false
+      if ((await this.#redis.set(this.#key, this.#value, 'PX', this.#ttl, 'NX')) !== 'OK') return false
+      if ((await this.#redis.get(this.#epochKey)) !== mine || this.#stopped) {
+        await (this.#redis as unknown as { shoalLeaseRelease(k: string, v: string): Promise<number> })
+          .shoalLeaseRelease(this.#key, this.#value)
+          .catch(() => 0)
+        return false
+      }
+      const lapse = sentAt - this.#validFrom
+      this.#validFrom = sentAt
+      this.#failures = 0
+      this.#lastError = ''
+      this.#longestGap = 0
+      this.emit('retaken', Math.round(lapse))
+      return true
+    } catch (err) {
+      this.#failures++
+      this.#lastError = err instanceof Error ? err.message : String(err)
+      return null
+    }
   }
 
   #depose(reason: string): void {

@@ -82,12 +82,15 @@ describe('LeaderLease', () => {
     expect(a.valid).toBe(false)
   })
 
-  it('a leader stalled past its lease is deposed, and the reason says what the renewals saw', async () => {
+  it('a leader stalled past its lease after a newer epoch was claimed is deposed; the reason says what the renewals saw', async () => {
     const prefix = `t${++prefixN}`
-    const a = new LeaderLease({ redis: client(), id: 'a', prefix, ttlMs: 600 })
+    const r = client()
+    const a = new LeaderLease({ redis: r, id: 'a', prefix, ttlMs: 600 })
     a.start()
     await waitFor(() => a.leading, 'a leads')
     const deposed = new Promise<string>((resolve) => a.once('deposed', resolve))
+    // A standby claims an epoch (it found the key free, say, and lost the race for it).
+    await r.incr(`${prefix}:leader-epoch`)
     // Past the whole lease: the key expires in Redis while this process does not run.
     const until = performance.now() + 1200
     while (performance.now() < until) {
@@ -99,6 +102,62 @@ describe('LeaderLease', () => {
     )
     expect(Number(/longest gap between attempts (\d+) ms/.exec(reason)?.[1])).toBeGreaterThanOrEqual(1000)
     expect(a.leading).toBe(false)
+  })
+
+  it('a lease that lapsed while nobody claimed an epoch is re-taken by its holder, same epoch', async () => {
+    const prefix = `t${++prefixN}`
+    const r = client()
+    const a = new LeaderLease({ redis: r, id: 'a', prefix, ttlMs: 1000 })
+    a.start()
+    await waitFor(() => a.leading, 'a leads')
+    const epoch = a.epoch
+    const retaken = new Promise<number>((resolve) => a.once('retaken', resolve))
+    let deposed = ''
+    a.on('deposed', (reason) => (deposed = reason))
+    await r.del(`${prefix}:leader`) // as if it expired while Redis was away
+    await retaken
+    expect(deposed).toBe('')
+    expect(a.leading).toBe(true)
+    expect(a.epoch).toBe(epoch)
+    expect(await a.current()).toEqual({ id: 'a', epoch })
+    await waitFor(() => a.valid, 'a acts again')
+    await a.stop()
+  })
+
+  it('Redis restarted from its AOF after the lease lapsed: the leader re-takes it, the standby does not lead', async () => {
+    const server = await startRedis({ aof: true })
+    const conn = (): Redis => {
+      const c = new Redis(server.port, server.host, {
+        maxRetriesPerRequest: 0,
+        enableOfflineQueue: false,
+        retryStrategy: () => 100,
+        maxLoadingRetryTime: 100,
+      })
+      c.on('error', () => {})
+      clients.push(c)
+      return c
+    }
+    try {
+      const a = new LeaderLease({ redis: conn(), id: 'a', prefix: 'ha', ttlMs: 600 })
+      a.start()
+      await waitFor(() => a.leading, 'a leads')
+      // A long grace makes the race deterministic: the standby's claim waits for a's retake.
+      const b = new LeaderLease({ redis: conn(), id: 'b', prefix: 'ha', ttlMs: 600, takeoverGraceMs: 10_000 })
+      b.start()
+      let bLed = false
+      b.on('elected', () => (bLed = true))
+      const retaken = new Promise<number>((resolve) => a.once('retaken', resolve))
+      await server.stop('SIGKILL')
+      await new Promise((r) => setTimeout(r, 1000)) // longer than the lease
+      await server.restart()
+      expect(await retaken).toBeGreaterThanOrEqual(600)
+      expect(a.leading).toBe(true)
+      expect(bLed).toBe(false)
+      await b.stop()
+      await a.stop()
+    } finally {
+      await server.dispose()
+    }
   })
 
   it('the warm view keeps the newest leader epoch', async () => {
