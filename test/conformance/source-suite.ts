@@ -183,6 +183,40 @@ export function sourceConformance(name: string, factory: () => Promise<SourceUnd
       expect((await c.read(100, 50)).records).toEqual([])
     })
 
+    it("one survivor at a time re-delivers a dead reader's records, all of them in order from the oldest unacknowledged", async () => {
+      // The owner keeps one high-water sequence per producer: a survivor that sent only a later
+      // part of a dead reader's records could have it applied before another survivor's earlier
+      // part, which would then be dropped as a duplicate.
+      const t = await setup()
+      const a = await t.open('a')
+      await t.append(events(0, 30))
+      const ofA = await readN(a, 30)
+      await a.close() // 30 pending
+      const b = await t.open('b')
+      const c = await t.open('c')
+      b.setLiveReaders(['b'])
+      const deadline = Date.now() + t.takeoverMs + 5000
+      let first: readonly SourceRecord[] = []
+      while (first.length === 0 && Date.now() < deadline) first = (await b.read(10, 50)).records
+      expect(ns(first)).toEqual(ns(ofA.slice(0, 10)))
+      // b holds the claim: c, which also sees 'a' dead, takes nothing of it.
+      c.setLiveReaders(['c'])
+      const quiet = Date.now() + t.takeoverMs + 300
+      while (Date.now() < quiet) expect((await c.read(100, 50)).records).toEqual([])
+      // b stops with its 10 unacknowledged: c re-delivers all 30, from the oldest, in order.
+      await b.close()
+      const taken: SourceRecord[] = []
+      const until = Date.now() + t.takeoverMs + 5000
+      while (taken.length < 30 && Date.now() < until) taken.push(...(await c.read(100, 50)).records)
+      expect(ns(taken)).toEqual(ns(ofA))
+      expect(taken.map((r) => [r.producerId, r.sequence])).toEqual(ofA.map((r) => [r.producerId, r.sequence]))
+      await c.ack(taken.map((r) => r.ack))
+      const d = await t.open('d')
+      d.setLiveReaders(['d'])
+      const later = Date.now() + t.takeoverMs + 300
+      while (Date.now() < later) expect((await d.read(100, 50)).records).toEqual([])
+    })
+
     it('takes nothing over before it has been told who is alive', async () => {
       const t = await setup()
       const a = await t.open('a')

@@ -15,6 +15,14 @@
  *   The pending entries of a consumer that is not among the live readers and has not read for
  *   `deadIdleMs` are re-delivered by one survivor (a claim per consumer, held until they are
  *   acknowledged or the survivor closes).
+ * - Re-delivery never moves an entry to the survivor (as the Redis source re-reads a dead
+ *   consumer's list under its name): it walks the consumer's pending entries in id order from
+ *   the oldest. The owner keeps one high-water sequence per producer and partition, so every
+ *   sender of a producer's records must send them complete and in order from its first
+ *   unapplied one. Moving entries let two survivors each hold a part of one reader's records
+ *   (one claimed them while the reader was alive but missing from its view of the live
+ *   readers, another after the reader stopped): the later part could be applied first and the
+ *   earlier one then dropped as a duplicate, i.e. lost (seen in CI).
  * - Events must be objects with a key (`keyField`, a non-empty string or a number); anything
  *   else is dead-lettered with the reason and acknowledged, like the Redis source does.
  * - `stream.unavailable = true` makes every read, ack and dead letter fail with
@@ -28,9 +36,20 @@ interface Pending {
   producerId: string
 }
 
+/** One consumer's pending list being re-delivered by this reader. */
+interface Job {
+  readonly consumer: string
+  /** The last id handed out. */
+  cursor: number
+  /** Ids above this belong to a live incarnation (a restart's own list); Infinity otherwise. */
+  readonly until: number
+  /** Handed out and not acknowledged yet. */
+  readonly out: Set<number>
+}
+
 interface Group {
   lastDelivered: number
-  /** Entry id -> who holds it, under which identity. Insertion order = id order per consumer. */
+  /** Entry id -> who holds it, under which identity. Insertion order = id order. */
   readonly pending: Map<number, Pending>
   readonly incarnations: Map<string, number>
   /** Consumer -> when it last read (ms, performance.now()). */
@@ -138,7 +157,10 @@ export interface MemorySourceOptions {
   keyField?: string
   /** @default 1000 */
   readCount?: number
-  /** A consumer not among the live readers is taken over once it has not read for this long. @default 0 */
+  /**
+   * A consumer not among the live readers is taken over once it has not read for this long (a
+   * reader that just joined may not be in the routing table yet). @default 2000, as Redis
+   */
   deadIdleMs?: number
 }
 
@@ -154,6 +176,10 @@ export class MemorySource implements Source {
   #incarnation = 0
   /** Entry ids this instance handed out and that are not acknowledged yet (in the pump). */
   readonly #out = new Set<number>()
+  /** Pending lists this instance re-delivers (its own earlier runs', dead readers'). */
+  #jobs: Job[] = []
+  /** Re-delivered entry id -> its job. */
+  readonly #jobOf = new Map<number, Job>()
   #live: Set<string> | null = null
   #state: SourceStatus['state'] = 'starting'
   #read = 0
@@ -170,7 +196,7 @@ export class MemorySource implements Source {
     this.#groupName = options.group ?? 'shoal'
     this.#me = options.consumer
     this.#keyField = options.keyField ?? 'key'
-    this.#deadIdleMs = options.deadIdleMs ?? 0
+    this.#deadIdleMs = options.deadIdleMs ?? 2000
     this.readCount = options.readCount ?? 1000
     this.name = `memory:${options.stream.name}/${this.#groupName}`
   }
@@ -188,8 +214,9 @@ export class MemorySource implements Source {
     this.#incarnation = (g.incarnations.get(this.#me) ?? 0) + 1
     g.incarnations.set(this.#me, this.#incarnation)
     g.lastRead.set(this.#me, performance.now())
-    // This reader's own pending entries (from before a restart) are re-delivered first.
-    g.claims.set(this.#me, this)
+    // This reader's own pending entries (from before a restart) are re-delivered first, unless
+    // a survivor is at it already.
+    if (!g.claims.has(this.#me)) this.#startJob(g, this.#me, g.lastDelivered)
     this.#group = g
     this.#state = 'reading'
     return Promise.resolve()
@@ -229,19 +256,27 @@ export class MemorySource implements Source {
   /** Pending entries of this reader's earlier runs, then of dead readers (one survivor each). */
   #redeliver(g: Group, limit: number): SourceRead | null {
     this.#claimDead(g)
-    for (const [consumer, holder] of g.claims) {
-      if (holder !== this) continue
+    for (const job of this.#jobs) {
       const records: SourceRecord[] = []
       const bad: MemoryDeadLetter[] = []
+      let exhausted = true
       for (const [id, p] of g.pending) {
-        if (records.length >= limit) break
-        // What this instance handed out is in flight in the pump, not lost.
-        if (p.consumer !== consumer || this.#out.has(id)) continue
-        // Taken over: held by this reader from now on, under the identity first handed out.
-        g.pending.set(id, { consumer: this.#me, producerId: p.producerId })
-        this.#out.add(id)
+        if (id <= job.cursor) continue
+        if (id > job.until) break
+        if (p.consumer !== job.consumer) continue
+        if (records.length >= limit) {
+          exhausted = false
+          break
+        }
+        job.cursor = id
+        // Under the identity first handed out; the entry stays the consumer's.
         const rec = this.#record(id, p.producerId, bad)
-        if (rec !== null) records.push(rec)
+        if (rec !== null) {
+          records.push(rec)
+          job.out.add(id)
+          this.#jobOf.set(id, job)
+          this.#out.add(id)
+        }
       }
       this.#settleBad(g, bad)
       if (records.length > 0) {
@@ -249,9 +284,25 @@ export class MemorySource implements Source {
         this.#redelivered += records.length
         return { records, redelivery: true }
       }
-      if (bad.length === 0) g.claims.delete(consumer)
+      if (exhausted) this.#endJobIfDone(g, job)
     }
     return null
+  }
+
+  #startJob(g: Group, consumer: string, until: number): void {
+    g.claims.set(consumer, this)
+    this.#jobs.push({ consumer, cursor: 0, until, out: new Set() })
+  }
+
+  /** A job whose list is walked to the end and whose entries are all acknowledged lets go. */
+  #endJobIfDone(g: Group, job: Job): void {
+    if (job.out.size > 0) return
+    for (const [id, p] of g.pending) {
+      if (id > job.until) break
+      if (id > job.cursor && p.consumer === job.consumer) return
+    }
+    this.#jobs = this.#jobs.filter((j) => j !== job)
+    if (g.claims.get(job.consumer) === this) g.claims.delete(job.consumer)
   }
 
   #claimDead(g: Group): void {
@@ -263,7 +314,7 @@ export class MemorySource implements Source {
     for (const consumer of holders) {
       if (consumer === this.#me || live.has(consumer) || g.claims.has(consumer)) continue
       if (now - (g.lastRead.get(consumer) ?? 0) < this.#deadIdleMs) continue
-      g.claims.set(consumer, this)
+      this.#startJob(g, consumer, Infinity)
     }
   }
 
@@ -294,8 +345,9 @@ export class MemorySource implements Source {
     const g = this.#ready()
     this.#check('ack')
     for (const a of acks) {
-      this.#out.delete(Number(a))
-      if (g.pending.delete(Number(a))) this.#acked++
+      const id = Number(a)
+      this.#settleOut(id)
+      if (g.pending.delete(id)) this.#acked++
     }
     return Promise.resolve()
   }
@@ -305,11 +357,20 @@ export class MemorySource implements Source {
     this.#check('dead letter')
     for (const r of records) {
       this.#stream.deadLetters.push({ id: r.ack, reason, consumer: this.#me, event: r.event })
-      this.#out.delete(Number(r.ack))
-      if (g.pending.delete(Number(r.ack))) this.#acked++
+      const id = Number(r.ack)
+      this.#settleOut(id)
+      if (g.pending.delete(id)) this.#acked++
     }
     this.#deadLettered += records.length
     return Promise.resolve()
+  }
+
+  #settleOut(id: number): void {
+    this.#out.delete(id)
+    const job = this.#jobOf.get(id)
+    if (job === undefined) return
+    this.#jobOf.delete(id)
+    job.out.delete(id)
   }
 
   status(): SourceStatus {
@@ -332,7 +393,11 @@ export class MemorySource implements Source {
     this.#state = 'closed'
     const g = this.#group
     this.#group = null
+    // The lists it was re-delivering stay where they were: the next survivor starts over from
+    // their oldest unacknowledged entry.
     if (g !== null) for (const [consumer, holder] of g.claims) if (holder === this) g.claims.delete(consumer)
+    this.#jobs = []
+    this.#jobOf.clear()
     return Promise.resolve()
   }
 

@@ -580,8 +580,17 @@ export class RedisStreamSource implements Source {
     if (this.#state === 'closed') return
     this.#state = 'closed'
     if (this.#scanTimer !== null) clearInterval(this.#scanTimer)
-    for (const job of this.#jobs) job.lost = true
-    this.#reapJobs()
+    // Let go of the pending lists being re-delivered at once rather than after the lock's TTL:
+    // the next survivor re-reads each from its oldest entry, so what this reader handed out
+    // and did not see acknowledged is sent again, complete and in order.
+    const jobs = this.#jobs
+    this.#jobs = []
+    await Promise.all(
+      jobs.map(async (job) => {
+        if (job.renew !== null) clearInterval(job.renew)
+        if (!job.lost) await this.#client?.eval(UNLOCK, 1, job.lockKey, this.#lockValue).catch(() => {})
+      }),
+    )
     const clients = [this.#client, this.#blocking]
     this.#client = null
     this.#blocking = null

@@ -122,6 +122,8 @@ describe('MemorySource in a cluster', () => {
     const left = stream.pending()
     produce(stream, 20_000, 25_000, expected)
     await waitFor(() => stream.pending() === 0 && stream.lag() === 0, 'the stream drained', 30_000)
+    // Every entry has a key: nothing may have been given up on.
+    expect(stream.deadLetters.map((d) => `${d.consumer} ${d.id}: ${d.reason}`).slice(0, 5)).toEqual([])
     await expectExactState(cl, expected)
     // w1's unacknowledged records were re-delivered by the survivors (not just read afresh).
     expect(left).toBeGreaterThan(0)
