@@ -155,7 +155,11 @@ export class PostgresStateSink implements Sink {
             updated_at timestamptz not null default now()
           ) with (fillfactor = 50)`,
         ],
-        always: [`create index if not exists ${indexName(t, '_partition_idx')} on ${t.sql} (partition)`],
+        // No index on partition: maintaining it on every upsert cost more than the full writes
+        // that would use it (a 1M-key write-behind: 5.55 -> 3.7-3.9 s). A full write (after a
+        // restore) finds a partition's rows with one pass over the table instead. Tables
+        // created by earlier versions keep theirs; dropping it is safe.
+        always: [],
         unique: [['key']],
       },
       {

@@ -127,7 +127,8 @@ describe('schema', () => {
       `select indexname from pg_indexes where tablename = $1`,
       [table],
     )
-    expect(idx.map((i) => i.indexname).sort()).toEqual([`${table}_partition_idx`, `${table}_pkey`])
+    // Only the primary key: an index on partition cost more on every write than it saved (docs/connectors-postgres.md).
+    expect(idx.map((i) => i.indexname).sort()).toEqual([`${table}_pkey`])
     for (const side of ['_dlq', '_tombstones', '_partitions']) expect(await count(table + side)).toBe(0)
     const ev = uniqueTable('create_ev')
     await eventsSink(ev)

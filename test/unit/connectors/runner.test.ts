@@ -193,6 +193,26 @@ describe('SinkRunner', () => {
     )
   })
 
+  it('takes state in larger chunks than events (maxStateChunkRecords): one write per many partitions', async () => {
+    // A state write is a transaction with fixed costs: one per partition made a 1M-key
+    // checkpoint 256 Postgres transactions. Events stay within maxChunkRecords.
+    const sink = new ScriptedSink()
+    const r = runner(sink, { maxChunkRecords: 5, maxStateChunkRecords: 12 })
+    const keys = (p: number, n: number): [string, unknown][] =>
+      Array.from({ length: n }, (_, i) => [`p${p}k${i}`, i])
+    for (let p = 0; p < 5; p++)
+      r.pushState({ partition: p, version: 1, upserts: keys(p, 4), deletes: [], full: false })
+    r.pushEvents(batch(9, 1, records(9, 4)))
+    r.pushEvents(batch(8, 1, records(8, 4)))
+    await r.start()
+    await r.flushed()
+    expect(sink.states.map((c) => c.map((b) => b.partition))).toEqual([
+      [0, 1, 2],
+      [3, 4],
+    ])
+    expect(sink.chunks.map((c) => c.map((b) => b.partition))).toEqual([[9], [8]])
+  })
+
   it('pushes back: full at the limit, room() resolves once writes drain', async () => {
     const sink = new ScriptedSink()
     sink.gated = true
