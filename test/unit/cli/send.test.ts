@@ -232,8 +232,10 @@ describe('sendNdjson from a pipe (stdin)', () => {
     onTestFinished(() => {
       stream.destroy()
     })
+    // Listened for before the send: cat may be done before the last line is sent.
+    const exited = once(writer, 'exit').catch(() => {})
     const r = await send({ fd: readFd, stream }, { room: 5000 })
-    await once(writer, 'exit').catch(() => {})
+    await exited
     const want = lines.flatMap((_, i) => (i === 20_000 || i === 30_000 ? [] : [i]))
     expect(r.events.slice(0, -1).map(([, e]) => (e as { i: number }).i)).toEqual(want)
     expect(r.events.at(-1)).toEqual(['last', { key: 'last' }])
