@@ -67,6 +67,7 @@ import { checkJob } from '../processing/engine.ts'
 import { registerWatermarkMetrics } from '../observability/time-metrics.ts'
 import { joinIdentity } from './join-identity.ts'
 import { createStateBackend } from '../state/index.ts'
+import { checkBackendLayout, checkFileLayout } from '../state/layout.ts'
 import { PartitionedFileStore, openPartitionStore } from '../state/checkpoint/partition-store.ts'
 import { formatStatus } from './format.ts'
 import { workerObserver } from './node-metrics.ts'
@@ -448,6 +449,8 @@ async function storedEpochFloor(
   log: ReturnType<typeof createLogger>,
 ): Promise<number> {
   if (cfg.state.kind === 'file') {
+    // Before anything else reads the state: it must have been written with this partition count.
+    await checkFileLayout(cfg.state.dir, cfg.partitions)
     const floor = await PartitionedFileStore.epochFloor({ dir: cfg.state.dir }, cfg.partitions)
     log.info({ epochFloor: floor }, 'read the stored partition epochs')
     return floor
@@ -455,6 +458,7 @@ async function storedEpochFloor(
   if (cfg.state.kind !== 'redis') return 0
   const backend = await createStateBackend(cfg.state.url)
   try {
+    await checkBackendLayout(backend, cfg.partitions, redactUrl(cfg.state.url))
     const epochs = await Promise.all(Array.from({ length: cfg.partitions }, (_, p) => backend.getEpoch(p)))
     const floor = epochs.reduce<number>((m, e) => Math.max(m, e ?? 0), 0)
     log.info({ epochFloor: floor }, 'read the stored partition epochs')
