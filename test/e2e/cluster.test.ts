@@ -179,6 +179,51 @@ for (const transport of ['tcp', 'grpc'] as const) {
       }
     })
 
+    it('no coordinator: workers refuse writes with NO_COORDINATOR (retryable), the client retries and says why; one back: every event once', async () => {
+      const port = await freePort()
+      const c1 = await coordinator(port)
+      const ws = await Promise.all([worker(c1), worker(c1)])
+      await balanced(c1, 2)
+      const cl = await ShoalClient.connect({
+        coordinator: `127.0.0.1:${port}`,
+        transport: createTransport(transport, { nodeId: `nocoord-client-${transport}`, role: 'client' }),
+        retryDelayMs: 20,
+      })
+      try {
+        const expected: Totals = new Map()
+        sendCounted(cl, 0, 2000, expected, 200)
+        await cl.flush()
+        c1.signal('SIGKILL')
+        await c1.exited
+        // Past the failure-detection time (3 x 200 ms) the workers stop serving what they own
+        // (and say so on /readyz). Until then they serve on.
+        for (const w of ws) {
+          await waitFor(
+            async () => {
+              const r = await w.http<{ coordinatorReachable?: boolean }>('/readyz')
+              return r.status === 503 && r.body.coordinatorReachable === false
+            },
+            'the worker to stop serving without a coordinator',
+            20_000,
+          )
+        }
+        sendCounted(cl, 2000, 4000, expected, 200)
+        const flushed = cl.flush()
+        await waitFor(
+          () => cl.stats.lastRetry?.code === 'SHOAL_ERR_NO_COORDINATOR',
+          'a batch retried because no coordinator is reachable',
+          20_000,
+        )
+        expect(cl.stats.lastRetry?.message).toMatch(/no coordinator reachable/)
+        const c2 = await coordinator(port)
+        await flushed
+        await settled(c2, 2)
+        await expectExactState(cl, expected)
+      } finally {
+        await cl.close()
+      }
+    })
+
     it('a worker whose processing threads burn 100% CPU is never declared dead', async () => {
       const c = await coordinator()
       const busy = await worker(c, [], { SHOAL_TEST_BURN_THREADS: '2' })

@@ -201,6 +201,42 @@ describe('sendNdjson', () => {
   })
 })
 
+describe('sendNdjson while the cluster cannot take events', () => {
+  it('says every 5 s what it waits for (e.g. no coordinator), then finishes when the events are acked', async () => {
+    const f = fakeClient()
+    const stats = f.client.stats as { lastRetry?: { code: string; message: string; at: number } }
+    const errText = sink()
+    let release: () => void = () => {}
+    const acked = new Promise<void>((resolve) => (release = resolve))
+    // The client retries (as during a coordinator outage) until the test lets the acks come.
+    ;(f.client as { flush: () => Promise<void> }).flush = async () => {
+      const retrying = setInterval(() => {
+        stats.lastRetry = {
+          code: 'SHOAL_ERR_NO_COORDINATOR',
+          message: 'no coordinator reachable: partition 3 is not served until one leads again',
+          at: performance.now(),
+        }
+        if (errText.text().includes('still sending')) release()
+      }, 100)
+      await acked
+      clearInterval(retrying)
+      f.client.stats.acked = f.client.stats.sent
+    }
+    const summary = await sendNdjson(f.client, {
+      input: Readable.from([Buffer.from('{"key":"a"}\n{"key":"b"}\n')]),
+      keyField: 'key',
+      strict: false,
+      progress: null,
+      err: errText.stream,
+      out: sink().stream,
+    })
+    expect(errText.text()).toMatch(
+      /^acked 0 of 2; still sending, SHOAL_ERR_NO_COORDINATOR \(no coordinator reachable: partition 3/,
+    )
+    expect(summary).toMatchObject({ sent: 2, acked: 2, failed: 0 })
+  })
+})
+
 /** A named pipe: its read end non-blocking (as libuv leaves stdin) and a write end. */
 function fifo(): { path: string; readFd: number; writeFd: number } {
   const path = join(mkdtempSync(join(tmpdir(), 'shoal-send-fifo-')), 'in')
