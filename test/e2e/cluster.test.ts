@@ -224,6 +224,32 @@ for (const transport of ['tcp', 'grpc'] as const) {
       }
     })
 
+    it('with a token: every HTTP endpoint of the coordinator and the worker but the probes answers 401 without it, 200 with it', async () => {
+      const token = 'e2e-http-token-0123456789'
+      const c = await coordinator(0, ['--token', token])
+      const w = await worker(c, ['--token', token])
+      const get = (base: string, path: string, auth?: string): Promise<number> =>
+        fetch(
+          `http://${base}${path}`,
+          auth === undefined ? {} : { headers: { authorization: `Bearer ${auth}` } },
+        ).then(async (r) => {
+          await r.arrayBuffer()
+          return r.status
+        })
+      // The probes are open: ready once the worker has joined and restored its partitions.
+      await waitFor(async () => (await get(w.info.http, '/readyz')) === 200, 'the worker ready', 20_000)
+      for (const node of [c, w]) {
+        expect(await get(node.info.http, '/status')).toBe(401)
+        expect(await get(node.info.http, '/status', 'wrong-token-0123456789')).toBe(401)
+        expect(await get(node.info.http, '/status', token)).toBe(200)
+        expect(await get(node.info.http, '/healthz')).toBe(200)
+        // Open: 200 or 503 by readiness, never 401.
+        expect([200, 503]).toContain(await get(node.info.http, '/readyz'))
+        expect(await get(node.info.http, '/metrics')).toBe(200)
+      }
+      expect(await get(w.info.http, '/state/some-key')).toBe(401)
+    })
+
     it('a worker whose processing threads burn 100% CPU is never declared dead', async () => {
       const c = await coordinator()
       const busy = await worker(c, [], { SHOAL_TEST_BURN_THREADS: '2' })
