@@ -62,7 +62,7 @@ describe('state layout: redis://', () => {
       expect(both.filter((r) => r.status === 'fulfilled')).toHaveLength(1)
       const refused = both.find((r): r is PromiseRejectedResult => r.status === 'rejected')!
       expect(refused.reason).toMatchObject({ code: ErrorCodes.CONFIG_MISMATCH })
-      const winner = both[0]!.status === 'fulfilled' ? 128 : 32
+      const winner = both[0].status === 'fulfilled' ? 128 : 32
       await checkBackendLayout(a, winner, 'redis')
     } finally {
       await a.close()
