@@ -311,7 +311,7 @@ export class RedisStreamSource implements Source {
       }
       if (got.length < want) break
     }
-    this.#state = 'reading'
+    if (this.#state !== 'closed') this.#state = 'reading'
     return { records, redelivery: false }
   }
 
@@ -483,12 +483,18 @@ export class RedisStreamSource implements Source {
 
   /** Take over a consumer's pending list if nobody else holds it. */
   async #startJob(consumer: string, until: string | null = null): Promise<boolean> {
+    if (this.#isClosed()) return false
     const client = this.#ready()
     if (this.#jobs.some((j) => j.consumer === consumer)) return false
     const lockKey = `${this.#spec.stream}:shoal:${this.#spec.group}:pel:${consumer}`
     const ttl = this.#opts.lockTtlMs ?? 15_000
     const got = await client.set(lockKey, this.#lockValue, 'PX', ttl, 'NX')
     if (got !== 'OK') return false
+    if (this.#isClosed()) {
+      // Closed while the lock was being taken (a scan in flight): it would hold it for its TTL.
+      await client.eval(UNLOCK, 1, lockKey, this.#lockValue).catch(() => {})
+      return false
+    }
     const meta = await client.hgetall(this.#metaKey)
     const incarnations: [number, string][] = []
     for (const [field, value] of Object.entries(meta)) {
@@ -602,9 +608,14 @@ export class RedisStreamSource implements Source {
     return this.#client
   }
 
+  /** A method, not a field read: state changes across awaits, which narrowing would not see. */
+  #isClosed(): boolean {
+    return this.#state === 'closed'
+  }
+
   #fail(err: unknown, what: string): ShoalError {
     this.#noteError(err)
-    this.#state = 'retrying'
+    if (this.#state !== 'closed') this.#state = 'retrying'
     return toSourceError(err, `${what} on ${this.name}`)
   }
 
