@@ -174,8 +174,6 @@ export class MemorySource implements Source {
   readonly #deadIdleMs: number
   #group: Group | null = null
   #incarnation = 0
-  /** Entry ids this instance handed out and that are not acknowledged yet (in the pump). */
-  readonly #out = new Set<number>()
   /** Pending lists this instance re-delivers (its own earlier runs', dead readers'). */
   #jobs: Job[] = []
   /** Re-delivered entry id -> its job. */
@@ -245,7 +243,6 @@ export class MemorySource implements Source {
       const id = ++g.lastDelivered
       const rec = this.#record(id, producerId, bad)
       g.pending.set(id, { consumer: this.#me, producerId })
-      this.#out.add(id)
       if (rec !== null) records.push(rec)
     }
     this.#settleBad(g, bad)
@@ -275,7 +272,6 @@ export class MemorySource implements Source {
           records.push(rec)
           job.out.add(id)
           this.#jobOf.set(id, job)
-          this.#out.add(id)
         }
       }
       this.#settleBad(g, bad)
@@ -336,7 +332,6 @@ export class MemorySource implements Source {
     for (const b of bad) {
       this.#stream.deadLetters.push(b)
       g.pending.delete(Number(b.id))
-      this.#out.delete(Number(b.id))
     }
     this.#deadLettered += bad.length
   }
@@ -365,8 +360,8 @@ export class MemorySource implements Source {
     return Promise.resolve()
   }
 
+  /** An entry re-delivered by one of this reader's jobs is acknowledged (or dead-lettered). */
   #settleOut(id: number): void {
-    this.#out.delete(id)
     const job = this.#jobOf.get(id)
     if (job === undefined) return
     this.#jobOf.delete(id)

@@ -475,10 +475,13 @@ export class RedisStreamSource implements Source {
     const done = this.#jobs.filter((j) => j.lost || (j.exhausted && j.outstanding === 0))
     if (done.length === 0) return
     this.#jobs = this.#jobs.filter((j) => !done.includes(j))
-    for (const job of done) {
-      if (job.renew !== null) clearInterval(job.renew)
-      if (!job.lost) void this.#client?.eval(UNLOCK, 1, job.lockKey, this.#lockValue).catch(() => {})
-    }
+    for (const job of done) void this.#release(job)
+  }
+
+  /** Stop renewing a job's lock and release it (unless it was lost to another survivor). */
+  async #release(job: PendingJob): Promise<void> {
+    if (job.renew !== null) clearInterval(job.renew)
+    if (!job.lost) await this.#client?.eval(UNLOCK, 1, job.lockKey, this.#lockValue).catch(() => {})
   }
 
   /** Take over a consumer's pending list if nobody else holds it. */
@@ -591,12 +594,7 @@ export class RedisStreamSource implements Source {
     // and did not see acknowledged is sent again, complete and in order.
     const jobs = this.#jobs
     this.#jobs = []
-    await Promise.all(
-      jobs.map(async (job) => {
-        if (job.renew !== null) clearInterval(job.renew)
-        if (!job.lost) await this.#client?.eval(UNLOCK, 1, job.lockKey, this.#lockValue).catch(() => {})
-      }),
-    )
+    await Promise.all(jobs.map((job) => this.#release(job)))
     const clients = [this.#client, this.#blocking]
     this.#client = null
     this.#blocking = null
