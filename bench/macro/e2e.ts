@@ -34,7 +34,8 @@
  * `shoal up` and the image, unless these set a semi-space size), BENCH_CHILD_FLAGS (the same for
  * the client process), E2E_STATE (memory; `file`: every node on `--state file:<tmp>`, the
  * durable default of `shoal up`), E2E_LOAD (the latency run's share of the max rate, 0.5),
- * E2E_PARTITIONS (the coordinator's partition count, default 256).
+ * E2E_PARTITIONS (the coordinator's partition count, default 256), E2E_RATE_EVENTS (events of
+ * the latency run, at most 10 s worth; default half of E2E_EVENTS, at least 1M).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
@@ -742,7 +743,7 @@ const benchmark: Benchmark = {
           runs,
           workers,
           threads,
-          rateEvents: Math.max(1_000_000, events / 2),
+          rateEvents: Number(process.env.E2E_RATE_EVENTS ?? Math.max(1_000_000, events / 2)),
         }),
       )
     }

@@ -858,6 +858,10 @@ export class Coordinator extends EventEmitter<{
             await this.#gateway.forwardBatch(conn, env.body)
             continue
           }
+          if (env.kind === 'event' && env.body.op === 'batches') {
+            for (const b of env.body.batches) await this.#gateway.forwardBatch(conn, b)
+            continue
+          }
           if (env.kind === 'state') {
             await this.#gateway.forwardState(conn, env, env.body)
             continue

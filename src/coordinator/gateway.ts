@@ -9,7 +9,7 @@
 import type { Logger } from 'pino'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import type { RoutingFields } from '../protocol/control.ts'
-import type { Envelope, EventBatchBody, StateBody } from '../protocol/messages.ts'
+import type { Envelope, EventAckBody, EventBatchBody, StateBody } from '../protocol/messages.ts'
 import { partitionForKey } from '../protocol/partition.ts'
 import { Requests } from '../transport/requests.ts'
 import type { Connection, OutboundMessage, Transport } from '../transport/transport.ts'
@@ -149,18 +149,22 @@ export class Gateway {
     return c
   }
 
+  #relayAck(a: EventAckBody): void {
+    const id = `${a.producerId}\u0000${a.partition}\u0000${a.sequence}`
+    const w = this.#waiting.get(id)
+    if (w === undefined) return
+    this.#waiting.delete(id)
+    clearTimeout(w.timer)
+    trySend(w.client, { kind: 'event', body: a })
+  }
+
   async #relay(key: string, worker: Connection): Promise<void> {
     try {
       for await (const env of worker) {
         if (this.#requests.settle(env)) continue
-        if (env.kind !== 'event' || env.body.op !== 'ack') continue
-        const a = env.body
-        const id = `${a.producerId}\u0000${a.partition}\u0000${a.sequence}`
-        const w = this.#waiting.get(id)
-        if (w === undefined) continue
-        this.#waiting.delete(id)
-        clearTimeout(w.timer)
-        trySend(w.client, { kind: 'event', body: a })
+        if (env.kind !== 'event') continue
+        if (env.body.op === 'ack') this.#relayAck(env.body)
+        else if (env.body.op === 'acks') for (const a of env.body.acks) this.#relayAck(a)
       }
     } catch (err) {
       this.#log.debug({ err, worker: key }, 'gateway link to a worker ended')

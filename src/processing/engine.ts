@@ -4,9 +4,11 @@
  * same pool (partition % threads), so a partition's tasks run in submission order against
  * state that lives in that thread. Different partitions run in parallel on different threads.
  *
- * Batches travel as transferable buffers: the payload is copied once out of the socket's
- * chunk (which may be shared with other frames) into its own ArrayBuffer, and that buffer is
- * moved to the thread, not cloned.
+ * Batches travel in one transferable buffer per task: the payloads of the batches merged into
+ * a task are copied once, out of the socket's chunks (which may be shared with other frames),
+ * into a single ArrayBuffer that is moved to the thread, not cloned; each batch is a view of
+ * it. One buffer per batch cost an allocation and a transfer each (~1 us apiece: a round of 85
+ * small batches spent more in postMessage than in the job; docs/benchmarks.md).
  *
  * Batches are merged per thread: while a thread has a task running, the batches submitted for
  * it wait here and then leave together as one task (one message each way and one wake-up of
@@ -197,11 +199,13 @@ export class Engine {
     return lane.waiting.length + lane.pool.queueSize < this.#maxQueue
   }
 
-  /** Process one batch of partition's events (msgpack [key, event][]). */
+  /**
+   * Process one batch of partition's events (msgpack [key, event][]). The payload is read when
+   * the batch leaves for its thread (copied then): the caller must not change it before the
+   * returned promise settles.
+   */
   batch(partition: number, payload: Uint8Array): Promise<BatchResult> {
-    const own = new Uint8Array(payload.byteLength)
-    own.set(payload)
-    return this.#submit({ partition, payload: own })
+    return this.#submit({ partition, payload })
   }
 
   /** Apply a tick (time-enabled jobs, docs/time.md), in order with the partition's batches. */
@@ -322,11 +326,17 @@ export class Engine {
       n++
     }
     const taken = n === w.length ? w.splice(0) : w.splice(0, n)
-    const batches = taken.map((t) => t.item)
+    const all = new Uint8Array(bytes)
+    let at = 0
+    const batches = taken.map(({ item }): BatchItem => {
+      const p = item.payload
+      all.set(p, at)
+      const payload = all.subarray(at, (at += p.byteLength))
+      return item.tick === undefined ? { partition: item.partition, payload } : { ...item, payload }
+    })
     const req: TaskRequest = { op: 'batches', partition: batches[0]!.partition, batches }
     lane.inPool++
-    const transferList = batches.map((b) => b.payload.buffer as ArrayBuffer)
-    lane.pool.run(req, { transferList }).then(
+    lane.pool.run(req, { transferList: [all.buffer] }).then(
       (res: ResultOf<'batches'>) => {
         this.#taskDone(lane)
         res.results.forEach((r: BatchResult | BatchFailure, i) => {

@@ -16,10 +16,12 @@ import {
   type SerializedError,
 } from '../errors.ts'
 import {
+  BUNDLES_SINCE_VERSION,
   CHECKPOINT_OPS,
   CONTROL_COMMAND_OPS,
   KIND_CODES,
   KINDS_BY_CODE,
+  MAX_BUNDLE,
   ROLES,
   STATE_OPS,
   SUPPORTED_VERSIONS,
@@ -101,6 +103,15 @@ export function decodeEnvelope(payload: Uint8Array): Envelope {
     throw malformed(`envelope.corr must be an integer or nil (got ${describe(corr)})`)
   const msg = { kind, body } as Message
   validateBody(msg)
+  if (
+    v < BUNDLES_SINCE_VERSION &&
+    msg.kind === 'event' &&
+    (msg.body.op === 'batches' || msg.body.op === 'acks')
+  ) {
+    throw malformed(
+      `event op ${msg.body.op} needs protocol version ${BUNDLES_SINCE_VERSION} (envelope is version ${v})`,
+    )
+  }
   return { v, from, seq, ts, corr: corr ?? undefined, ...msg }
 }
 
@@ -147,7 +158,23 @@ export function validateBody(msg: { kind: string; body: unknown }): asserts msg 
 }
 
 function validateEvent(body: Record<string, unknown>): void {
-  if (body.op === 'batch') {
+  if (body.op === 'batches' || body.op === 'acks') {
+    const inner = body.op === 'batches' ? 'batch' : 'ack'
+    const list = body[body.op]
+    if (!Array.isArray(list) || list.length === 0 || list.length > MAX_BUNDLE) {
+      throw malformed(
+        `event.${body.op} must be an array of 1..${MAX_BUNDLE} ${inner} bodies (got ${describe(list)})`,
+      )
+    }
+    for (const item of list) {
+      if (!isObject(item) || item.op !== inner) {
+        throw malformed(
+          `every entry of event.${body.op} must be an event ${inner} body (got ${describe(item)})`,
+        )
+      }
+      validateEvent(item)
+    }
+  } else if (body.op === 'batch') {
     field(body, 'event', 'partition', isUint, 'a non-negative integer')
     field(body, 'event', 'epoch', isUint, 'a non-negative integer')
     field(body, 'event', 'producerId', isString, 'a string')

@@ -136,7 +136,7 @@ export async function dialHandshake(
       opts.nodeId,
       {
         op: 'hello',
-        versions: [...SUPPORTED_VERSIONS],
+        versions: SUPPORTED_VERSIONS.filter((v) => v <= opts.maxProtocolVersion),
         nodeId: opts.nodeId,
         role: opts.role,
         token: opts.token,
@@ -178,7 +178,7 @@ export async function dialHandshake(
     throw err
   }
   const w = env.body as { version: number; nodeId: string; role: PeerInfo['role'] }
-  if (!SUPPORTED_VERSIONS.includes(w.version)) {
+  if (!SUPPORTED_VERSIONS.includes(w.version) || w.version > opts.maxProtocolVersion) {
     const err = new ProtocolError(ErrorCodes.UNSUPPORTED_VERSION, `peer chose protocol version ${w.version}`)
     refuse(link, opts.nodeId, err, opts.maxFrameBytes)
     throw err
@@ -217,11 +217,12 @@ export async function acceptHandshake(link: Link, opts: ResolvedTransportOptions
     return fail(ErrorCodes.HANDSHAKE_FAILED, `expected a hello, got ${env.kind}`)
   }
   const hello = env.body as { versions: number[]; nodeId: string; role: PeerInfo['role']; token?: string }
-  const common = hello.versions.filter((v) => SUPPORTED_VERSIONS.includes(v))
+  const mine = SUPPORTED_VERSIONS.filter((v) => v <= opts.maxProtocolVersion)
+  const common = hello.versions.filter((v) => mine.includes(v))
   if (common.length === 0) {
     return fail(
       ErrorCodes.UNSUPPORTED_VERSION,
-      `no common protocol version: peer speaks ${hello.versions.join(', ') || 'none'}, this node ${SUPPORTED_VERSIONS.join(', ')}`,
+      `no common protocol version: peer speaks ${hello.versions.join(', ') || 'none'}, this node ${mine.join(', ')}`,
     )
   }
   if (opts.token !== undefined && !tokensEqual(opts.token, hello.token)) {

@@ -1,5 +1,5 @@
 import { InvalidOptionError } from '../errors.ts'
-import { ROLES } from '../protocol/messages.ts'
+import { PROTOCOL_VERSION, ROLES, SUPPORTED_VERSIONS } from '../protocol/messages.ts'
 import type { TransportOptions } from './transport.ts'
 
 export const DEFAULT_TRANSPORT_OPTIONS = Object.freeze({
@@ -54,6 +54,12 @@ export function resolveTransportOptions(options: TransportOptions): ResolvedTran
       1,
     ),
     handshakeTimeoutMs: int('handshakeTimeoutMs', options.handshakeTimeoutMs ?? d.handshakeTimeoutMs, 1),
+    maxProtocolVersion: int(
+      'maxProtocolVersion',
+      options.maxProtocolVersion ?? PROTOCOL_VERSION,
+      Math.min(...SUPPORTED_VERSIONS),
+      PROTOCOL_VERSION,
+    ),
     connectTimeoutMs: int('connectTimeoutMs', options.connectTimeoutMs ?? d.connectTimeoutMs, 1),
     idleTimeoutMs: int('idleTimeoutMs', options.idleTimeoutMs ?? d.idleTimeoutMs, 0),
     keepAliveMs: int('keepAliveMs', options.keepAliveMs ?? d.keepAliveMs, 0),

@@ -52,6 +52,12 @@ export interface TransportOptions {
   inboundHighWaterBytes?: number
   /** @default 5000 */
   handshakeTimeoutMs?: number
+  /**
+   * The newest protocol version this node offers or accepts in a handshake. For a rolling
+   * upgrade across a version change: keep the new builds at the old version until no node of
+   * the old build is left. @default PROTOCOL_VERSION
+   */
+  maxProtocolVersion?: number
   /** @default 5000 */
   connectTimeoutMs?: number
   /** Close a connection that received nothing for this long; 0 disables. @default 0 */

@@ -24,7 +24,15 @@
 import type { Logger } from 'pino'
 import { Packr } from 'msgpackr'
 import { ErrorCodes, ShoalError } from '../errors.ts'
-import type { Envelope, EventBatchBody, HeartbeatLoad, StateBody } from '../protocol/messages.ts'
+import {
+  BUNDLES_SINCE_VERSION,
+  MAX_BUNDLE,
+  type Envelope,
+  type EventAckBody,
+  type EventBatchBody,
+  type HeartbeatLoad,
+  type StateBody,
+} from '../protocol/messages.ts'
 import { partitionForKey } from '../protocol/partition.ts'
 import type { Engine } from '../processing/engine.ts'
 import type {
@@ -774,12 +782,20 @@ export class DataPlane implements PartitionHost {
 
   async serve(conn: Connection): Promise<void> {
     try {
+      const acks = new AckOut(conn)
       for await (const env of conn) {
         try {
           if (env.kind === 'event' && env.body.op === 'batch') {
             if (this.#full()) await this.#waitForRoom()
             if (this.#opts.outputs?.full === true) await this.#waitForSinks()
-            this.#onBatch(conn, env.body)
+            this.#onBatch(acks, env.body)
+          } else if (env.kind === 'event' && env.body.op === 'batches') {
+            // A round of batches in one message: each handled exactly as if it came alone.
+            for (const b of env.body.batches) {
+              if (this.#full()) await this.#waitForRoom()
+              if (this.#opts.outputs?.full === true) await this.#waitForSinks()
+              this.#onBatch(acks, b)
+            }
           } else if (env.kind === 'state') {
             await this.#onState(conn, env, env.body)
           } else if (env.kind === 'control' && this.#opts.onControl !== undefined) {
@@ -855,18 +871,15 @@ export class DataPlane implements PartitionHost {
    * batch numbered per event, firstSequence..sequence): the covered events are dropped and the
    * rest applied. A batch whose covering batch failed is applied, never acked as a duplicate.
    */
-  #onBatch(conn: Connection, b: EventBatchBody, settled = false): void {
+  #onBatch(acks: AckOut, b: EventBatchBody, settled = false): void {
     const ack = (ok: boolean, error?: ShoalError): void => {
-      trySend(conn, {
-        kind: 'event',
-        body: {
-          op: 'ack',
-          partition: b.partition,
-          producerId: b.producerId,
-          sequence: b.sequence,
-          ok,
-          error: error === undefined ? undefined : error.toJSON(),
-        },
+      acks.push({
+        op: 'ack',
+        partition: b.partition,
+        producerId: b.producerId,
+        sequence: b.sequence,
+        ok,
+        error: error === undefined ? undefined : error.toJSON(),
       })
     }
     const rt = this.#partitions.get(b.partition)
@@ -915,7 +928,7 @@ export class DataPlane implements PartitionHost {
     const last = rt.producers.get(b.producerId)
     if (last !== undefined && first <= last) {
       if (!settled || (rt.pending.get(b.producerId) ?? 0) > 0) {
-        void rt.tail.then(() => this.#onBatch(conn, b, true))
+        void rt.tail.then(() => this.#onBatch(acks, b, true))
         return
       }
       const done = rt.committed.get(b.producerId)
@@ -1154,6 +1167,37 @@ function packEntries(chunk: readonly (readonly [string, Uint8Array])[]): PackedS
     keys[i] = k
   }
   return { keys, data, ends }
+}
+
+/**
+ * The acks to one connection, coalesced: the acks produced in one run of microtasks (a task's
+ * worth of batches finishing together) leave as one `acks` message to a peer that speaks it
+ * (protocol version 2), one `ack` each otherwise.
+ */
+class AckOut {
+  readonly #conn: Connection
+  #pending: EventAckBody[] = []
+
+  constructor(conn: Connection) {
+    this.#conn = conn
+  }
+
+  push(ack: EventAckBody): void {
+    if (this.#pending.push(ack) === 1) queueMicrotask(this.#flush)
+  }
+
+  readonly #flush = (): void => {
+    const acks = this.#pending
+    this.#pending = []
+    if (acks.length === 1 || this.#conn.peer.version < BUNDLES_SINCE_VERSION) {
+      for (const body of acks) trySend(this.#conn, { kind: 'event', body })
+      return
+    }
+    for (let i = 0; i < acks.length; i += MAX_BUNDLE) {
+      const part = i === 0 && acks.length <= MAX_BUNDLE ? acks : acks.slice(i, i + MAX_BUNDLE)
+      trySend(this.#conn, { kind: 'event', body: { op: 'acks', acks: part } })
+    }
+  }
 }
 
 function trySend(conn: Connection, message: Parameters<Connection['send']>[0]): void {

@@ -6,7 +6,7 @@ import { Packr } from 'msgpackr'
 import { describe, expect, it, onTestFinished } from 'vitest'
 import { ErrorCodes, ShoalError } from '../../src/errors.ts'
 import { decodeEnvelope, encodeFrame } from '../../src/protocol/codec.ts'
-import type { Envelope } from '../../src/protocol/messages.ts'
+import { PROTOCOL_VERSION, type Envelope } from '../../src/protocol/messages.ts'
 import type { Link } from '../../src/transport/link.ts'
 import type {
   Connection,
@@ -71,6 +71,39 @@ export function everyKind(): OutboundMessage[] {
     { kind: 'heartbeat', body: { n: 8, epoch: 9 } },
     { kind: 'checkpoint', body: { op: 'trigger', checkpointId: 12, partitions: [1, 2] } },
     { kind: 'checkpoint', body: { op: 'ack', checkpointId: 12, partitions: [1] }, corr: 99 },
+    // Protocol version 2: a round of batches, and of acks, in one message.
+    {
+      kind: 'event',
+      body: {
+        op: 'batches',
+        batches: [17, 18].map((partition) => ({
+          op: 'batch' as const,
+          partition,
+          epoch: 3,
+          producerId: 'p-1',
+          sequence: 43,
+          count: events.length,
+          payload: packr.pack(events),
+        })),
+      },
+    },
+    {
+      kind: 'event',
+      body: {
+        op: 'acks',
+        acks: [
+          { op: 'ack', partition: 17, producerId: 'p-1', sequence: 43, ok: true },
+          {
+            op: 'ack',
+            partition: 18,
+            producerId: 'p-1',
+            sequence: 43,
+            ok: false,
+            error: { name: 'ShoalError', code: 'SHOAL_ERR_NOT_OWNER', message: 'moved', retryable: true },
+          },
+        ],
+      },
+    },
   ]
 }
 
@@ -186,9 +219,29 @@ export function transportConformance(fx: TransportFixture): void {
       const s = await server()
       const c = await dial(s.listener.address)
       const sc = await s.next()
-      expect(c.peer).toMatchObject({ nodeId: 'srv', role: 'coordinator', version: 1 })
-      expect(sc.peer).toMatchObject({ nodeId: 'cli', role: 'worker', version: 1 })
+      expect(c.peer).toMatchObject({ nodeId: 'srv', role: 'coordinator', version: PROTOCOL_VERSION })
+      expect(sc.peer).toMatchObject({ nodeId: 'cli', role: 'worker', version: PROTOCOL_VERSION })
       expect(c.state).toBe('ready')
+    })
+
+    it('maxProtocolVersion: a node held at version 1 talks version 1 with a newer peer, either side', async () => {
+      for (const [srvMax, cliMax] of [
+        [1, undefined],
+        [undefined, 1],
+      ] as const) {
+        const s = await server(srvMax === undefined ? {} : { maxProtocolVersion: srvMax })
+        const c = await dial(s.listener.address, cliMax === undefined ? {} : { maxProtocolVersion: cliMax })
+        const sc = await s.next()
+        expect(c.peer.version).toBe(1)
+        expect(sc.peer.version).toBe(1)
+        c.send({ kind: 'heartbeat', body: { n: 1, epoch: 0 } })
+        const [got] = await within(collect(sc, 1), 5000, 'a version-1 envelope')
+        expect(got!.v).toBe(1)
+      }
+      expect(() => transport('cli', { maxProtocolVersion: PROTOCOL_VERSION + 1 })).toThrow(
+        /maxProtocolVersion/,
+      )
+      expect(() => transport('cli', { maxProtocolVersion: 0 })).toThrow(/maxProtocolVersion/)
     })
 
     it('round-trips every message kind in both directions, payload bytes intact', async () => {
@@ -201,7 +254,7 @@ export function transportConformance(fx: TransportFixture): void {
       expect(got.map((e) => ({ kind: e.kind, body: norm(e.body) }))).toEqual(
         msgs.map((m) => ({ kind: m.kind, body: norm(m.body) })),
       )
-      expect(got.every((e) => e.from === 'cli' && e.v === 1)).toBe(true)
+      expect(got.every((e) => e.from === 'cli' && e.v === PROTOCOL_VERSION)).toBe(true)
       expect(got[9]!.corr).toBe(99)
       // Event payloads decode back to the same events.
       const batch = got[0]!.body as { payload: Uint8Array }

@@ -9,7 +9,7 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { ShoalClient, type ShoalClientOptions } from '../../../src/client/client.ts'
 import type { RoutingFields } from '../../../src/protocol/control.ts'
-import type { EventBatchBody } from '../../../src/protocol/messages.ts'
+import type { EventAckBody, EventBatchBody } from '../../../src/protocol/messages.ts'
 import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
 import type { Connection } from '../../../src/transport/transport.ts'
 import { keysPerPartition, scriptedCoordinator } from '../../helpers/scripted-coordinator.ts'
@@ -23,63 +23,82 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f()
 })
 
-/** A worker that records every batch and acks only when the test releases the acks held. */
-async function heldAckWorker(): Promise<{
+/**
+ * A worker that records every batch (and the messages they came in: a `batch`, or a round of
+ * them in one `batches`) and acks only when the test releases the acks held: one `acks` message
+ * per connection, or one `ack` each to a peer at protocol version 1.
+ */
+async function heldAckWorker(maxProtocolVersion?: number): Promise<{
   address: string
   batches: EventBatchBody[]
+  /** Per message received, the partitions of its batches. */
+  messages: number[][]
   held: () => number
   /** Ack every batch received so far. */
   release: () => void
 }> {
   const batches: EventBatchBody[] = []
+  const messages: number[][] = []
   let held: { conn: Connection; b: EventBatchBody }[] = []
-  const listener = await createTcpTransport({ nodeId: 'w', role: 'worker' }).listen(
-    { host: '127.0.0.1', port: 0 },
-    (conn) => {
-      void (async () => {
-        try {
-          for await (const env of conn) {
-            if (env.kind === 'event' && env.body.op === 'batch') {
-              batches.push(env.body)
-              held.push({ conn, b: env.body })
-            }
+  const listener = await createTcpTransport({
+    nodeId: 'w',
+    role: 'worker',
+    ...(maxProtocolVersion === undefined ? {} : { maxProtocolVersion }),
+  }).listen({ host: '127.0.0.1', port: 0 }, (conn) => {
+    void (async () => {
+      try {
+        for await (const env of conn) {
+          if (env.kind !== 'event') continue
+          const got = env.body.op === 'batch' ? [env.body] : env.body.op === 'batches' ? env.body.batches : []
+          if (got.length === 0) continue
+          messages.push(got.map((b) => b.partition))
+          for (const b of got) {
+            batches.push(b)
+            held.push({ conn, b })
           }
-        } catch {
-          // the client went away
         }
-      })()
-    },
-  )
+      } catch {
+        // the client went away
+      }
+    })()
+  })
   cleanup.push(() => listener.close({ timeoutMs: 200 }))
   return {
     address: listener.address,
     batches,
+    messages,
     held: () => held.length,
     release() {
       const now = held
       held = []
+      const acks = new Map<Connection, EventAckBody[]>()
       for (const { conn, b } of now) {
-        conn.send({
-          kind: 'event',
-          body: {
-            op: 'ack',
-            partition: b.partition,
-            producerId: b.producerId,
-            sequence: b.sequence,
-            ok: true,
-          },
-        })
+        const ack: EventAckBody = {
+          op: 'ack',
+          partition: b.partition,
+          producerId: b.producerId,
+          sequence: b.sequence,
+          ok: true,
+        }
+        acks.set(conn, [...(acks.get(conn) ?? []), ack])
+      }
+      for (const [conn, list] of acks) {
+        if (conn.peer.version >= 2) conn.send({ kind: 'event', body: { op: 'acks', acks: list } })
+        else for (const body of list) conn.send({ kind: 'event', body })
       }
     },
   }
 }
 
-async function setup(extra: Partial<ShoalClientOptions>): Promise<{
+async function setup(
+  extra: Partial<ShoalClientOptions>,
+  maxProtocolVersion?: number,
+): Promise<{
   cl: ShoalClient
   w: Awaited<ReturnType<typeof heldAckWorker>>
   keys: string[]
 }> {
-  const w = await heldAckWorker()
+  const w = await heldAckWorker(maxProtocolVersion)
   const table: RoutingFields = {
     epoch: 1,
     partitions: PARTITIONS,
@@ -163,6 +182,42 @@ describe('adaptive batching (per-worker rounds)', () => {
     const flushed = cl.flush()
     w.release()
     await flushed
+  })
+
+  it('a round of batches to one worker travels as one `batches` message, its acks as one `acks`', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER })
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.held() === 1, 'the first round')
+    for (const k of keys) cl.send(k, { n: 2 })
+    // Partitions 1-3 park behind partition 0's batch (a turn), then its ack releases them all.
+    await turn()
+    await turn()
+    w.release()
+    await waitFor(() => w.batches.length === 1 + PARTITIONS, 'the second round')
+    // The second round: every partition's partial batch, in one message.
+    expect(w.messages).toHaveLength(2)
+    expect([...w.messages[1]!].sort()).toEqual([0, 1, 2, 3])
+    const flushed = cl.flush()
+    w.release()
+    await flushed
+    expect(cl.stats.acked).toBe(1 + PARTITIONS)
+  })
+
+  it('to a worker at protocol version 1, every batch travels alone and each ack alone is taken', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER }, 1)
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.held() === 1, 'the first round')
+    for (const k of keys) cl.send(k, { n: 2 })
+    // Partitions 1-3 park behind partition 0's batch (a turn), then its ack releases them all.
+    await turn()
+    await turn()
+    w.release()
+    await waitFor(() => w.batches.length === 1 + PARTITIONS, 'the second round')
+    expect(w.messages.every((m) => m.length === 1)).toBe(true)
+    const flushed = cl.flush()
+    w.release()
+    await flushed
+    expect(cl.stats.acked).toBe(1 + PARTITIONS)
   })
 
   it('a partition acked mid-round joins the next round with the others', async () => {

@@ -72,20 +72,21 @@ async function scriptedWorker(
       void (async () => {
         try {
           for await (const env of conn) {
-            if (env.kind === 'event' && env.body.op === 'batch') {
-              const b = env.body
-              batches.push(b)
-              await acksAfter
-              conn.send({
-                kind: 'event',
-                body: {
-                  op: 'ack',
-                  partition: b.partition,
-                  producerId: b.producerId,
-                  sequence: b.sequence,
-                  ok: true,
-                },
-              })
+            if (env.kind === 'event' && (env.body.op === 'batch' || env.body.op === 'batches')) {
+              for (const b of env.body.op === 'batch' ? [env.body] : env.body.batches) {
+                batches.push(b)
+                await acksAfter
+                conn.send({
+                  kind: 'event',
+                  body: {
+                    op: 'ack',
+                    partition: b.partition,
+                    producerId: b.producerId,
+                    sequence: b.sequence,
+                    ok: true,
+                  },
+                })
+              }
             } else if (env.kind === 'state') {
               const body: StateBody = env.body
               if (body.op === 'get' && body.key !== undefined) {

@@ -19,7 +19,7 @@ import { openPartitionStore, type PartitionStore } from '../../../src/state/chec
 import { createStateBackend } from '../../../src/state/index.ts'
 import { DataPlane } from '../../../src/worker/data-plane.ts'
 import { ErrorCodes } from '../../../src/errors.ts'
-import type { Envelope, EventAckBody } from '../../../src/protocol/messages.ts'
+import { PROTOCOL_VERSION, type Envelope, type EventAckBody } from '../../../src/protocol/messages.ts'
 import type { Connection } from '../../../src/transport/transport.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 import { packStates, statePackr } from '../../helpers/packed-states.ts'
@@ -275,9 +275,10 @@ function fakeConnection(): {
   let closed = false
   const conn = {
     id: 'fake',
-    peer: { nodeId: 'client' },
-    send(m: { kind: string; body: { op?: string } }): boolean {
+    peer: { nodeId: 'client', role: 'client', version: PROTOCOL_VERSION },
+    send(m: { kind: string; body: { op?: string; acks?: EventAckBody[] } }): boolean {
       if (m.kind === 'event' && m.body.op === 'ack') acks.push(m.body as EventAckBody)
+      if (m.kind === 'event' && m.body.op === 'acks') acks.push(...m.body.acks!)
       return true
     },
     async *[Symbol.asyncIterator](): AsyncIterator<Envelope> {

@@ -12,10 +12,14 @@ import {
   CHECKPOINT_OPS,
   CONTROL_COMMAND_OPS,
   KIND_CODES,
+  MAX_BUNDLE,
   PROTOCOL_VERSION,
   ROLES,
   STATE_OPS,
   type Envelope,
+  type EventAckBody,
+  type EventBatchBody,
+  type EventBatchesBody,
   type Header,
   type Message,
 } from '../../../src/protocol/messages.ts'
@@ -256,7 +260,14 @@ describe('codec: envelope header', () => {
 
   it('carries v, from, seq, ts and corr', () => {
     const out = expectRoundTrip(env(body, { from: 'coordinator-α-🐟', seq: 1, ts: 2, corr: 3 }))
-    expect(out).toMatchObject({ v: 1, from: 'coordinator-α-🐟', seq: 1, ts: 2, corr: 3, kind: 'heartbeat' })
+    expect(out).toMatchObject({
+      v: PROTOCOL_VERSION,
+      from: 'coordinator-α-🐟',
+      seq: 1,
+      ts: 2,
+      corr: 3,
+      kind: 'heartbeat',
+    })
   })
 
   it('decodes an absent corr as undefined, and keeps corr = 0', () => {
@@ -278,7 +289,7 @@ describe('codec: envelope header', () => {
   it('puts version and kind first on the wire', () => {
     const bytes = encodeEnvelope(env(body))
     expect(new Unpackr({ mapsAsObjects: true }).unpack(bytes)).toEqual([
-      1,
+      PROTOCOL_VERSION,
       KIND_CODES.heartbeat,
       'worker-1',
       42,
@@ -289,6 +300,72 @@ describe('codec: envelope header', () => {
   })
 })
 
+describe('codec: batches and acks (protocol version 2)', () => {
+  const batch = (partition: number): EventBatchBody => ({
+    op: 'batch',
+    partition,
+    epoch: 2,
+    producerId: 'p',
+    sequence: partition + 1,
+    count: EVENTS.length,
+    payload: EVENT_PAYLOAD,
+  })
+  const ack = (partition: number, ok = true): EventAckBody => ({
+    op: 'ack',
+    partition,
+    producerId: 'p',
+    sequence: partition + 1,
+    ok,
+    ...(ok ? {} : { error: SERIALIZED_ERROR }),
+  })
+  const v2 = (body: unknown): Buffer => wire({ 0: 2, 1: KIND_CODES.event, 6: body })
+
+  it('round-trips a round of batches and of acks, each batch payload intact', () => {
+    const out = expectRoundTrip(
+      env({ kind: 'event', body: { op: 'batches', batches: [batch(3), batch(9)] } }),
+    )
+    const body = out.body as EventBatchesBody
+    expect(body.batches.map((b) => b.partition)).toEqual([3, 9])
+    expect(new Packr({ useRecords: true }).unpack(body.batches[1]!.payload)).toEqual(EVENTS)
+    expectRoundTrip(env({ kind: 'event', body: { op: 'acks', acks: [ack(3), ack(9, false)] } }))
+  })
+
+  it('refuses a bundle that is empty, too long, not an array, or holds anything but its own op', () => {
+    for (const body of [
+      { op: 'batches', batches: [] },
+      { op: 'batches', batches: batch(1) },
+      { op: 'batches' },
+      { op: 'batches', batches: Array.from({ length: MAX_BUNDLE + 1 }, (_, i) => batch(i)) },
+      { op: 'batches', batches: [batch(1), ack(1)] },
+      { op: 'batches', batches: [batch(1), { op: 'batches', batches: [batch(2)] }] },
+      { op: 'batches', batches: [{ ...batch(1), sequence: -1 }] },
+      { op: 'batches', batches: [{ ...batch(1), payload: 'x' }] },
+      { op: 'acks', acks: [] },
+      { op: 'acks', acks: [ack(1), batch(1)] },
+      { op: 'acks', acks: [{ ...ack(1), ok: 'yes' }] },
+      { op: 'acks', acks: [null] },
+    ]) {
+      expectProtocolError(() => decodeEnvelope(v2(body)), ErrorCodes.MALFORMED_MESSAGE)
+    }
+  })
+
+  it('refuses batches and acks in a version-1 envelope (they do not exist there)', () => {
+    const err = expectProtocolError(
+      () => decodeEnvelope(wire({ 0: 1, 1: KIND_CODES.event, 6: { op: 'batches', batches: [batch(1)] } })),
+      ErrorCodes.MALFORMED_MESSAGE,
+    )
+    expect(err.message).toMatch(/needs protocol version 2/)
+    expectProtocolError(
+      () => decodeEnvelope(wire({ 0: 1, 1: KIND_CODES.event, 6: { op: 'acks', acks: [ack(1)] } })),
+      ErrorCodes.MALFORMED_MESSAGE,
+    )
+    // The same bodies one by one are version 1.
+    expect(decodeEnvelope(wire({ 0: 1, 1: KIND_CODES.event, 6: batch(1) })).body).toMatchObject({
+      op: 'batch',
+    })
+  })
+})
+
 describe('codec: bad input', () => {
   const validHeartbeat = { n: 1, epoch: 0 }
 
@@ -296,14 +373,14 @@ describe('codec: bad input', () => {
     const err = expectProtocolError(
       () =>
         decodeEnvelope(
-          pack([2, 1, 'n', 0, 0, null, { op: 'ack', partition: 0, producerId: 'p', sequence: 0, ok: true }]),
+          pack([3, 1, 'n', 0, 0, null, { op: 'ack', partition: 0, producerId: 'p', sequence: 0, ok: true }]),
         ),
       ErrorCodes.UNSUPPORTED_VERSION,
     )
-    expect(err.data).toEqual({ version: 2, supported: [1] })
+    expect(err.data).toEqual({ version: 3, supported: [2, 1] })
     expectProtocolError(() => decodeEnvelope(wire({ 0: 0 })), ErrorCodes.UNSUPPORTED_VERSION)
     expectProtocolError(() => decodeEnvelope(wire({ 0: 2 ** 32 })), ErrorCodes.UNSUPPORTED_VERSION)
-    expectProtocolError(() => decodeEnvelope(wire({ 0: 2, 1: 9 })), ErrorCodes.UNSUPPORTED_VERSION)
+    expectProtocolError(() => decodeEnvelope(wire({ 0: 3, 1: 9 })), ErrorCodes.UNSUPPORTED_VERSION)
   })
 
   it('rejects an unknown kind code with UNKNOWN_KIND', () => {

@@ -8,6 +8,7 @@ import { ErrorCodes, type ErrorCode, type SerializedError } from '../../../src/e
 import { decodeEnvelope, encodeFrame, validateBody } from '../../../src/protocol/codec.ts'
 import { FrameParser } from '../../../src/protocol/framing.ts'
 import {
+  BUNDLES_SINCE_VERSION,
   CHECKPOINT_OPS,
   CONTROL_COMMAND_OPS,
   KIND_CODES,
@@ -18,6 +19,8 @@ import {
   type CheckpointBody,
   type ControlCommandBody,
   type Envelope,
+  type EventAckBody,
+  type EventBatchBody,
   type Header,
   type Message,
   type StateBody,
@@ -82,31 +85,36 @@ const serializedError: fc.Arbitrary<SerializedError> = fc.record(
 const optionalUndefined = <T>(arb: fc.Arbitrary<T>): fc.Arbitrary<T | undefined> =>
   fc.option(arb, { nil: undefined })
 
+const batchBody: fc.Arbitrary<EventBatchBody> = fc.record({
+  op: fc.constant('batch' as const),
+  partition: uint,
+  epoch: uint,
+  producerId: str,
+  sequence: uint,
+  count: uint,
+  payload: bytes,
+})
+const ackBody: fc.Arbitrary<EventAckBody> = fc.record(
+  {
+    op: fc.constant('ack' as const),
+    partition: uint,
+    producerId: str,
+    sequence: uint,
+    ok: fc.boolean(),
+    error: optionalUndefined(serializedError),
+  },
+  { requiredKeys: ['op', 'partition', 'producerId', 'sequence', 'ok'] },
+)
+
 const message: fc.Arbitrary<Message> = fc.oneof(
+  batchBody.map((body): Message => ({ kind: 'event', body })),
+  ackBody.map((body): Message => ({ kind: 'event', body })),
   fc
-    .record({
-      op: fc.constant('batch' as const),
-      partition: uint,
-      epoch: uint,
-      producerId: str,
-      sequence: uint,
-      count: uint,
-      payload: bytes,
-    })
-    .map((body): Message => ({ kind: 'event', body })),
+    .array(batchBody, { minLength: 1, maxLength: 4 })
+    .map((batches): Message => ({ kind: 'event', body: { op: 'batches', batches } })),
   fc
-    .record(
-      {
-        op: fc.constant('ack' as const),
-        partition: uint,
-        producerId: str,
-        sequence: uint,
-        ok: fc.boolean(),
-        error: optionalUndefined(serializedError),
-      },
-      { requiredKeys: ['op', 'partition', 'producerId', 'sequence', 'ok'] },
-    )
-    .map((body): Message => ({ kind: 'event', body })),
+    .array(ackBody, { minLength: 1, maxLength: 4 })
+    .map((acks): Message => ({ kind: 'event', body: { op: 'acks', acks } })),
   fc
     .record(
       {
@@ -185,7 +193,11 @@ const header: fc.Arbitrary<Header> = fc.record(
   { requiredKeys: ['v', 'from', 'seq', 'ts'] },
 )
 
-const envelope: fc.Arbitrary<Envelope> = fc.tuple(header, message).map(([h, m]) => ({ ...h, ...m }))
+/** `batches` and `acks` exist from protocol version 2 on (a version-1 envelope with one is refused). */
+const envelope: fc.Arbitrary<Envelope> = fc.tuple(header, message).map(([h, m]) => {
+  const bundle = m.kind === 'event' && (m.body.op === 'batches' || m.body.op === 'acks')
+  return { ...h, ...m, v: bundle ? Math.max(h.v, BUNDLES_SINCE_VERSION) : h.v }
+})
 
 const cuts = fc.array(fc.nat({ max: 70_000 }), { maxLength: 24 })
 
