@@ -356,6 +356,10 @@ export class RedisStreamSource implements Source {
   ): Promise<SourceRecord[]> {
     const records: SourceRecord[] = []
     const bad: { id: string; fields: Buffer[] | null; reason: string }[] = []
+    let pidConsumer = ''
+    let pidInc = -1
+    let pidBucket = -1
+    let producerId = ''
     for (const [id, fields] of entries) {
       const ident = entrySequence(id)
       if (ident === null) {
@@ -368,10 +372,18 @@ export class RedisStreamSource implements Source {
         continue
       }
       const inc = incarnation ?? incarnationOf(job!.incarnations, id)
+      // One string per (consumer, incarnation, bucket), not per entry: the pump groups records
+      // into batches by producer id, and comparing fresh concatenations cost a flatten each.
+      if (consumer !== pidConsumer || inc !== pidInc || ident.bucket !== pidBucket) {
+        pidConsumer = consumer
+        pidInc = inc
+        pidBucket = ident.bucket
+        producerId = `rs:${this.#spec.stream}:${this.#spec.group}:${consumer}#${inc}:${ident.bucket}`
+      }
       records.push({
         key: decoded.key,
         event: decoded.event,
-        producerId: `rs:${this.#spec.stream}:${this.#spec.group}:${consumer}#${inc}:${ident.bucket}`,
+        producerId,
         sequence: ident.sequence,
         ack: id,
       })
