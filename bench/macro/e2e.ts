@@ -35,7 +35,8 @@
  * the client process), E2E_STATE (memory; `file`: every node on `--state file:<tmp>`, the
  * durable default of `shoal up`), E2E_LOAD (the latency run's share of the max rate, 0.5),
  * E2E_PARTITIONS (the coordinator's partition count, default 256), E2E_RATE_EVENTS (events of
- * the latency run, at most 10 s worth; default half of E2E_EVENTS, at least 1M).
+ * the latency run, at most 10 s worth; default half of E2E_EVENTS, at least 1M), E2E_RATE (the
+ * latency run at this many events/s instead of E2E_LOAD of the max: to compare builds at one load).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
@@ -694,7 +695,8 @@ async function runTransport(
         out.max.reduce((a, m) => a + (m.cpuPct / 100) * m.seconds, 0) / maxSeconds
     }
     const maxRate = median(out.max.map((m) => m.events / m.seconds))
-    const rate = Math.round(maxRate * LOAD)
+    const rate =
+      process.env.E2E_RATE === undefined ? Math.round(maxRate * LOAD) : Number(process.env.E2E_RATE)
     const events = Math.min(o.rateEvents, Math.round(rate * 10))
     const rr = await watchWorkers(cluster.workers, () => client.ask({ cmd: 'rate', rate, events }, 'rate'))
     out.rate = rr.result

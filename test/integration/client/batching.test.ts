@@ -220,6 +220,19 @@ describe('adaptive batching (per-worker rounds)', () => {
     expect(cl.stats.acked).toBe(1 + PARTITIONS)
   })
 
+  it('a batch not acked within ackTimeoutMs is sent again, same sequence, and counted once', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER, ackTimeoutMs: 100 })
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.batches.length >= 2, 'the resend after ackTimeoutMs')
+    expect(w.batches[1]).toMatchObject({ partition: 0, sequence: w.batches[0]!.sequence, count: 1 })
+    expect(cl.stats.retries).toBeGreaterThanOrEqual(1)
+    expect(cl.stats.lastRetry?.code).toBe('SHOAL_ERR_TIMEOUT')
+    const flushed = cl.flush()
+    w.release()
+    await flushed
+    expect(cl.stats.acked).toBe(1)
+  })
+
   it('a partition acked mid-round joins the next round with the others', async () => {
     const { cl, w, keys } = await setup({ lingerMs: NEVER })
     cl.send(keys[0]!, { n: 1 })
