@@ -23,7 +23,7 @@
  */
 import type { Logger } from 'pino'
 import { Packr } from 'msgpackr'
-import { ErrorCodes, ShoalError } from '../errors.ts'
+import { ErrorCodes, FrameTooLargeError, ShoalError } from '../errors.ts'
 import {
   BUNDLES_SINCE_VERSION,
   MAX_BUNDLE,
@@ -1195,7 +1195,14 @@ class AckOut {
     }
     for (let i = 0; i < acks.length; i += MAX_BUNDLE) {
       const part = i === 0 && acks.length <= MAX_BUNDLE ? acks : acks.slice(i, i + MAX_BUNDLE)
-      trySend(this.#conn, { kind: 'event', body: { op: 'acks', acks: part } })
+      try {
+        this.#conn.send({ kind: 'event', body: { op: 'acks', acks: part } })
+      } catch (err) {
+        // Over a small maxFrameBytes: one ack per message. Otherwise the connection is gone and
+        // the sender retries what it did not hear about.
+        if (err instanceof FrameTooLargeError)
+          for (const body of part) trySend(this.#conn, { kind: 'event', body })
+      }
     }
   }
 }

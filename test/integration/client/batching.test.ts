@@ -28,7 +28,10 @@ afterEach(async () => {
  * them in one `batches`) and acks only when the test releases the acks held: one `acks` message
  * per connection, or one `ack` each to a peer at protocol version 1.
  */
-async function heldAckWorker(maxProtocolVersion?: number): Promise<{
+async function heldAckWorker(
+  maxProtocolVersion?: number,
+  maxFrameBytes?: number,
+): Promise<{
   address: string
   batches: EventBatchBody[]
   /** Per message received, the partitions of its batches. */
@@ -44,6 +47,7 @@ async function heldAckWorker(maxProtocolVersion?: number): Promise<{
     nodeId: 'w',
     role: 'worker',
     ...(maxProtocolVersion === undefined ? {} : { maxProtocolVersion }),
+    ...(maxFrameBytes === undefined ? {} : { maxFrameBytes }),
   }).listen({ host: '127.0.0.1', port: 0 }, (conn) => {
     void (async () => {
       try {
@@ -93,12 +97,13 @@ async function heldAckWorker(maxProtocolVersion?: number): Promise<{
 async function setup(
   extra: Partial<ShoalClientOptions>,
   maxProtocolVersion?: number,
+  maxFrameBytes?: number,
 ): Promise<{
   cl: ShoalClient
   w: Awaited<ReturnType<typeof heldAckWorker>>
   keys: string[]
 }> {
-  const w = await heldAckWorker(maxProtocolVersion)
+  const w = await heldAckWorker(maxProtocolVersion, maxFrameBytes)
   const table: RoutingFields = {
     epoch: 1,
     partitions: PARTITIONS,
@@ -108,7 +113,11 @@ async function setup(
   const coordinator = await scriptedCoordinator(table, cleanup)
   const cl = await ShoalClient.connect({
     coordinator: coordinator.address,
-    transport: createTcpTransport({ nodeId: 'client', role: 'client' }),
+    transport: createTcpTransport({
+      nodeId: 'client',
+      role: 'client',
+      ...(maxFrameBytes === undefined ? {} : { maxFrameBytes }),
+    }),
     ackTimeoutMs: NEVER,
     deliveryTimeoutMs: NEVER,
     gateway: 'never',
@@ -218,6 +227,24 @@ describe('adaptive batching (per-worker rounds)', () => {
     w.release()
     await flushed
     expect(cl.stats.acked).toBe(1 + PARTITIONS)
+  })
+
+  it('a round over a small maxFrameBytes falls back to one message per batch', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER }, undefined, 1024)
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.held() === 1, 'the first round')
+    // Four batches of ~400 bytes: each fits in a 1 KiB frame, the four together do not.
+    for (const k of keys) cl.send(k, { pad: 'x'.repeat(400) })
+    await turn()
+    await turn()
+    w.release()
+    await waitFor(() => w.batches.length === 1 + PARTITIONS, 'the second round, batch by batch')
+    expect(w.messages.slice(1).every((m) => m.length === 1)).toBe(true)
+    const flushed = cl.flush()
+    w.release()
+    await flushed
+    expect(cl.stats.acked).toBe(1 + PARTITIONS)
+    expect(cl.stats.retries).toBe(0)
   })
 
   it('a batch not acked within ackTimeoutMs is sent again, same sequence, and counted once', async () => {

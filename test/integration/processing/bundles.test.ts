@@ -13,7 +13,7 @@ import { ErrorCodes } from '../../../src/errors.ts'
 import type { EventAckBody, EventBatchBody } from '../../../src/protocol/messages.ts'
 import { partitionForKey } from '../../../src/protocol/partition.ts'
 import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
-import type { Connection } from '../../../src/transport/transport.ts'
+import type { Connection, TransportOptions } from '../../../src/transport/transport.ts'
 import { createWorkerNode } from '../../../src/worker/node.ts'
 import { waitFor, within } from '../../helpers/wait-for.ts'
 
@@ -25,7 +25,9 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f()
 })
 
-async function cluster(): Promise<{ c: Coordinator; worker: string }> {
+async function cluster(
+  workerTransport: Partial<TransportOptions> = {},
+): Promise<{ c: Coordinator; worker: string }> {
   const c = new Coordinator({
     transport: createTcpTransport({ nodeId: 'coordinator', role: 'coordinator' }),
     listen: { host: '127.0.0.1', port: 0 },
@@ -36,7 +38,7 @@ async function cluster(): Promise<{ c: Coordinator; worker: string }> {
   await c.start()
   cleanup.push(() => c.stop({ timeoutMs: 200 }))
   const w = createWorkerNode({
-    transport: createTcpTransport({ nodeId: 'w', role: 'worker' }),
+    transport: createTcpTransport({ nodeId: 'w', role: 'worker', ...workerTransport }),
     coordinator: c.address,
     listen: { host: '127.0.0.1', port: 0 },
     memberId: 'w',
@@ -54,11 +56,16 @@ async function cluster(): Promise<{ c: Coordinator; worker: string }> {
   return { c, worker: c.routing().addresses.w! }
 }
 
-async function dialWorker(address: string, maxProtocolVersion?: number): Promise<Connection> {
+async function dialWorker(
+  address: string,
+  maxProtocolVersion?: number,
+  extra: Partial<TransportOptions> = {},
+): Promise<Connection> {
   const conn = await createTcpTransport({
     nodeId: `raw-${maxProtocolVersion ?? 'new'}`,
     role: 'client',
     ...(maxProtocolVersion === undefined ? {} : { maxProtocolVersion }),
+    ...extra,
   }).connect(address)
   cleanup.push(() => conn.close({ timeoutMs: 200 }))
   return conn
@@ -127,6 +134,34 @@ describe('event bundles (protocol version 2) on a real worker', () => {
       // Partition 1 applied once now (its first batch was refused); the others once, not twice.
       expect(await cl.getState(k), `partition ${p}`).toEqual({ count: 1, sum: 2 })
     }
+  })
+
+  it('acks that do not fit one frame of a small maxFrameBytes still arrive, one per message', async () => {
+    const small = { maxFrameBytes: 1024 }
+    const { c, worker } = await cluster(small)
+    const epochs = c.routing().routes.map((r) => r!.epoch)
+    const conn = await dialWorker(worker, undefined, small)
+    // Bundles of 6 small batches, sent together: the worker applies them in one task, and their
+    // 18 acks (~70 bytes each) do not fit in one 1 KiB frame.
+    for (let round = 0; round < 3; round++) {
+      conn.send({
+        kind: 'event',
+        body: {
+          op: 'batches',
+          batches: Array.from({ length: 6 }, (_, i) =>
+            batch(
+              i % PARTITIONS,
+              epochs[i % PARTITIONS]!,
+              1 + round * 2 + Math.floor(i / PARTITIONS),
+              keyOf(i % PARTITIONS),
+            ),
+          ),
+        },
+      })
+    }
+    const got = await within(acks(conn, 18), 5000, 'all 18 acks')
+    expect(got.acks.every((a) => a.ok)).toBe(true)
+    expect(got.acks).toHaveLength(18)
   })
 
   it('a peer held at version 1 sends batch by batch and gets ack by ack', async () => {
