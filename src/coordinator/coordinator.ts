@@ -854,12 +854,10 @@ export class Coordinator extends EventEmitter<{
     try {
       for await (const env of conn) {
         try {
-          if (env.kind === 'event' && env.body.op === 'batch') {
-            await this.#gateway.forwardBatch(conn, env.body)
-            continue
-          }
-          if (env.kind === 'event' && env.body.op === 'batches') {
-            for (const b of env.body.batches) await this.#gateway.forwardBatch(conn, b)
+          if (env.kind === 'event' && (env.body.op === 'batch' || env.body.op === 'batches')) {
+            for (const b of env.body.op === 'batch' ? [env.body] : env.body.batches) {
+              await this.#gateway.forwardBatch(conn, b)
+            }
             continue
           }
           if (env.kind === 'state') {

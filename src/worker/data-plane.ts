@@ -785,13 +785,9 @@ export class DataPlane implements PartitionHost {
       const acks = new AckOut(conn)
       for await (const env of conn) {
         try {
-          if (env.kind === 'event' && env.body.op === 'batch') {
-            if (this.#full()) await this.#waitForRoom()
-            if (this.#opts.outputs?.full === true) await this.#waitForSinks()
-            this.#onBatch(acks, env.body)
-          } else if (env.kind === 'event' && env.body.op === 'batches') {
+          if (env.kind === 'event' && (env.body.op === 'batch' || env.body.op === 'batches')) {
             // A round of batches in one message: each handled exactly as if it came alone.
-            for (const b of env.body.batches) {
+            for (const b of env.body.op === 'batch' ? [env.body] : env.body.batches) {
               if (this.#full()) await this.#waitForRoom()
               if (this.#opts.outputs?.full === true) await this.#waitForSinks()
               this.#onBatch(acks, b)
@@ -1190,7 +1186,7 @@ class AckOut {
     const acks = this.#pending
     this.#pending = []
     if (acks.length === 1 || this.#conn.peer.version < BUNDLES_SINCE_VERSION) {
-      for (const body of acks) trySend(this.#conn, { kind: 'event', body })
+      this.#each(acks)
       return
     }
     for (let i = 0; i < acks.length; i += MAX_BUNDLE) {
@@ -1200,10 +1196,13 @@ class AckOut {
       } catch (err) {
         // Over a small maxFrameBytes: one ack per message. Otherwise the connection is gone and
         // the sender retries what it did not hear about.
-        if (err instanceof FrameTooLargeError)
-          for (const body of part) trySend(this.#conn, { kind: 'event', body })
+        if (err instanceof FrameTooLargeError) this.#each(part)
       }
     }
+  }
+
+  #each(acks: readonly EventAckBody[]): void {
+    for (const body of acks) trySend(this.#conn, { kind: 'event', body })
   }
 }
 

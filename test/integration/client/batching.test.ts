@@ -129,6 +129,32 @@ async function setup(
 
 const turn = (): Promise<void> => new Promise((r) => setImmediate(r))
 
+/**
+ * A first round (partition 0's batch, held), then a partial batch for every partition, parked
+ * behind it (a turn), and its ack: the second round, every partition's batch, is sent.
+ */
+async function twoRounds(
+  cl: ShoalClient,
+  w: Awaited<ReturnType<typeof heldAckWorker>>,
+  keys: string[],
+  event: unknown,
+): Promise<void> {
+  cl.send(keys[0]!, { n: 1 })
+  await waitFor(() => w.held() === 1, 'the first round')
+  for (const k of keys) cl.send(k, event)
+  await turn()
+  await turn()
+  w.release()
+  await waitFor(() => w.batches.length === 1 + keys.length, 'the second round')
+}
+
+/** Ack everything held and wait until the client has every ack. */
+async function settle(cl: ShoalClient, w: Awaited<ReturnType<typeof heldAckWorker>>): Promise<void> {
+  const flushed = cl.flush()
+  w.release()
+  await flushed
+}
+
 describe('adaptive batching (per-worker rounds)', () => {
   it('an event for an idle worker leaves at once: neither flush() nor lingerMs is needed', async () => {
     const { cl, w, keys } = await setup({ lingerMs: NEVER })
@@ -195,54 +221,28 @@ describe('adaptive batching (per-worker rounds)', () => {
 
   it('a round of batches to one worker travels as one `batches` message, its acks as one `acks`', async () => {
     const { cl, w, keys } = await setup({ lingerMs: NEVER })
-    cl.send(keys[0]!, { n: 1 })
-    await waitFor(() => w.held() === 1, 'the first round')
-    for (const k of keys) cl.send(k, { n: 2 })
-    // Partitions 1-3 park behind partition 0's batch (a turn), then its ack releases them all.
-    await turn()
-    await turn()
-    w.release()
-    await waitFor(() => w.batches.length === 1 + PARTITIONS, 'the second round')
+    await twoRounds(cl, w, keys, { n: 2 })
     // The second round: every partition's partial batch, in one message.
     expect(w.messages).toHaveLength(2)
     expect([...w.messages[1]!].sort()).toEqual([0, 1, 2, 3])
-    const flushed = cl.flush()
-    w.release()
-    await flushed
+    await settle(cl, w)
     expect(cl.stats.acked).toBe(1 + PARTITIONS)
   })
 
   it('to a worker at protocol version 1, every batch travels alone and each ack alone is taken', async () => {
     const { cl, w, keys } = await setup({ lingerMs: NEVER }, 1)
-    cl.send(keys[0]!, { n: 1 })
-    await waitFor(() => w.held() === 1, 'the first round')
-    for (const k of keys) cl.send(k, { n: 2 })
-    // Partitions 1-3 park behind partition 0's batch (a turn), then its ack releases them all.
-    await turn()
-    await turn()
-    w.release()
-    await waitFor(() => w.batches.length === 1 + PARTITIONS, 'the second round')
+    await twoRounds(cl, w, keys, { n: 2 })
     expect(w.messages.every((m) => m.length === 1)).toBe(true)
-    const flushed = cl.flush()
-    w.release()
-    await flushed
+    await settle(cl, w)
     expect(cl.stats.acked).toBe(1 + PARTITIONS)
   })
 
   it('a round over a small maxFrameBytes falls back to one message per batch', async () => {
     const { cl, w, keys } = await setup({ lingerMs: NEVER }, undefined, 1024)
-    cl.send(keys[0]!, { n: 1 })
-    await waitFor(() => w.held() === 1, 'the first round')
     // Four batches of ~400 bytes: each fits in a 1 KiB frame, the four together do not.
-    for (const k of keys) cl.send(k, { pad: 'x'.repeat(400) })
-    await turn()
-    await turn()
-    w.release()
-    await waitFor(() => w.batches.length === 1 + PARTITIONS, 'the second round, batch by batch')
+    await twoRounds(cl, w, keys, { pad: 'x'.repeat(400) })
     expect(w.messages.slice(1).every((m) => m.length === 1)).toBe(true)
-    const flushed = cl.flush()
-    w.release()
-    await flushed
+    await settle(cl, w)
     expect(cl.stats.acked).toBe(1 + PARTITIONS)
     expect(cl.stats.retries).toBe(0)
   })

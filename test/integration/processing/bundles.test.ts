@@ -91,6 +91,18 @@ async function acks(conn: Connection, n: number): Promise<{ acks: EventAckBody[]
   return { acks: out, messages }
 }
 
+/** A client to read state with, each partition's epoch and a key of each partition. */
+async function reader(c: Coordinator): Promise<{ cl: ShoalClient; epochs: number[]; keys: string[] }> {
+  const cl = await ShoalClient.connect({
+    coordinator: c.address,
+    transport: createTcpTransport({ nodeId: 'reader', role: 'client' }),
+  })
+  cleanup.push(() => cl.close())
+  const epochs = c.routing().routes.map((r) => r!.epoch)
+  const keys = Array.from({ length: PARTITIONS }, (_, p) => keyOf(p))
+  return { cl, epochs, keys }
+}
+
 /** A key of each partition. */
 function keyOf(partition: number): string {
   for (let i = 0; ; i++) if (partitionForKey(`k${i}`, PARTITIONS) === partition) return `k${i}`
@@ -99,13 +111,7 @@ function keyOf(partition: number): string {
 describe('event bundles (protocol version 2) on a real worker', () => {
   it('applies each batch of a `batches` message on its own and acks them in one `acks`', async () => {
     const { c, worker } = await cluster()
-    const cl = await ShoalClient.connect({
-      coordinator: c.address,
-      transport: createTcpTransport({ nodeId: 'reader', role: 'client' }),
-    })
-    cleanup.push(() => cl.close())
-    const epochs = c.routing().routes.map((r) => r!.epoch)
-    const keys = Array.from({ length: PARTITIONS }, (_, p) => keyOf(p))
+    const { cl, epochs, keys } = await reader(c)
     const conn = await dialWorker(worker)
     expect(conn.peer.version).toBe(2)
     // Partition 1's batch names a stale epoch: refused (NOT_OWNER) alone; the others apply.
@@ -166,13 +172,7 @@ describe('event bundles (protocol version 2) on a real worker', () => {
 
   it('a peer held at version 1 sends batch by batch and gets ack by ack', async () => {
     const { c, worker } = await cluster()
-    const cl = await ShoalClient.connect({
-      coordinator: c.address,
-      transport: createTcpTransport({ nodeId: 'reader', role: 'client' }),
-    })
-    cleanup.push(() => cl.close())
-    const epochs = c.routing().routes.map((r) => r!.epoch)
-    const keys = Array.from({ length: PARTITIONS }, (_, p) => keyOf(p))
+    const { cl, epochs, keys } = await reader(c)
     const conn = await dialWorker(worker, 1)
     expect(conn.peer.version).toBe(1)
     for (const [p, k] of keys.entries()) conn.send({ kind: 'event', body: batch(p, epochs[p]!, 1, k) })
