@@ -5,13 +5,15 @@
  * when every event was acknowledged. The line format is src/ingest/ndjson.ts's, as POST /events.
  *
  * The input is read in large chunks, each split and parsed in one go; the loop awaits only when
- * the client pushes back (send() returns false), not once per event.
+ * the client pushes back (send() returns false), not once per event. A line that is one flat
+ * object is written into its batch from its text (src/ingest/json-event.ts); others are parsed.
  */
 import { closeSync, createReadStream, fstatSync, openSync, readSync } from 'node:fs'
 import { Socket } from 'node:net'
 import { Readable, type Writable } from 'node:stream'
 import type { ShoalClient } from '../client/client.ts'
-import { NdjsonLineSplitter, parseNdjsonLine } from '../ingest/ndjson.ts'
+import { JsonEventWriter } from '../ingest/json-event.ts'
+import { NdjsonByteLines, decodeLine, parseNdjsonLine, type ByteLines } from '../ingest/ndjson.ts'
 
 /** Reads of 1 MiB: fewer chunks, each split and parsed in one go. */
 const READ_CHUNK_BYTES = 1 << 20
@@ -80,10 +82,12 @@ export function openInput(path: string | undefined): Readable | FdInput | PipeIn
  * send"). A read from the page cache takes well under a millisecond. A pipe or socket is read
  * the same way while it has data (pipeChunks); terminals and other streams chunk by chunk.
  */
-async function* lineChunks(input: Readable | FdInput | PipeInput): AsyncGenerator<string[]> {
-  const splitter = new NdjsonLineSplitter()
+async function* lineChunks(input: Readable | FdInput | PipeInput): AsyncGenerator<ByteLines> {
+  const splitter = new NdjsonByteLines()
   if (input instanceof Readable) {
-    for await (const chunk of input as AsyncIterable<Uint8Array | string>) yield splitter.push(chunk)
+    for await (const chunk of input as AsyncIterable<Uint8Array | string>) {
+      yield splitter.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk)
+    }
   } else if ('stream' in input) {
     for await (const chunk of pipeChunks(input)) yield splitter.push(chunk)
   } else if (!fstatSync(input.fd).isFile()) {
@@ -92,7 +96,7 @@ async function* lineChunks(input: Readable | FdInput | PipeInput): AsyncGenerato
   } else {
     const buf = Buffer.allocUnsafe(READ_CHUNK_BYTES)
     try {
-      // The splitter decodes each chunk into a string at once, so the buffer is reused.
+      // Each chunk's lines are read before the next read, so the buffer is reused.
       for (;;) {
         const n = readSync(input.fd, buf, 0, buf.length, null)
         if (n === 0) break
@@ -141,8 +145,7 @@ async function* pipeChunks(input: PipeInput): AsyncGenerator<Uint8Array> {
   try {
     for (;;) {
       if (seen.failed !== null) throw seen.failed
-      // The caller consumes each chunk (the splitter decodes it) before asking for the next, so
-      // `buf` is reused.
+      // The caller reads each chunk's lines before asking for the next, so `buf` is reused.
       for (let c = stream.read() as Buffer | null; c !== null; c = stream.read() as Buffer | null) yield c
       if (seen.ended) return
       const n = readNow(fd, buf)
@@ -204,9 +207,25 @@ export async function sendNdjson(client: ShoalClient, o: SendOptions): Promise<S
     }
   }, 1000)
   ticker.unref()
+  // Most lines are written into the client's batches from their bytes; the rest are decoded
+  // and parsed.
+  const json = new JsonEventWriter(o.keyField)
   read: for await (const chunk of lineChunks(o.input)) {
-    for (const text of chunk) {
+    const { buf, count, starts, ends } = chunk
+    for (let l = 0; l < count; l++) {
       lines++
+      const start = starts[l]!
+      const end = ends[l]!
+      const key = json.scan(buf, start, end)
+      if (key !== null) {
+        const room = client.sendWritten(key, json)
+        if (room === true) continue
+        if (room === false) {
+          await client.drain()
+          continue
+        }
+      }
+      const text = decodeLine(buf, start, end)
       const r = parseNdjsonLine(text, o.keyField)
       if (r === null) continue
       if (typeof r === 'string') {

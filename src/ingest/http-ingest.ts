@@ -35,7 +35,7 @@ import { ErrorCodes, ShoalError } from '../errors.ts'
 import type { PostRoute, RouteResponse } from '../observability/http.ts'
 import type { RoutingFields } from '../protocol/control.ts'
 import { createPartitioner, type Partitioner } from '../protocol/partition.ts'
-import { NdjsonError, parseNdjson, type NdjsonEvent } from './ndjson.ts'
+import { NdjsonError, readNdjson, type NdjsonEvents } from './ndjson.ts'
 
 /** What the ingest needs to create its client; the rest of ShoalClientOptions is the caller's. */
 export type IngestClientOptions = Pick<
@@ -125,7 +125,7 @@ export class EventIngest {
    * parsed events of every request in flight, kept for a round trip, outlived the
    * coordinator's 4 MiB semi-spaces (GC was 21% of its CPU in `npm run bench -- send`).
    */
-  ingest(events: readonly NdjsonEvent[], options: { signal?: AbortSignal } = {}): Promise<number> {
+  ingest(events: NdjsonEvents, options: { signal?: AbortSignal } = {}): Promise<number> {
     let parts: Int32Array
     try {
       parts = this.#partitions(events)
@@ -146,7 +146,7 @@ export class EventIngest {
   }
 
   /** Each event's partition; throws (retryable) if the cluster cannot take them now. */
-  #partitions(events: readonly NdjsonEvent[]): Int32Array {
+  #partitions(events: NdjsonEvents): Int32Array {
     if (this.#closed) throw unavailable(ErrorCodes.CLOSED, 'the coordinator is shutting down')
     const parts = new Int32Array(events.length)
     if (events.length === 0) return parts
@@ -156,7 +156,7 @@ export class EventIngest {
     const routing = this.#opts.routing()
     const of = this.#partitionOf(routing.partitions)
     for (let i = 0; i < events.length; i++) {
-      const p = of(events[i]!.key)
+      const p = of(events.key(i))
       if (routing.routes[p] == null) {
         const unowned = routing.routes.filter((r) => r == null).length
         throw unavailable(
@@ -173,16 +173,15 @@ export class EventIngest {
   #sendFrom(
     gen: Generation,
     client: ShoalClient,
-    events: readonly NdjsonEvent[],
+    events: NdjsonEvents,
     parts: Int32Array,
     from: number,
     targets: Map<number, number>,
   ): number {
     if (gen.failed !== null) throw gen.failed
     for (let i = from; i < events.length;) {
-      const { key, event } = events[i]!
+      const room = events.sendTo(client, i)
       const p = parts[i++]!
-      const room = client.send(key, event)
       targets.set(p, ++gen.sent[p]!)
       if (!room) return i
     }
@@ -192,7 +191,7 @@ export class EventIngest {
   /** The rest of events from `from`: after connecting, or each time the client has room again. */
   async #sendRest(
     gen: Generation,
-    events: readonly NdjsonEvent[],
+    events: NdjsonEvents,
     parts: Int32Array,
     from: number,
     targets: Map<number, number>,
@@ -452,9 +451,9 @@ export function eventsRoute(ingest: EventIngest, options: EventsRouteOptions = {
     handler: (req): RouteResponse | Promise<RouteResponse> => {
       const keyField = req.url.searchParams.get('key-field') ?? 'key'
       if (keyField === '') return badRequest('query parameter key-field must not be empty')
-      let events: NdjsonEvent[]
+      let events: NdjsonEvents
       try {
-        events = parseNdjson(req.body, { keyField }).events
+        events = readNdjson(req.body, { keyField })
       } catch (err) {
         if (!(err instanceof NdjsonError)) throw err
         return {

@@ -18,7 +18,9 @@
  */
 import { isUtf8 } from 'node:buffer'
 import { StringDecoder } from 'node:string_decoder'
+import type { ShoalClient } from '../client/client.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
+import { JsonEventWriter } from './json-event.ts'
 
 export interface NdjsonEvent {
   key: string
@@ -165,6 +167,114 @@ export class NdjsonLineSplitter {
   }
 }
 
+/** The lines a chunk completes: line i is buf[starts[i]..ends[i]), line endings excluded. */
+export interface ByteLines {
+  buf: Buffer
+  count: number
+  starts: Int32Array
+  ends: Int32Array
+}
+
+/**
+ * NdjsonLineSplitter for bytes: the lines of a stream of chunks as ranges of bytes, undecoded
+ * (for JsonEventWriter, which reads an event from its bytes; a line it does not take is
+ * decoded with decodeLine). The same line endings and byte order mark as NdjsonLineSplitter.
+ * A push()'s lines are valid until the next push() (ranges and a buffer are reused), and may
+ * lie in the chunk itself, so the caller reads them before it reuses the chunk.
+ */
+export class NdjsonByteLines {
+  /** The unfinished line, copied (the caller reuses its chunks). */
+  #rest: Buffer | null = null
+  #skipLF = false
+  #started = false
+  #starts = new Int32Array(1024)
+  #ends = new Int32Array(1024)
+
+  push(chunk: Uint8Array): ByteLines {
+    let buf = Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length)
+    if (this.#rest !== null) {
+      buf = Buffer.concat([this.#rest, buf])
+      this.#rest = null
+    }
+    return this.#split(buf, false)
+  }
+
+  /** The last line, if the input did not end with a line ending. */
+  end(): ByteLines {
+    const rest = this.#rest ?? Buffer.alloc(0)
+    this.#rest = null
+    return this.#split(rest, true)
+  }
+
+  #split(buf: Buffer, last: boolean): ByteLines {
+    const n = buf.length
+    let start = 0
+    let count = 0
+    if (n > 0) {
+      if (!this.#started) {
+        // The byte order mark, whole: a partial one at the end of a first chunk waits for more.
+        if (n < 3 && !last && buf[0] === 0xef) {
+          this.#rest = Buffer.from(buf)
+          return this.#lines(buf, 0)
+        }
+        this.#started = true
+        if (buf[0] === 0xef && buf[1] === 0xbb && buf[2] === 0xbf) start = 3
+      }
+      if (this.#skipLF) {
+        this.#skipLF = false
+        if (buf[start] === LF) start++
+      }
+    }
+    if (buf.indexOf(CR, start) === -1) {
+      for (let i = buf.indexOf(LF, start); i !== -1; i = buf.indexOf(LF, start)) {
+        count = this.#add(count, start, i)
+        start = i + 1
+      }
+    } else {
+      for (let i = start; i < n; i++) {
+        const c = buf[i]
+        if (c !== LF && c !== CR) continue
+        count = this.#add(count, start, i)
+        if (c === CR) {
+          if (i + 1 === n) this.#skipLF = true
+          else if (buf[i + 1] === LF) i++
+        }
+        start = i + 1
+      }
+    }
+    if (start < n) {
+      if (last) count = this.#add(count, start, n)
+      else this.#rest = Buffer.from(buf.subarray(start))
+    }
+    return this.#lines(buf, count)
+  }
+
+  #add(count: number, start: number, end: number): number {
+    if (count === this.#starts.length) {
+      const starts = new Int32Array(count * 2)
+      const ends = new Int32Array(count * 2)
+      starts.set(this.#starts)
+      ends.set(this.#ends)
+      this.#starts = starts
+      this.#ends = ends
+    }
+    this.#starts[count] = start
+    this.#ends[count] = end
+    return count + 1
+  }
+
+  #lines(buf: Buffer, count: number): ByteLines {
+    return { buf, count, starts: this.#starts, ends: this.#ends }
+  }
+}
+
+const lineDecoder = new TextDecoder('utf-8', { ignoreBOM: true })
+
+/** A line's text; bytes that are not UTF-8 become U+FFFD (as NdjsonLineSplitter's). */
+export function decodeLine(buf: Uint8Array, start: number, end: number): string {
+  return lineDecoder.decode(buf.subarray(start, end))
+}
+
 /**
  * One line's event; null for a blank line; otherwise why the line is malformed (the message
  * without the line number).
@@ -189,8 +299,87 @@ export function parseNdjsonLine(text: string, keyField: string): NdjsonEvent | s
   return `field ${JSON.stringify(keyField)} must be a string or number`
 }
 
+/**
+ * A body's events in order, as readNdjson leaves them: most still as their line's bytes, written
+ * into the client's batches from there (JsonEventWriter), the others parsed.
+ */
+export class NdjsonEvents {
+  readonly length: number
+  /** Lines in the body, blank ones included. */
+  readonly lines: number
+  readonly #buf: Buffer
+  readonly #keys: string[]
+  /** Event i is the line buf[starts[i]..ends[i]), or starts[i] is -1 and it is in #parsed. */
+  readonly #starts: Int32Array
+  readonly #ends: Int32Array
+  readonly #parsed: Map<number, Record<string, unknown>>
+  readonly #writer: JsonEventWriter
+
+  constructor(
+    buf: Buffer,
+    keys: string[],
+    starts: Int32Array,
+    ends: Int32Array,
+    parsed: Map<number, Record<string, unknown>>,
+    writer: JsonEventWriter,
+    lines: number,
+  ) {
+    this.length = keys.length
+    this.lines = lines
+    this.#buf = buf
+    this.#keys = keys
+    this.#starts = starts
+    this.#ends = ends
+    this.#parsed = parsed
+    this.#writer = writer
+  }
+
+  key(i: number): string {
+    return this.#keys[i]!
+  }
+
+  /** Queue event i on `client`; what its send() returns (false: wait for drain()). */
+  sendTo(client: ShoalClient, i: number): boolean {
+    const key = this.#keys[i]!
+    const start = this.#starts[i]!
+    if (start < 0) return client.send(key, this.#parsed.get(i))
+    const end = this.#ends[i]!
+    // Scanned before (it was taken then), so it is taken again.
+    if (this.#writer.scan(this.#buf, start, end, false) !== null) {
+      const room = client.sendWritten(key, this.#writer)
+      if (room !== null) return room
+    }
+    // The batch had no record id left: send it parsed.
+    return client.send(key, this.#event(i))
+  }
+
+  /** Every event as {key, event}. */
+  toArray(): NdjsonEvent[] {
+    const out: NdjsonEvent[] = []
+    for (let i = 0; i < this.length; i++) out.push({ key: this.#keys[i]!, event: this.#event(i) })
+    return out
+  }
+
+  #event(i: number): Record<string, unknown> {
+    const start = this.#starts[i]!
+    if (start < 0) return this.#parsed.get(i)!
+    const r = parseNdjsonLine(decodeLine(this.#buf, start, this.#ends[i]!), this.#writer.keyField)
+    return (r as NdjsonEvent).event
+  }
+}
+
 /** Parse a whole NDJSON body; throws {@link NdjsonError} (and nothing else) if any line is malformed. */
 export function parseNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): ParsedNdjson {
+  const events = readNdjson(body, options)
+  return { events: events.toArray(), lines: events.lines }
+}
+
+/**
+ * Read a whole NDJSON body; throws {@link NdjsonError} (and nothing else) if any line is
+ * malformed. Lines that JsonEventWriter takes are checked and keyed, not parsed: their events
+ * are written into the client's batches from the body's bytes when they are sent.
+ */
+export function readNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): NdjsonEvents {
   const keyField = options.keyField ?? DEFAULT_NDJSON_KEY_FIELD
   const maxReported = Math.max(0, options.maxReportedErrors ?? DEFAULT_MAX_REPORTED_ERRORS)
   const errors: NdjsonLineError[] = []
@@ -204,32 +393,53 @@ export function parseNdjson(body: Uint8Array, options: NdjsonParseOptions = {}):
       })
     }
   }
-  // Validated whole (simdutf: ~1/100 of the decode) and decoded by the splitter; only a body
-  // with invalid UTF-8 is decoded line by line, to name the lines. A fatal TextDecoder call per
-  // line, and even one per body, cost more than the JSON.parse of its lines.
+  // Validated whole (simdutf: ~1/100 of the decode); only a body with invalid UTF-8 is decoded
+  // line by line, to name the lines. A fatal TextDecoder call per line, and even one per body,
+  // cost more than the JSON.parse of its lines.
   if (!isUtf8(body)) {
     const total = reportInvalidUtf8(body, keyField, bad)
     throw new NdjsonError(errors, malformed, total)
   }
-  // Split and parsed a piece at a time, so that a piece's text and lines are garbage before the
-  // next is decoded: in the coordinator (4 MiB semi-spaces) a body's strings kept until all of
-  // it was parsed were copied by every scavenge that came meanwhile.
-  const splitter = new NdjsonLineSplitter()
-  const events: NdjsonEvent[] = []
+  const splitter = new NdjsonByteLines()
+  const writer = new JsonEventWriter(keyField)
+  const keys: string[] = []
+  let starts = new Int32Array(0)
+  let ends = new Int32Array(0)
+  const parsed = new Map<number, Record<string, unknown>>()
   let line = 0
-  const take = (lines: string[]): void => {
-    for (let i = 0; i < lines.length; i++) {
+  const take = (lines: ByteLines, fast: boolean): void => {
+    const b = lines.buf
+    for (let l = 0; l < lines.count; l++) {
       line++
-      const r = parseNdjsonLine(lines[i]!, keyField)
+      const start = lines.starts[l]!
+      const end = lines.ends[l]!
+      const key = fast ? writer.scan(b, start, end) : null
+      if (key !== null) {
+        starts[keys.length] = start
+        ends[keys.length] = end
+        keys.push(key)
+        continue
+      }
+      const r = parseNdjsonLine(decodeLine(b, start, end), keyField)
       if (r === null) continue
-      if (typeof r === 'string') bad(line, r)
-      else events.push(r)
+      if (typeof r === 'string') {
+        bad(line, r)
+        continue
+      }
+      starts[keys.length] = -1
+      parsed.set(keys.length, r.event)
+      keys.push(r.key)
     }
   }
-  for (let i = 0; i < body.length; i += DECODE_BYTES) take(splitter.push(body.subarray(i, i + DECODE_BYTES)))
-  take(splitter.end())
+  const lines = splitter.push(body)
+  const buf = lines.buf
+  starts = new Int32Array(lines.count + 1)
+  ends = new Int32Array(lines.count + 1)
+  take(lines, true)
+  // The last line of a body without a final line ending is a copy, not in `buf`: parsed.
+  take(splitter.end(), false)
   if (malformed > 0) throw new NdjsonError(errors, malformed, line)
-  return { events, lines: line }
+  return new NdjsonEvents(buf, keys, starts, ends, parsed, writer, line)
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })

@@ -10,10 +10,14 @@ import { Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { PassThrough, Readable, Writable } from 'node:stream'
+import { Packr } from 'msgpackr'
 import { describe, expect, it, onTestFinished } from 'vitest'
 import type { ShoalClient } from '../../../src/client/client.ts'
 import { openInput, sendNdjson, type SendOptions } from '../../../src/cli/send.ts'
+import { newBatchBuffer, sealBatch, type EventWriter } from '../../../src/client/encode.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
+
+const unpackr = new Packr({ useRecords: true, moreTypes: true })
 
 /**
  * A ShoalClient stand-in: records what is sent, acks everything on flush, pushes back every
@@ -26,16 +30,27 @@ function fakeClient(
   client: ShoalClient
   sent: [string, unknown][]
   drains: number
+  /** Events that came through sendWritten. */
+  written: number
 } {
   const sent: [string, unknown][] = []
   const stats = { sent: 0, acked: 0, batches: 0, retries: 0, failed: 0 }
-  const r = { sent, drains: 0, client: null as unknown as ShoalClient }
+  const r = { sent, drains: 0, written: 0, client: null as unknown as ShoalClient }
   r.client = {
     stats,
     send(key: string, event: unknown): boolean {
       sent.push([key, event])
       stats.sent++
       return stats.sent % room !== 0
+    },
+    // The fast path: the event as the writer encodes it, decoded as a worker would.
+    sendWritten(key: string, writer: EventWriter): boolean | null {
+      const f = newBatchBuffer(16)
+      if (!writer.writeEvent(f, key)) return null
+      const [[k, event]] = unpackr.unpack(sealBatch(f, 1)) as [[string, unknown]]
+      r.written++
+      expect(k).toBe(key)
+      return r.client.send(k, event)
     },
     async drain(): Promise<void> {
       r.drains++
