@@ -53,7 +53,8 @@ import {
   type RouteHandler,
   type StreamRoute,
 } from '../observability/http.ts'
-import { EventIngest, eventsRoute } from '../ingest/http-ingest.ts'
+import { eventsRoute } from '../ingest/http-ingest.ts'
+import { IngestThreads } from '../ingest/ingest-threads.ts'
 import { formatHostPort } from '../transport/address.ts'
 import type { GrpcListener } from '../transport/grpc/grpc-transport.ts'
 import { createTransport } from '../transport/index.ts'
@@ -337,19 +338,21 @@ async function runCoordinator(cfg: CoordinatorConfig): Promise<void> {
   const viewTimer = ha === null ? null : setInterval(publishView, 1000)
   viewTimer?.unref()
   let stateClient: Promise<ShoalClient> | null = null
-  // POST /events: one client for the process, dialing this coordinator (with TLS, by the name
-  // its certificate is for); see src/ingest/http-ingest.ts.
+  // POST /events: on a worker thread with one client, dialing this coordinator (with TLS, by the
+  // name its certificate is for); see src/ingest/ingest-threads.ts and http-ingest.ts.
   const selfAddress =
     cfg.tls?.cert !== undefined
       ? advertiseAddress(cfg, coordinator.listener?.port ?? cfg.listen.port)
       : coordinator.address
-  const ingest = new EventIngest({
-    connect: (o) =>
-      ShoalClient.connect({
-        coordinator: selfAddress,
-        transport: transportFor(cfg, `${cfg.nodeId}-http-ingest`, 'client'),
-        ...o,
-      }),
+  const ingest = new IngestThreads({
+    coordinator: selfAddress,
+    transport: cfg.transport,
+    transportOptions: {
+      nodeId: `${cfg.nodeId}-http-ingest`,
+      role: 'client',
+      token: cfg.token,
+      tls: readTls(cfg.tls),
+    },
     routing: () => coordinator.routing(),
     ready: () => coordinator.readiness().ok,
     producerId: `http-ingest:${cfg.nodeId}:${randomUUID()}`,

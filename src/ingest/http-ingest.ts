@@ -94,7 +94,7 @@ interface Generation {
   watching: boolean
 }
 
-export class EventIngest {
+export class EventIngest implements EventsHandler {
   readonly producerId: string
   readonly timeoutMs: number
   readonly #opts: EventIngestOptions
@@ -252,6 +252,10 @@ export class EventIngest {
       deadline.removeEventListener('abort', onDeadline)
       signal?.removeEventListener('abort', onAbort)
     }
+  }
+
+  handle(body: Buffer, keyField: string, signal: AbortSignal): RouteResponse | Promise<RouteResponse> {
+    return answerEvents(this, body, keyField, signal)
   }
 
   /**
@@ -435,42 +439,65 @@ export interface EventsRouteOptions {
   maxBodyBytes?: number
 }
 
+/** What answers POST /events: an EventIngest here, or IngestThreads (one on a worker thread). */
+export interface EventsHandler {
+  /** How long a request may wait for its acks before 503. */
+  readonly timeoutMs: number
+  /**
+   * The answer to a body (NDJSON, `keyField` naming the key field). The handler owns `body`:
+   * it may move its memory to another thread.
+   */
+  handle(body: Buffer, keyField: string, signal: AbortSignal): RouteResponse | Promise<RouteResponse>
+}
+
 /**
  * The `POST /events` route for startHttpServer. Query parameter `key-field` names the key field
  * (default "key", like `shoal send --key-field`).
  */
-export function eventsRoute(ingest: EventIngest, options: EventsRouteOptions = {}): PostRoute {
+export function eventsRoute(events: EventsHandler, options: EventsRouteOptions = {}): PostRoute {
   return {
     method: 'POST',
     maxBodyBytes: options.maxBodyBytes ?? DEFAULT_INGEST_MAX_BODY_BYTES,
     contentTypes: INGEST_CONTENT_TYPES,
     // The ingest answers 503 itself at its deadline; the server's own limit is a backstop.
-    handlerTimeoutMs: ingest.timeoutMs + 5000,
-    // Not async: the parsed events go straight to ingest() and are not kept while the acks come
-    // back (see EventIngest.ingest).
+    handlerTimeoutMs: events.timeoutMs + 5000,
     handler: (req): RouteResponse | Promise<RouteResponse> => {
       const keyField = req.url.searchParams.get('key-field') ?? 'key'
       if (keyField === '') return badRequest('query parameter key-field must not be empty')
-      let events: NdjsonEvents
-      try {
-        events = readNdjson(req.body, { keyField })
-      } catch (err) {
-        if (!(err instanceof NdjsonError)) throw err
-        return {
-          status: 400,
-          body: {
-            error: {
-              code: err.code,
-              message: err.message,
-              lines: err.lines,
-              malformed: err.malformed,
-            },
-          },
-        }
-      }
-      return answer(ingest.ingest(events, { signal: req.signal }))
+      return events.handle(req.body, keyField, req.signal)
     },
   }
+}
+
+/**
+ * Answer a body: 400 naming its malformed lines, or its events sent and 200 {"acked":N} (503
+ * for a retryable failure). Not async: the events go straight to ingest() and are not kept
+ * while the acks come back (see EventIngest.ingest).
+ */
+export function answerEvents(
+  ingest: EventIngest,
+  body: Buffer,
+  keyField: string,
+  signal: AbortSignal,
+): RouteResponse | Promise<RouteResponse> {
+  let events: NdjsonEvents
+  try {
+    events = readNdjson(body, { keyField })
+  } catch (err) {
+    if (!(err instanceof NdjsonError)) throw err
+    return {
+      status: 400,
+      body: {
+        error: {
+          code: err.code,
+          message: err.message,
+          lines: err.lines,
+          malformed: err.malformed,
+        },
+      },
+    }
+  }
+  return answer(ingest.ingest(events, { signal }))
 }
 
 /** 200 {"acked":N}, or 503 for a retryable failure. */

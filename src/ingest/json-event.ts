@@ -291,21 +291,33 @@ export class JsonEventWriter implements EventWriter {
     return true
   }
 
+  /** The key list of the line scanned last (shared by the lines of its shape). */
+  get names(): string[] {
+    return this.#names
+  }
+
   /** Append [key, event] of the line scanned last; false (nothing written) if the batch has no record id left. */
   writeEvent(f: BatchBuffer, key: string): boolean {
-    const n = this.#fields
-    if (n === 0) return false
+    if (this.#fields === 0) return false
     const start = f.pos
-    // Every name and value is a piece of the line, one byte per character, plus headers (a
-    // number up to 9 bytes).
-    const need = 3 * key.length + this.#span + 16 * n + 32
-    if (f.pos + need > f.buf.length) grow(f, need)
+    this.#room(f, key)
     f.buf[f.pos++] = 0x92
     encodeString(f, key)
     if (!recordHeader(f, this.#names)) {
       f.pos = start
       return false
     }
+    this.writeValues(f)
+    return true
+  }
+
+  /**
+   * Append the values of the line scanned last, what follows the record header: for
+   * PreparedEvent, which writes them into a batch later.
+   */
+  writeValues(f: BatchBuffer): void {
+    const n = this.#fields
+    this.#room(f, '')
     const src = this.#buf
     for (let i = 0; i < n; i++) {
       switch (this.#kind[i]) {
@@ -315,11 +327,7 @@ export class JsonEventWriter implements EventWriter {
           const len = ve - vs
           strHeader(f, f.pos, len)
           const p = f.pos + strHeaderSize(len)
-          // Short strings byte by byte: a native copy costs more than it saves below ~16 bytes.
-          if (len < 16) {
-            const dst = f.buf
-            for (let k = 0; k < len; k++) dst[p + k] = src[vs + k]!
-          } else src.copy(f.buf, p, vs, ve)
+          copy(src, vs, ve, f.buf, p)
           f.pos = p + len
           break
         }
@@ -336,6 +344,55 @@ export class JsonEventWriter implements EventWriter {
           f.buf[f.pos++] = 0xc0
       }
     }
+  }
+
+  /** Room for the event: every name and value is a piece of the line plus headers (a number up to 9 bytes). */
+  #room(f: BatchBuffer, key: string): void {
+    const need = 3 * key.length + this.#span + 16 * this.#fields + 32
+    if (f.pos + need > f.buf.length) grow(f, need)
+  }
+}
+
+/** Short pieces byte by byte: a native copy costs more than it saves below ~16 bytes. */
+function copy(src: Uint8Array, from: number, to: number, dst: Buffer, at: number): void {
+  if (to - from < 16) for (let k = from; k < to; k++) dst[at++] = src[k]!
+  else dst.set(src.subarray(from, to), at)
+}
+
+/**
+ * An event whose values JsonEventWriter.writeValues wrote ahead (readNdjson checks a whole body
+ * before it sends any of it, and scans each line once): writes [key, record header, values].
+ */
+export class PreparedEvent implements EventWriter {
+  #src: Buffer = Buffer.alloc(0)
+  #from = 0
+  #to = 0
+  #names: string[] = []
+
+  /** The next event to write: values src[from..to), key list `names`. */
+  set(src: Buffer, from: number, to: number, names: string[]): this {
+    this.#src = src
+    this.#from = from
+    this.#to = to
+    this.#names = names
+    return this
+  }
+
+  writeEvent(f: BatchBuffer, key: string): boolean {
+    const start = f.pos
+    const need = 3 * key.length + this.#to - this.#from + 16
+    if (f.pos + need > f.buf.length) grow(f, need)
+    f.buf[f.pos++] = 0x92
+    encodeString(f, key)
+    if (!recordHeader(f, this.#names)) {
+      f.pos = start
+      return false
+    }
+    // recordHeader may have grown the buffer for a definition.
+    const len = this.#to - this.#from
+    if (f.pos + len > f.buf.length) grow(f, len)
+    copy(this.#src, this.#from, this.#to, f.buf, f.pos)
+    f.pos += len
     return true
   }
 }

@@ -20,7 +20,8 @@ import { isUtf8 } from 'node:buffer'
 import { StringDecoder } from 'node:string_decoder'
 import type { ShoalClient } from '../client/client.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
-import { JsonEventWriter } from './json-event.ts'
+import { newBatchBuffer } from '../client/encode.ts'
+import { JsonEventWriter, PreparedEvent } from './json-event.ts'
 
 export interface NdjsonEvent {
   key: string
@@ -268,6 +269,8 @@ export class NdjsonByteLines {
   }
 }
 
+const EMPTY_NAMES: string[] = []
+
 const lineDecoder = new TextDecoder('utf-8', { ignoreBOM: true })
 
 /** A line's text; bytes that are not UTF-8 become U+FFFD (as NdjsonLineSplitter's). */
@@ -300,38 +303,53 @@ export function parseNdjsonLine(text: string, keyField: string): NdjsonEvent | s
 }
 
 /**
- * A body's events in order, as readNdjson leaves them: most still as their line's bytes, written
- * into the client's batches from there (JsonEventWriter), the others parsed.
+ * A body's events in order, as readNdjson leaves them: most as the msgpack of their values,
+ * written ahead from the line's bytes by JsonEventWriter, to be completed into the client's
+ * batches (PreparedEvent); the others parsed.
  */
 export class NdjsonEvents {
   readonly length: number
   /** Lines in the body, blank ones included. */
   readonly lines: number
-  readonly #buf: Buffer
+  readonly #body: Buffer
   readonly #keys: string[]
-  /** Event i is the line buf[starts[i]..ends[i]), or starts[i] is -1 and it is in #parsed. */
-  readonly #starts: Int32Array
-  readonly #ends: Int32Array
+  /** Event i's line is body[lineStart[i]..lineEnd[i]); -1 if it was parsed (#parsed). */
+  readonly #lineStart: Int32Array
+  readonly #lineEnd: Int32Array
+  /** Event i's values, written ahead: values[valueStart[i]..valueEnd[i]), key list names[i]. */
+  readonly #values: Buffer
+  readonly #valueStart: Int32Array
+  readonly #valueEnd: Int32Array
+  readonly #names: string[][]
   readonly #parsed: Map<number, Record<string, unknown>>
-  readonly #writer: JsonEventWriter
+  readonly #keyField: string
+  readonly #prepared = new PreparedEvent()
 
-  constructor(
-    buf: Buffer,
-    keys: string[],
-    starts: Int32Array,
-    ends: Int32Array,
-    parsed: Map<number, Record<string, unknown>>,
-    writer: JsonEventWriter,
-    lines: number,
-  ) {
-    this.length = keys.length
-    this.lines = lines
-    this.#buf = buf
-    this.#keys = keys
-    this.#starts = starts
-    this.#ends = ends
-    this.#parsed = parsed
-    this.#writer = writer
+  constructor(o: {
+    body: Buffer
+    keys: string[]
+    lineStart: Int32Array
+    lineEnd: Int32Array
+    values: Buffer
+    valueStart: Int32Array
+    valueEnd: Int32Array
+    names: string[][]
+    parsed: Map<number, Record<string, unknown>>
+    keyField: string
+    lines: number
+  }) {
+    this.length = o.keys.length
+    this.lines = o.lines
+    this.#body = o.body
+    this.#keys = o.keys
+    this.#lineStart = o.lineStart
+    this.#lineEnd = o.lineEnd
+    this.#values = o.values
+    this.#valueStart = o.valueStart
+    this.#valueEnd = o.valueEnd
+    this.#names = o.names
+    this.#parsed = o.parsed
+    this.#keyField = o.keyField
   }
 
   key(i: number): string {
@@ -341,16 +359,13 @@ export class NdjsonEvents {
   /** Queue event i on `client`; what its send() returns (false: wait for drain()). */
   sendTo(client: ShoalClient, i: number): boolean {
     const key = this.#keys[i]!
-    const start = this.#starts[i]!
-    if (start < 0) return client.send(key, this.#parsed.get(i))
-    const end = this.#ends[i]!
-    // Scanned before (it was taken then), so it is taken again.
-    if (this.#writer.scan(this.#buf, start, end, false) !== null) {
-      const room = client.sendWritten(key, this.#writer)
-      if (room !== null) return room
-    }
-    // The batch had no record id left: send it parsed.
-    return client.send(key, this.#event(i))
+    if (this.#lineStart[i]! < 0) return client.send(key, this.#parsed.get(i))
+    const room = client.sendWritten(
+      key,
+      this.#prepared.set(this.#values, this.#valueStart[i]!, this.#valueEnd[i]!, this.#names[i]!),
+    )
+    // null: the batch had no record id left; send it parsed.
+    return room ?? client.send(key, this.#event(i))
   }
 
   /** Every event as {key, event}. */
@@ -361,9 +376,9 @@ export class NdjsonEvents {
   }
 
   #event(i: number): Record<string, unknown> {
-    const start = this.#starts[i]!
+    const start = this.#lineStart[i]!
     if (start < 0) return this.#parsed.get(i)!
-    const r = parseNdjsonLine(decodeLine(this.#buf, start, this.#ends[i]!), this.#writer.keyField)
+    const r = parseNdjsonLine(decodeLine(this.#body, start, this.#lineEnd[i]!), this.#keyField)
     return (r as NdjsonEvent).event
   }
 }
@@ -403,9 +418,14 @@ export function readNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): 
   const splitter = new NdjsonByteLines()
   const writer = new JsonEventWriter(keyField)
   const keys: string[] = []
-  let starts = new Int32Array(0)
-  let ends = new Int32Array(0)
+  const names: string[][] = []
   const parsed = new Map<number, Record<string, unknown>>()
+  // Values take about as many bytes as their text.
+  const values = newBatchBuffer(body.length + 1024)
+  let lineStart = new Int32Array(0)
+  let lineEnd = new Int32Array(0)
+  let valueStart = new Int32Array(0)
+  let valueEnd = new Int32Array(0)
   let line = 0
   const take = (lines: ByteLines, fast: boolean): void => {
     const b = lines.buf
@@ -414,9 +434,14 @@ export function readNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): 
       const start = lines.starts[l]!
       const end = lines.ends[l]!
       const key = fast ? writer.scan(b, start, end) : null
+      const e = keys.length
       if (key !== null) {
-        starts[keys.length] = start
-        ends[keys.length] = end
+        lineStart[e] = start
+        lineEnd[e] = end
+        valueStart[e] = values.pos
+        writer.writeValues(values)
+        valueEnd[e] = values.pos
+        names[e] = writer.names
         keys.push(key)
         continue
       }
@@ -426,20 +451,34 @@ export function readNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): 
         bad(line, r)
         continue
       }
-      starts[keys.length] = -1
-      parsed.set(keys.length, r.event)
+      lineStart[e] = -1
+      parsed.set(e, r.event)
+      names[e] = EMPTY_NAMES
       keys.push(r.key)
     }
   }
   const lines = splitter.push(body)
-  const buf = lines.buf
-  starts = new Int32Array(lines.count + 1)
-  ends = new Int32Array(lines.count + 1)
+  lineStart = new Int32Array(lines.count + 1)
+  lineEnd = new Int32Array(lines.count + 1)
+  valueStart = new Int32Array(lines.count + 1)
+  valueEnd = new Int32Array(lines.count + 1)
   take(lines, true)
-  // The last line of a body without a final line ending is a copy, not in `buf`: parsed.
+  // The last line of a body without a final line ending is a copy, not in the body: parsed.
   take(splitter.end(), false)
   if (malformed > 0) throw new NdjsonError(errors, malformed, line)
-  return new NdjsonEvents(buf, keys, starts, ends, parsed, writer, line)
+  return new NdjsonEvents({
+    body: lines.buf,
+    keys,
+    lineStart,
+    lineEnd,
+    values: values.buf,
+    valueStart,
+    valueEnd,
+    names,
+    parsed,
+    keyField,
+    lines: line,
+  })
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true })

@@ -6,7 +6,7 @@
  * give the demo's exact states; a job that cannot load is SHOAL_ERR_JOB_INVALID naming the file
  * and the cause, with a non-zero exit and no node started (`shoal up` and `shoal worker`).
  */
-import { execFile, spawn } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -235,5 +235,65 @@ describe('job files from the built CLI', { timeout: 180_000 }, () => {
       `shoal worker: SHOAL_ERR_JOB_INVALID: job ${join(cwd, 'job.ts')}: its default export is not a job: no process (a function)`,
     )
     expect(r.stdout).not.toContain('"shoal":"listening"')
+  })
+
+  it('POST /events on the built coordinator (its ingest thread): every event acked and applied', async () => {
+    const nodes: ChildProcess[] = []
+    const start = (args: string[]): Promise<{ address: string; http: string }> =>
+      new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+        nodes.push(child)
+        let out = ''
+        let err = ''
+        child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d))
+        child.stdout.setEncoding('utf8').on('data', (d: string) => {
+          out += d
+          for (const line of out.split('\n')) {
+            if (!line.includes('"shoal":"listening"')) continue
+            resolve(JSON.parse(line) as { address: string; http: string })
+          }
+        })
+        child.on('exit', (code) => reject(new Error(`${args[0]} exited ${code}: ${err}`)))
+      })
+    try {
+      const coord = await start([
+        'coordinator',
+        '--listen',
+        '127.0.0.1:0',
+        '--http',
+        '127.0.0.1:0',
+        '--partitions',
+        '8',
+      ])
+      await start([
+        'worker',
+        '--coordinator',
+        coord.address,
+        '--listen',
+        '127.0.0.1:0',
+        '--node-id',
+        'w1',
+        '--threads',
+        '1',
+      ])
+      const body = Array.from({ length: 1000 }, (_, i) =>
+        JSON.stringify({ key: `k${i % 10}`, value: 1 }),
+      ).join('\n')
+      let res: Response | undefined
+      // 503 until the worker owns every partition.
+      for (let i = 0; i < 100 && res?.status !== 200; i++) {
+        if (i > 0) await new Promise((r) => setTimeout(r, 100))
+        res = await fetch(`http://${coord.http}/events`, { method: 'POST', body })
+      }
+      expect(res?.status).toBe(200)
+      expect(await res!.json()).toEqual({ acked: 1000 })
+      const bad = await fetch(`http://${coord.http}/events`, { method: 'POST', body: '{"key":"a"}\n{"key":' })
+      expect(bad.status).toBe(400)
+      expect(await bad.json()).toMatchObject({ error: { lines: [{ line: 2 }], malformed: 1 } })
+      const state = (await (await fetch(`http://${coord.http}/state/k3`)).json()) as { state: unknown }
+      expect(state.state).toEqual({ count: 100, sum: 100 })
+    } finally {
+      for (const n of nodes) n.kill('SIGKILL')
+    }
   })
 })
