@@ -18,6 +18,8 @@ import { Packr } from 'msgpackr'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import { exponentialBackoff, type RetryDelay } from '../util/backoff.ts'
 import type { ShoalClient } from '../client/client.ts'
+import { appendEvent, newBatchBuffer, sealBatch } from '../client/encode.ts'
+import { PreparedEvent } from '../ingest/json-event.ts'
 import type { Source, SourceRecord, SourceStatus } from './source.ts'
 
 /** What the pump sends through: a ShoalClient. */
@@ -51,6 +53,7 @@ export interface PumpStatus extends SourceStatus {
 }
 
 const packr = new Packr({ useRecords: true, moreTypes: true })
+const prepared = new PreparedEvent()
 
 /**
  * A batch in flight keeps only what its ack needs and its packed events, not the decoded
@@ -63,18 +66,22 @@ interface PumpBatch {
   payload: Uint8Array
 }
 
+/** Written with the client's batch encoder: several times faster than msgpackr's generic pack. */
 function toBatch(run: readonly SourceRecord[]): PumpBatch {
   const n = run.length
   const sequences = new Array<number>(n)
   const acks = new Array<string>(n)
-  const pairs = new Array<[string, unknown]>(n)
+  const f = newBatchBuffer(64 * n + 64)
   for (let i = 0; i < n; i++) {
     const r = run[i]!
     sequences[i] = r.sequence
     acks[i] = r.ack
-    pairs[i] = [r.key, r.event]
+    const e = r.encoded
+    if (e === undefined || !prepared.set(e.values, e.from, e.to, e.names).writeEvent(f, r.key)) {
+      appendEvent(f, r.key, r.event)
+    }
   }
-  return { producerId: run[0]!.producerId, sequences, acks, payload: packr.pack(pairs) }
+  return { producerId: run[0]!.producerId, sequences, acks, payload: sealBatch(f, n) }
 }
 
 /** The records of a batch again, to dead-letter them (rare: unpacking is fine here). */

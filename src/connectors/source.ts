@@ -20,12 +20,26 @@
 
 export interface SourceRecord {
   readonly key: string
+  /** The event (a source that gives `encoded` may build it only when asked). */
   readonly event: unknown
   /** Dedup identity (see above). */
   readonly producerId: string
   readonly sequence: number
   /** What to acknowledge once the event is applied (e.g. a stream entry id). */
   readonly ack: string
+  /**
+   * The event already written as a batch record's values (src/ingest/json-event.ts): the pump
+   * writes it into its batch without encoding `event`. Optional; same event as `event`.
+   */
+  readonly encoded?: EncodedEvent
+}
+
+/** An event's record values, values[from..to), with its key list (PreparedEvent.set). */
+export interface EncodedEvent {
+  readonly values: Buffer
+  readonly from: number
+  readonly to: number
+  readonly names: string[]
 }
 
 export interface SourceRead {

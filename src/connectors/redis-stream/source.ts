@@ -32,7 +32,16 @@ import {
   createRedisClient,
   type StateTlsOptions,
 } from '../../state/redis/redis-backend.ts'
-import { eventKey, type Source, type SourceRead, type SourceRecord, type SourceStatus } from '../source.ts'
+import { newBatchBuffer } from '../../client/encode.ts'
+import { JsonEventWriter } from '../../ingest/json-event.ts'
+import {
+  eventKey,
+  type EncodedEvent,
+  type Source,
+  type SourceRead,
+  type SourceRecord,
+  type SourceStatus,
+} from '../source.ts'
 import type { RedisStreamSourceSpec } from '../spec.ts'
 
 export interface RedisStreamSourceOptions {
@@ -89,16 +98,69 @@ export function entrySequence(id: string): { bucket: number; sequence: number } 
   return { bucket: Math.floor(p[0] / MS_BITS), sequence: (p[0] % MS_BITS) * SEQ_LIMIT + p[1] }
 }
 
+/** The value of the entry's field `name` (the last one, if twice), compared as bytes: no string per entry. */
+function dataField(fields: readonly Buffer[], name: string): Buffer | undefined {
+  let data: Buffer | undefined
+  for (let i = 0; i + 1 < fields.length; i += 2) if (isField(fields[i]!, name)) data = fields[i + 1]
+  return data
+}
+
+function isField(b: Buffer, name: string): boolean {
+  const n = name.length
+  if (b.length === n) {
+    let i = 0
+    for (; i < n; i++) {
+      const c = name.charCodeAt(i)
+      if (c >= 0x80) break
+      if (b[i] !== c) return false
+    }
+    if (i === n) return true
+  }
+  // A name with non-ASCII characters (UTF-8 never has fewer bytes than characters).
+  return b.length >= n && b.toString('utf8') === name
+}
+
+/**
+ * A record whose event was written ahead as batch record values (JsonEventWriter): the pump
+ * copies those; the event object is parsed only if something asks for it (a dead letter).
+ */
+class EncodedRecord implements SourceRecord {
+  readonly key: string
+  readonly encoded: EncodedEvent
+  readonly producerId: string
+  readonly sequence: number
+  readonly ack: string
+  readonly #data: Buffer
+  #event: unknown = undefined
+
+  constructor(
+    key: string,
+    data: Buffer,
+    encoded: EncodedEvent,
+    producerId: string,
+    sequence: number,
+    ack: string,
+  ) {
+    this.key = key
+    this.#data = data
+    this.encoded = encoded
+    this.producerId = producerId
+    this.sequence = sequence
+    this.ack = ack
+  }
+
+  get event(): unknown {
+    return (this.#event ??= JSON.parse(this.#data.toString('utf8')))
+  }
+}
+
 /** One entry's event, or why it cannot be one. */
 export function decodeEntry(
   fields: readonly Buffer[] | null,
   spec: Pick<RedisStreamSourceSpec, 'dataField' | 'keyField' | 'format'>,
 ): { key: string; event: unknown } | { error: string } {
   if (fields === null) return { error: 'the entry was deleted from the stream before it was processed' }
-  let data: Buffer | undefined
-  for (let i = 0; i + 1 < fields.length; i += 2) {
-    if (fields[i]!.toString('utf8') === spec.dataField) data = fields[i + 1]
-  }
+  const data = dataField(fields, spec.dataField)
   if (data === undefined) return { error: `the entry has no field '${spec.dataField}'` }
   let event: unknown
   try {
@@ -137,6 +199,7 @@ export class RedisStreamSource implements Source {
   readonly #opts: RedisStreamSourceOptions
   #client: Client | null = null
   #blocking: Client | null = null
+  readonly #json: JsonEventWriter
   #incarnation = 0
   /** A read's reply was lost: entries may be pending here unseen, start a new incarnation. */
   #renewIncarnation = false
@@ -164,6 +227,7 @@ export class RedisStreamSource implements Source {
     if (this.#me.length === 0) throw new ShoalError(ErrorCodes.INVALID_OPTION, 'consumer name is empty')
     this.name = `redis:${options.spec.stream}/${options.spec.group}`
     this.readCount = options.spec.count
+    this.#json = new JsonEventWriter(options.spec.keyField)
     // Reader bookkeeping beside the stream; one hash per group.
     this.#metaKey = `${options.spec.stream}:shoal:${options.spec.group}:readers`
   }
@@ -356,6 +420,9 @@ export class RedisStreamSource implements Source {
   ): Promise<SourceRecord[]> {
     const records: SourceRecord[] = []
     const bad: { id: string; fields: Buffer[] | null; reason: string }[] = []
+    const json = this.#spec.format === 'json' ? this.#json : null
+    // The read's record values, end to end (a record keeps the buffer it was written into).
+    const values = newBatchBuffer(json === null ? 0 : 64 * entries.length + 64)
     let pidConsumer = ''
     let pidInc = -1
     let pidBucket = -1
@@ -366,10 +433,18 @@ export class RedisStreamSource implements Source {
         bad.push({ id, fields, reason: `entry id ${id} is outside the range Shoal numbers exactly` })
         continue
       }
-      const decoded = decodeEntry(fields, this.#spec)
-      if ('error' in decoded) {
-        bad.push({ id, fields, reason: decoded.error })
-        continue
+      // JSON of a flat object: its record values written here, no object built (json-event.ts).
+      const data = json === null || fields === null ? undefined : dataField(fields, this.#spec.dataField)
+      let fastKey = data === undefined ? null : json!.scan(data, 0, data.length)
+      // Keys eventKey refuses (empty; Infinity was a number) take the slow path to their error.
+      if (fastKey === '' || fastKey === 'Infinity' || fastKey === '-Infinity') fastKey = null
+      let decoded: { key: string; event: unknown } | { error: string } | null = null
+      if (fastKey === null) {
+        decoded = decodeEntry(fields, this.#spec)
+        if ('error' in decoded) {
+          bad.push({ id, fields, reason: decoded.error })
+          continue
+        }
       }
       const inc = incarnation ?? incarnationOf(job!.incarnations, id)
       // One string per (consumer, incarnation, bucket), not per entry: the pump groups records
@@ -380,13 +455,20 @@ export class RedisStreamSource implements Source {
         pidBucket = ident.bucket
         producerId = `rs:${this.#spec.stream}:${this.#spec.group}:${consumer}#${inc}:${ident.bucket}`
       }
-      records.push({
-        key: decoded.key,
-        event: decoded.event,
-        producerId,
-        sequence: ident.sequence,
-        ack: id,
-      })
+      if (decoded === null) {
+        const from = values.pos
+        json!.writeValues(values)
+        const encoded = { values: values.buf, from, to: values.pos, names: json!.names }
+        records.push(new EncodedRecord(fastKey!, data!, encoded, producerId, ident.sequence, id))
+      } else {
+        records.push({
+          key: decoded.key,
+          event: decoded.event,
+          producerId,
+          sequence: ident.sequence,
+          ack: id,
+        })
+      }
       if (job !== null) {
         job.outstanding++
         this.#jobOf.set(id, job)
