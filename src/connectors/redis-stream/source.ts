@@ -150,7 +150,7 @@ class EncodedRecord implements SourceRecord {
   }
 
   get event(): unknown {
-    return (this.#event ??= JSON.parse(this.#data.toString('utf8')))
+    return (this.#event ??= JSON.parse(this.#data.toString('utf8')) as unknown)
   }
 }
 
