@@ -24,10 +24,18 @@
  * - `close()` stops intake, flushes until its deadline, then closes the sink; records still
  *   unwritten are named in the rejection and the log, never dropped silently.
  */
+import { Packr } from 'msgpackr'
 import type { Logger } from 'pino'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import { exponentialBackoff, type RetryDelay } from '../util/backoff.ts'
-import type { DeadLetterRecord, EmittedBatch, Sink, StateBatch } from './sink.ts'
+import type {
+  DeadLetterRecord,
+  EmittedBatch,
+  EmittedRecord,
+  PackedEmittedBatch,
+  Sink,
+  StateBatch,
+} from './sink.ts'
 
 export interface SinkRunnerOptions {
   /** Records (state: upserts + deletes) buffered before `full` turns true. @default 100_000 */
@@ -90,7 +98,12 @@ export interface SinkCloseOptions {
 }
 
 type Item =
-  | { readonly kind: 'events'; readonly batch: EmittedBatch; readonly weight: number; readonly seq: number }
+  | {
+      readonly kind: 'events'
+      readonly batch: EmittedBatch | PackedEmittedBatch
+      readonly weight: number
+      readonly seq: number
+    }
   | StateItem
 
 /** Mutable until the writer takes it: a newer batch of its partition is merged into it. */
@@ -156,10 +169,19 @@ function positiveInt(value: number, name: string): number {
   return value
 }
 
-function countRecords(batches: readonly EmittedBatch[]): number {
+function countRecords(batches: readonly (EmittedBatch | PackedEmittedBatch)[]): number {
   let n = 0
-  for (const b of batches) n += b.records.length
+  for (const b of batches) n += 'payload' in b ? b.count : b.records.length
   return n
+}
+
+const unpackr = new Packr({ useRecords: true, moreTypes: true })
+
+/** A batch's records decoded (a packed one), or the batch itself. */
+function unpacked(b: EmittedBatch | PackedEmittedBatch): EmittedBatch {
+  if (!('payload' in b)) return b
+  const records = unpackr.unpack(b.payload) as EmittedRecord[]
+  return { partition: b.partition, offset: b.offset, firstIndex: b.firstIndex, records }
 }
 
 /** Split batches into two halves by record count, keeping identities (firstIndex). */
@@ -297,11 +319,23 @@ export class SinkRunner {
     }
   }
 
-  /** Buffer the records of one applied batch. Empty batches are ignored. */
-  pushEvents(batch: EmittedBatch): void {
+  /**
+   * Buffer the records of one applied batch. Empty batches are ignored. A packed batch is held
+   * packed and decoded when written.
+   */
+  pushEvents(batch: EmittedBatch | PackedEmittedBatch): void {
     this.#checkOpen('pushEvents')
     if (!this.sink.accepts.events || this.sink.writeEvents === undefined) {
       throw new ShoalError(ErrorCodes.INVALID_OPTION, `sink ${this.sink.name} does not take emitted records`)
+    }
+    if ('payload' in batch) {
+      if (batch.count === 0) return
+      if (batch.count <= this.#maxChunkRecords) {
+        this.#enqueue({ kind: 'events', batch, weight: batch.count, seq: ++this.#pushedSeq })
+        this.#eventsSeq = this.#pushedSeq
+        return
+      }
+      batch = unpacked(batch)
     }
     // Split large batches now so a chunk never exceeds maxChunkRecords.
     for (let i = 0; i < batch.records.length; i += this.#maxChunkRecords) {
@@ -427,7 +461,7 @@ export class SinkRunner {
       try {
         const first = chunk[0]!
         if (first.kind === 'events') {
-          await this.#writeEvents(chunk.map((i) => i.batch as EmittedBatch))
+          await this.#writeEvents(chunk.map((i) => i.batch as EmittedBatch | PackedEmittedBatch))
         } else {
           await this.#writeState(chunk.map((i) => i.batch as StateBatch))
         }
@@ -510,15 +544,19 @@ export class SinkRunner {
     })
   }
 
-  /** Write emitted records; returns once every record is written or dead-lettered. */
-  async #writeEvents(batches: readonly EmittedBatch[]): Promise<void> {
+  /**
+   * Write emitted records; returns once every record is written or dead-lettered. Packed batches
+   * are decoded for each attempt and not kept meanwhile: while a write is in flight the runner
+   * holds them packed.
+   */
+  async #writeEvents(batches: readonly (EmittedBatch | PackedEmittedBatch)[]): Promise<void> {
     const records = countRecords(batches)
     let counted = 0
     let lastErr: unknown
     for (let retry = 1; ; retry++) {
       if (this.#abort.signal.aborted) throw new ClosingError()
       try {
-        await this.sink.writeEvents!(batches)
+        await this.sink.writeEvents!(batches.map(unpacked))
         this.#written += records
         return
       } catch (err) {
@@ -531,13 +569,14 @@ export class SinkRunner {
         await this.#sleep(retry)
       }
     }
+    const decoded = batches.map(unpacked)
     if (records === 1) {
-      const b = batches.find((x) => x.records.length === 1)!
+      const b = decoded.find((x) => x.records.length === 1)!
       await this.#retryRecord(b, lastErr, counted)
       return
     }
     this.#logger?.warn({ err: lastErr, records }, 'sink refused a chunk; writing it record by record')
-    const [left, right] = halve(batches)
+    const [left, right] = halve(decoded)
     await this.#writeEvents(left)
     await this.#writeEvents(right)
   }

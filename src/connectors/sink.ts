@@ -43,6 +43,20 @@ export interface EmittedBatch {
   readonly records: readonly EmittedRecord[]
 }
 
+/**
+ * Emitted records still as the processing thread packed them (msgpack [stream, key, event][]):
+ * a SinkRunner holds these and decodes them only when it writes them, so the records it buffers
+ * while a write is in flight are one buffer each, not objects that outlive the young generation.
+ */
+export interface PackedEmittedBatch {
+  readonly partition: number
+  readonly offset: number | null
+  readonly firstIndex: number
+  /** Records in `payload`. */
+  readonly count: number
+  readonly payload: Uint8Array
+}
+
 /** Committed keyed state of one partition, behind one checkpoint. */
 export interface StateBatch {
   readonly partition: number

@@ -158,16 +158,21 @@ export class NdjsonFileSink implements Sink {
     }
   }
 
-  async writeEvents(batches: readonly EmittedBatch[]): Promise<void> {
+  /** Not async: the records are let go once their lines are made, not kept while the file is written. */
+  writeEvents(batches: readonly EmittedBatch[]): Promise<void> {
     let text = ''
-    for (const b of batches) {
-      const records = b.records
-      for (let i = 0; i < records.length; i++) {
-        const r = records[i]!
-        text += eventLine(r[0], r[1], b.partition, r[2], b.offset, b.firstIndex + i)
+    try {
+      for (const b of batches) {
+        const records = b.records
+        for (let i = 0; i < records.length; i++) {
+          const r = records[i]!
+          text += eventLine(r[0], r[1], b.partition, r[2], b.offset, b.firstIndex + i)
+        }
       }
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)))
     }
-    if (text !== '') await this.#out.append(text)
+    return text === '' ? Promise.resolve() : this.#out.append(text)
   }
 
   async deadLetter(records: readonly DeadLetterRecord[]): Promise<void> {

@@ -2,6 +2,7 @@
  * SinkRunner logic against a scripted in-test sink (no real system behind it: it fails on
  * demand). Backoff is tiny so retries are quick; nothing asserts on durations.
  */
+import { Packr } from 'msgpackr'
 import { Registry } from 'prom-client'
 import { describe, expect, it, onTestFinished } from 'vitest'
 import { registerSinkMetrics } from '../../../src/connectors/metrics.ts'
@@ -10,11 +11,14 @@ import type {
   DeadLetterRecord,
   EmittedBatch,
   EmittedRecord,
+  PackedEmittedBatch,
   Sink,
   StateBatch,
 } from '../../../src/connectors/sink.ts'
 import { ErrorCodes, ShoalError } from '../../../src/errors.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
+
+const packr = new Packr({ useRecords: true, moreTypes: true })
 
 const unavailable = (): ShoalError => new ShoalError(ErrorCodes.SINK_UNAVAILABLE, 'down', { retryable: true })
 const rejected = (what: string): ShoalError => new ShoalError(ErrorCodes.SINK_REJECTED, `refused ${what}`)
@@ -274,6 +278,44 @@ describe('SinkRunner', () => {
     )
     expect(alone.filter((c) => c[0]!.firstIndex === 1)).toHaveLength(3)
     expect(r.status()).toMatchObject({ deadLettered: 1, written: 10, lag: 0, state: 'ok' })
+  })
+
+  it('takes packed batches (as the processing thread packs them): written, split and dead-lettered as decoded ones', async () => {
+    const sink = new ScriptedSink()
+    const r = runner(sink, { maxAttempts: 3, maxChunkRecords: 5 })
+    sink.poison = (e) => {
+      const { p, n } = e as { p: number; n: number }
+      return p === 0 && n === 5 ? rejected('n=5') : undefined
+    }
+    await r.start()
+    const packed = (partition: number, offset: number, recs: EmittedRecord[]): PackedEmittedBatch => ({
+      partition,
+      offset,
+      firstIndex: 0,
+      count: recs.length,
+      payload: packr.pack(recs),
+    })
+    r.pushEvents(packed(0, 7, records(0, 4)))
+    r.pushEvents(packed(0, 8, records(0, 4, 4)))
+    // More than maxChunkRecords: decoded and split at once.
+    r.pushEvents(packed(1, 3, records(1, 7)))
+    r.pushEvents(packed(2, 1, []))
+    expect(r.status().lag).toBe(15)
+    await r.flushed()
+    expect(byPartition(sink.written, 0)).toEqual([0, 1, 2, 3, 4, 6, 7].map((n) => ({ p: 0, n })))
+    expect(byPartition(sink.written, 1)).toEqual(records(1, 7).map((x) => x[2]))
+    expect(sink.written.filter((w) => w.partition === 1).map((w) => w.index)).toEqual([0, 1, 2, 3, 4, 5, 6])
+    expect(sink.dead).toEqual([
+      {
+        partition: 0,
+        offset: 8,
+        index: 1,
+        record: ['out', 'k1', { p: 0, n: 5 }],
+        error: 'SHOAL_ERR_SINK_REJECTED: refused n=5',
+        attempts: 3,
+      },
+    ])
+    expect(r.status()).toMatchObject({ deadLettered: 1, written: 14, lag: 0, state: 'ok' })
   })
 
   it('splits a chunk that fails maxAttempts times with unknown errors, and dead-letters the culprit', async () => {
