@@ -24,17 +24,16 @@
  * - `close()` stops intake, flushes until its deadline, then closes the sink; records still
  *   unwritten are named in the rejection and the log, never dropped silently.
  */
-import { Packr } from 'msgpackr'
 import type { Logger } from 'pino'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import { exponentialBackoff, type RetryDelay } from '../util/backoff.ts'
-import type {
-  DeadLetterRecord,
-  EmittedBatch,
-  EmittedRecord,
-  PackedEmittedBatch,
-  Sink,
-  StateBatch,
+import {
+  LazyEmittedBatch,
+  type DeadLetterRecord,
+  type EmittedBatch,
+  type PackedEmittedBatch,
+  type Sink,
+  type StateBatch,
 } from './sink.ts'
 
 export interface SinkRunnerOptions {
@@ -175,13 +174,9 @@ function countRecords(batches: readonly (EmittedBatch | PackedEmittedBatch)[]): 
   return n
 }
 
-const unpackr = new Packr({ useRecords: true, moreTypes: true })
-
-/** A batch's records decoded (a packed one), or the batch itself. */
+/** A packed batch as a sink takes it (records decoded when read), or the batch itself. */
 function unpacked(b: EmittedBatch | PackedEmittedBatch): EmittedBatch {
-  if (!('payload' in b)) return b
-  const records = unpackr.unpack(b.payload) as EmittedRecord[]
-  return { partition: b.partition, offset: b.offset, firstIndex: b.firstIndex, records }
+  return 'payload' in b && !(b instanceof LazyEmittedBatch) ? new LazyEmittedBatch(b) : b
 }
 
 /** Split batches into two halves by record count, keeping identities (firstIndex). */
@@ -196,8 +191,10 @@ function halve(batches: readonly EmittedBatch[]): [EmittedBatch[], EmittedBatch[
     else if (seen >= half) right.push(b)
     else {
       const cut = half - seen
-      left.push({ ...b, records: b.records.slice(0, cut) })
-      right.push({ ...b, firstIndex: b.firstIndex + cut, records: b.records.slice(cut) })
+      // Plain batches (not a spread: a LazyEmittedBatch's payload holds all the records).
+      const { partition, offset, firstIndex } = b
+      left.push({ partition, offset, firstIndex, records: b.records.slice(0, cut) })
+      right.push({ partition, offset, firstIndex: firstIndex + cut, records: b.records.slice(cut) })
     }
     seen += n
   }
@@ -343,7 +340,8 @@ export class SinkRunner {
         i === 0 && batch.records.length <= this.#maxChunkRecords
           ? batch
           : {
-              ...batch,
+              partition: batch.partition,
+              offset: batch.offset,
               firstIndex: batch.firstIndex + i,
               records: batch.records.slice(i, i + this.#maxChunkRecords),
             }

@@ -23,6 +23,7 @@
  * failing), SINK_SCHEMA from open() for a target that does not fit. Any other error is treated
  * as transient.
  */
+import { Packr } from 'msgpackr'
 
 /** One emitted record as a job produced it: `ctx.emit(stream, event)` while processing `key`. */
 export type EmittedRecord = readonly [stream: string, key: string, event: unknown]
@@ -56,6 +57,33 @@ export interface PackedEmittedBatch {
   readonly count: number
   readonly payload: Uint8Array
 }
+
+/**
+ * A packed batch as the runner hands it to a sink: `records` decoded when first read; a sink
+ * that reads the packed records itself (the file sink) never pays for the decoding.
+ */
+export class LazyEmittedBatch implements EmittedBatch {
+  readonly partition: number
+  readonly offset: number | null
+  readonly firstIndex: number
+  readonly count: number
+  readonly payload: Uint8Array
+  #records: EmittedRecord[] | null = null
+
+  constructor(b: PackedEmittedBatch) {
+    this.partition = b.partition
+    this.offset = b.offset
+    this.firstIndex = b.firstIndex
+    this.count = b.count
+    this.payload = b.payload
+  }
+
+  get records(): readonly EmittedRecord[] {
+    return (this.#records ??= unpackr.unpack(this.payload) as EmittedRecord[])
+  }
+}
+
+const unpackr = new Packr({ useRecords: true, moreTypes: true })
 
 /** Committed keyed state of one partition, behind one checkpoint. */
 export interface StateBatch {

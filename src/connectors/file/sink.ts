@@ -20,7 +20,8 @@
 import { mkdir, open, type FileHandle } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { ErrorCodes, ShoalError } from '../../errors.ts'
-import type { DeadLetterRecord, EmittedBatch, Sink } from '../sink.ts'
+import { LazyEmittedBatch, type DeadLetterRecord, type EmittedBatch, type Sink } from '../sink.ts'
+import { lineBuffer, packedLines } from './lines.ts'
 import type { FileSinkSpec } from '../spec.ts'
 
 export interface NdjsonFileSinkOptions {
@@ -61,13 +62,13 @@ class Appender {
     return this.#handle
   }
 
-  async append(text: string): Promise<void> {
+  async append(text: string | Buffer): Promise<void> {
     let handle: FileHandle | undefined
     let start = -1
     try {
       handle = await this.open()
       start = (await handle.stat()).size
-      const data = Buffer.from(text)
+      const data = typeof text === 'string' ? Buffer.from(text) : text
       let done = 0
       while (done < data.length) {
         const { bytesWritten } = await handle.write(data, done, data.length - done)
@@ -158,21 +159,36 @@ export class NdjsonFileSink implements Sink {
     }
   }
 
-  /** Not async: the records are let go once their lines are made, not kept while the file is written. */
+  /**
+   * Not async: the records are let go once their lines are made, not kept while the file is
+   * written. Records the runner holds packed become lines straight from their bytes (lines.ts).
+   */
   writeEvents(batches: readonly EmittedBatch[]): Promise<void> {
-    let text = ''
+    const out = lineBuffer(16 * 1024)
     try {
       for (const b of batches) {
+        if (
+          b instanceof LazyEmittedBatch &&
+          packedLines(out, b.payload, b.count, b.partition, b.offset, b.firstIndex)
+        )
+          continue
         const records = b.records
         for (let i = 0; i < records.length; i++) {
           const r = records[i]!
-          text += eventLine(r[0], r[1], b.partition, r[2], b.offset, b.firstIndex + i)
+          const text = eventLine(r[0], r[1], b.partition, r[2], b.offset, b.firstIndex + i)
+          const bytes = Buffer.byteLength(text)
+          if (out.pos + bytes > out.buf.length) {
+            const buf = Buffer.allocUnsafe(Math.max(out.buf.length * 2, out.pos + bytes + 1024))
+            out.buf.copy(buf, 0, 0, out.pos)
+            out.buf = buf
+          }
+          out.pos += out.buf.write(text, out.pos)
         }
       }
     } catch (err) {
       return Promise.reject(err instanceof Error ? err : new Error(String(err)))
     }
-    return text === '' ? Promise.resolve() : this.#out.append(text)
+    return out.pos === 0 ? Promise.resolve() : this.#out.append(out.buf.subarray(0, out.pos))
   }
 
   async deadLetter(records: readonly DeadLetterRecord[]): Promise<void> {
