@@ -15,6 +15,7 @@
  * and `shoal up` can find ephemeral ports; logs are JSON on stderr.
  */
 import { randomUUID } from 'node:crypto'
+import { setFlagsFromString } from 'node:v8'
 import { readFileSync, realpathSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -472,6 +473,9 @@ async function storedEpochFloor(
 }
 
 async function runWorker(cfg: WorkerConfig): Promise<void> {
+  // For the processing threads of a worker started without MAIN_THREAD_FLAGS (up.ts): their
+  // heaps are set up after this. The main thread's is not: `shoal up` and the image pass it.
+  if (!process.execArgv.some((f) => f.includes('memory-reducer'))) setFlagsFromString('--no-memory-reducer')
   // A job file that cannot load is SHOAL_ERR_JOB_INVALID now, before the worker starts or joins.
   if (!BUILTIN_JOBS.includes(cfg.job)) await checkJob(cfg.job)
   const log = createLogger({ level: cfg.logLevel, name: 'worker', nodeId: cfg.nodeId })

@@ -62,16 +62,27 @@ export function onListening(stdout: Readable, callback: (info: NodeListening) =>
 }
 
 /**
- * The main thread's semi-spaces, as the processing threads' (engine.ts, DEFAULT_YOUNG_GENERATION_MB):
- * 4 MiB instead of V8's 16-32 MiB. A V8 heap is sized when its isolate starts, so this can only be
- * a flag of the node process; the image sets it in NODE_OPTIONS (docs/deploy.md).
+ * V8 flags of every node process:
+ * - `--max-semi-space-size=4`: the main thread's semi-spaces, as the processing threads'
+ *   (engine.ts, DEFAULT_YOUNG_GENERATION_MB): 4 MiB instead of V8's 16-32 MiB. A V8 heap is
+ *   sized when its isolate starts, so this can only be a flag of the node process; the image
+ *   sets it in NODE_OPTIONS (docs/deploy.md).
+ * - `--no-memory-reducer`: V8's memory reducer shrinks an idle heap, and a worker's next burst
+ *   then grows it again and re-marks its state: windowed jobs on workers idle for a few seconds
+ *   between bursts ran at 57-63% of count instead of 73-79% (docs/benchmarks.md, "The memory
+ *   reducer"). A worker's peak memory is what it must be given anyway. Not allowed in
+ *   NODE_OPTIONS: the image passes it to node, and a worker sets it for its threads at start.
  */
-export const MAIN_THREAD_FLAGS = ['--max-semi-space-size=4']
+export const MAIN_THREAD_FLAGS = ['--max-semi-space-size=4', '--no-memory-reducer']
 
-/** This process's Node flags, plus MAIN_THREAD_FLAGS unless the user set a semi-space size. */
+/** This process's Node flags, plus each of MAIN_THREAD_FLAGS the user did not set otherwise. */
 export function nodeFlagsForNodes(execArgv: readonly string[], nodeOptions = ''): string[] {
-  const set = [...execArgv, nodeOptions].some((f) => f.includes('--max-semi-space-size'))
-  return set ? [...execArgv] : [...execArgv, ...MAIN_THREAD_FLAGS]
+  const given = [...execArgv, nodeOptions]
+  const has = (name: string): boolean => given.some((f) => f.includes(name))
+  const flags = [...execArgv]
+  if (!has('--max-semi-space-size')) flags.push('--max-semi-space-size=4')
+  if (!has('memory-reducer')) flags.push('--no-memory-reducer')
+  return flags
 }
 
 function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<NodeListening> } {

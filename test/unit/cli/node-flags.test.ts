@@ -2,15 +2,31 @@ import { describe, expect, it } from 'vitest'
 import { MAIN_THREAD_FLAGS, nodeFlagsForNodes } from '../../../src/cli/up.ts'
 
 describe('Node flags of the nodes `shoal up` starts', () => {
-  it('adds the 4 MiB semi-space flag to the flags this process runs with', () => {
-    expect(MAIN_THREAD_FLAGS).toEqual(['--max-semi-space-size=4'])
-    expect(nodeFlagsForNodes([])).toEqual(['--max-semi-space-size=4'])
-    expect(nodeFlagsForNodes(['--import', 'tsx'])).toEqual(['--import', 'tsx', '--max-semi-space-size=4'])
+  it('adds the 4 MiB semi-space flag and turns the memory reducer off, after the flags this process runs with', () => {
+    expect(MAIN_THREAD_FLAGS).toEqual(['--max-semi-space-size=4', '--no-memory-reducer'])
+    expect(nodeFlagsForNodes([])).toEqual(['--max-semi-space-size=4', '--no-memory-reducer'])
+    expect(nodeFlagsForNodes(['--import', 'tsx'])).toEqual([
+      '--import',
+      'tsx',
+      '--max-semi-space-size=4',
+      '--no-memory-reducer',
+    ])
   })
 
-  it('keeps a semi-space size the user chose, on the command line or in NODE_OPTIONS', () => {
-    expect(nodeFlagsForNodes(['--max-semi-space-size=16'])).toEqual(['--max-semi-space-size=16'])
-    expect(nodeFlagsForNodes(['--import', 'tsx'], '--max-semi-space-size=32')).toEqual(['--import', 'tsx'])
-    expect(nodeFlagsForNodes([], '--enable-source-maps')).toEqual(['--max-semi-space-size=4'])
+  it('keeps a semi-space size or memory-reducer setting the user chose, on the command line or in NODE_OPTIONS', () => {
+    expect(nodeFlagsForNodes(['--max-semi-space-size=16'])).toEqual([
+      '--max-semi-space-size=16',
+      '--no-memory-reducer',
+    ])
+    expect(nodeFlagsForNodes(['--import', 'tsx'], '--max-semi-space-size=32')).toEqual([
+      '--import',
+      'tsx',
+      '--no-memory-reducer',
+    ])
+    expect(nodeFlagsForNodes(['--memory-reducer'])).toEqual(['--memory-reducer', '--max-semi-space-size=4'])
+    expect(nodeFlagsForNodes([], '--enable-source-maps')).toEqual([
+      '--max-semi-space-size=4',
+      '--no-memory-reducer',
+    ])
   })
 })
