@@ -12,7 +12,7 @@
  *   starting at once agree on one value).
  */
 import { existsSync } from 'node:fs'
-import { readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import type { StateBackend } from './backend.ts'
@@ -53,6 +53,8 @@ export async function checkFileLayout(dir: string, partitions: number, prefix = 
   }
   const record = `${JSON.stringify({ partitions })}\n`
   try {
+    // A state directory that does not exist yet is created, as the stores create theirs.
+    await mkdir(dir, { recursive: true })
     await writeFile(path, record, { flag: 'wx' })
     return
   } catch (err) {

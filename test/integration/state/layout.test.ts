@@ -33,6 +33,12 @@ describe('state layout: file:', () => {
     })
   })
 
+  it('creates a state directory that does not exist yet (a new --state file:DIR)', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'shoal-layout-')), 'new', 'state')
+    await checkFileLayout(dir, 16)
+    expect(JSON.parse(readFileSync(join(dir, LAYOUT_FILE), 'utf8'))).toEqual({ partitions: 16 })
+  })
+
   it('a directory from before the record, with a partition at or above the count, is refused', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'shoal-layout-'))
     mkdirSync(join(dir, 'shoal-p200'))
