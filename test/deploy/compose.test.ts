@@ -1091,7 +1091,7 @@ describe('cluster/Dockerfile and .dockerignore (static)', () => {
 
   it('runs the CLI from package.json "bin" as a non-root user, role from CMD', () => {
     const last = (op: string): string | undefined => runtime.body.filter((i) => i.op === op).at(-1)?.args
-    expect(JSON.parse(last('ENTRYPOINT') ?? 'null')).toEqual(['node', IMAGE_ENTRY])
+    expect(JSON.parse(last('ENTRYPOINT') ?? 'null')).toEqual(['node', '--no-memory-reducer', IMAGE_ENTRY])
     expect(['coordinator', 'worker']).toContain((JSON.parse(last('CMD') ?? '[]') as string[])[0])
     expect(last('USER')).toBe('node')
     // the build stage checks the entry point exists, whichever layout tsc emitted
