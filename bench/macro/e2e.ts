@@ -187,7 +187,11 @@ export async function startNode(
   proc.info = await new Promise<Listening>((resolve, reject) => {
     onListening(child.stdout, (j) => resolve({ address: j.address, http: j.http }))
     child.once('exit', (code, signal) =>
-      reject(new Error(`shoal ${args[0]} exited (${code ?? signal}) before it listened: ${errBuf.slice(-300)} ${proc.firstLines.join(" / ")}`)),
+      reject(
+        new Error(
+          `shoal ${args[0]} exited (${code ?? signal}) before it listened: ${errBuf.slice(-300)} ${proc.firstLines.join(' / ')}`,
+        ),
+      ),
     )
   })
   return proc
