@@ -3,6 +3,10 @@
  * real piscina threads, the count job) behind a real HTTP server wired as `shoal coordinator`
  * wires it, and a spawned coordinator with a token for the command-line wiring.
  */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { request as httpsRequest } from 'node:https'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { pino } from 'pino'
 import { afterEach, describe, expect, it } from 'vitest'
 import { ShoalClient } from '../../src/client/client.ts'
@@ -14,6 +18,7 @@ import { createMetrics } from '../../src/observability/metrics.ts'
 import { createTcpTransport } from '../../src/transport/tcp/tcp-transport.ts'
 import { createMemoryTransport } from '../../src/transport/memory/memory-transport.ts'
 import { createWorkerNode, type WorkerNode } from '../../src/worker/node.ts'
+import { testPki } from '../helpers/certs.ts'
 import { killAll, startShoal } from '../helpers/processes.ts'
 import { expectExactState, type Totals } from '../helpers/totals.ts'
 import { waitFor } from '../helpers/wait-for.ts'
@@ -299,6 +304,90 @@ describe('POST /events (spawned coordinator with a token)', () => {
     })
     cleanup.push(() => cl.close())
     // The denied requests applied nothing: the counts are those of one request.
+    await expectExactState(cl, expected)
+  }, 60_000)
+
+  it("over TLS: the ingest thread dials its own coordinator with the node's certificate; every event applied", async () => {
+    const pki = testPki()
+    const dir = mkdtempSync(join(tmpdir(), 'shoal-ingest-tls-'))
+    cleanup.push(() => rmSync(dir, { recursive: true, force: true }))
+    const file = (name: string, text: string): string => {
+      writeFileSync(join(dir, name), text)
+      return join(dir, name)
+    }
+    const tls = [
+      '--tls-cert',
+      file('server.crt', pki.serverCert),
+      '--tls-key',
+      file('server.key', pki.serverKey),
+      '--tls-ca',
+      file('ca.crt', pki.ca),
+    ]
+    const coord = await startShoal([
+      'coordinator',
+      '--listen',
+      '127.0.0.1:0',
+      '--http',
+      '127.0.0.1:0',
+      '--partitions',
+      '16',
+      '--heartbeat-interval',
+      '100',
+      ...tls,
+    ])
+    await startShoal([
+      'worker',
+      '--coordinator',
+      coord.info.address,
+      '--listen',
+      '127.0.0.1:0',
+      '--http',
+      '127.0.0.1:0',
+      '--node-id',
+      'w1',
+      '--threads',
+      '1',
+      '--heartbeat-interval',
+      '100',
+      ...tls,
+    ])
+    const expected: Totals = new Map()
+    const body = ndjson(0, 5000, expected).join('\n')
+    const httpsPost = (): Promise<{ status: number; text: string }> =>
+      new Promise((resolve, reject) => {
+        const req = httpsRequest(
+          `https://${coord.info.http}/events`,
+          { method: 'POST', ca: pki.ca, headers: { 'content-type': 'application/x-ndjson' } },
+          (res) => {
+            let text = ''
+            res.setEncoding('utf8').on('data', (d: string) => (text += d))
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, text }))
+          },
+        )
+        req.on('error', reject)
+        req.end(body)
+      })
+    let r = { status: 0, text: '' }
+    // 503 (no owner yet) until the worker has joined and owns every partition.
+    await waitFor(
+      async () => {
+        r = await httpsPost()
+        return r.status !== 503
+      },
+      'an owner for every partition',
+      20_000,
+    )
+    expect(r.status, r.text).toBe(200)
+    expect(JSON.parse(r.text)).toEqual({ acked: 5000 })
+    const cl = await ShoalClient.connect({
+      coordinator: coord.info.address,
+      transport: createTcpTransport({
+        nodeId: 'ingest-tls-reader',
+        role: 'client',
+        tls: { ca: pki.ca },
+      }),
+    })
+    cleanup.push(() => cl.close())
     await expectExactState(cl, expected)
   }, 60_000)
 })
