@@ -30,11 +30,12 @@ const THREAD_FILE = new URL(
 )
 
 /**
- * The thread's young generation (V8's maxYoungGenerationSizeMb, about 3 semi-spaces): a body's
- * lines and keys live until its events are sent, longer than the 4 MiB semi-spaces of the
- * coordinator's main thread hold them.
+ * The thread's young generation (V8's maxYoungGenerationSizeMb, about 3 semi-spaces): 4 MiB
+ * semi-spaces, as the processing threads'. 16 MiB ones (48) made no difference to POST /events
+ * throughput (`SEND_CASES=http npm run bench -- send --runs 2`, alternated: 762k/758k against
+ * 784k/758k events/s) and cost memory.
  */
-const YOUNG_GENERATION_MB = 48
+const YOUNG_GENERATION_MB = 12
 
 export interface IngestThreadData {
   coordinator: string
