@@ -82,6 +82,8 @@ export interface IngestThreadsOptions {
 }
 
 interface Pending {
+  /** The thread that has the request. */
+  worker: Worker
   resolve(r: RouteResponse): void
 }
 
@@ -93,8 +95,6 @@ export class IngestThreads implements EventsHandler {
   #starts = 0
   #ids = 0
   readonly #pending = new Map<number, Pending>()
-  /** Per thread, the ids of its requests waiting for an answer. */
-  readonly #owned = new WeakMap<Worker, Set<number>>()
   #closed = false
 
   constructor(options: IngestThreadsOptions) {
@@ -118,11 +118,9 @@ export class IngestThreads implements EventsHandler {
     return new Promise<RouteResponse>((resolve) => {
       const onAbort = (): void => worker.postMessage({ type: 'abort', id } satisfies ToIngestThread)
       signal.addEventListener('abort', onAbort, { once: true })
-      const mine = this.#owned.get(worker)!
-      mine.add(id)
       this.#pending.set(id, {
+        worker,
         resolve: (r) => {
-          mine.delete(id)
           signal.removeEventListener('abort', onAbort)
           resolve(r)
         },
@@ -176,26 +174,23 @@ export class IngestThreads implements EventsHandler {
     })
     // The HTTP server keeps the process alive; a thread waiting for requests does not.
     worker.unref()
-    /** This thread's requests waiting for an answer. */
-    const mine = new Set<number>()
     worker.on('message', (m: FromIngestThread) => this.#onMessage(m))
     worker.on('error', (err) => this.#opts.logger.error({ err }, 'POST /events thread failed'))
     worker.on('exit', (code) => {
       if (this.#workers[slot] === worker) this.#workers[slot] = null
-      if (mine.size === 0) return
+      const mine = [...this.#pending].filter(([, p]) => p.worker === worker)
+      if (mine.length === 0) return
       if (!this.#closed)
         this.#opts.logger.error({ code }, 'POST /events thread stopped with requests waiting')
       const r = unavailable(
         ErrorCodes.INTERNAL,
         'the ingest thread stopped; some events may have been applied, so a retry may apply them twice',
       )
-      for (const id of mine) {
-        this.#pending.get(id)?.resolve(r)
+      for (const [id, p] of mine) {
         this.#pending.delete(id)
+        p.resolve(r)
       }
-      mine.clear()
     })
-    this.#owned.set(worker, mine)
     this.#workers[slot] = worker
     return worker
   }

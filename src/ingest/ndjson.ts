@@ -1,7 +1,7 @@
 /**
- * The NDJSON event format `shoal send` and `POST /events` read: a streaming line splitter
- * (NdjsonLineSplitter, for `shoal send`), the per-line parse both share (parseNdjsonLine) and a
- * whole-body parse (parseNdjson, for POST /events).
+ * The NDJSON event format `shoal send` and `POST /events` read: a streaming line splitter over
+ * bytes (NdjsonByteLines, for `shoal send`), the per-line parse both share (parseNdjsonLine) and
+ * a whole-body read (readNdjson, for POST /events; parseNdjson gives its events as objects).
  *
  * - Lines end at `\n`, `\r\n` or a lone `\r` (as node's readline, which `shoal send` used, so
  *   line numbers are what they were). Numbering starts at 1; a final line ending does not start
@@ -10,14 +10,13 @@
  * - Every other line is a JSON object whose field `keyField` (default "key") is a string or a
  *   number; the key is that value as a string, the event is the whole object (key included).
  * - parseNdjson is stricter than `shoal send` in one way: a line that is not valid UTF-8 is
- *   malformed (the stream decoder `shoal send` reads through replaces the bytes silently).
+ *   malformed (`shoal send` decodes it with U+FFFD for the bytes, silently).
  *
  * parseNdjson is all or nothing: any malformed line makes it throw {@link NdjsonError}, naming
  * the first `maxReportedErrors` malformed lines and counting all of them. It throws nothing
  * else, whatever the bytes.
  */
 import { isUtf8 } from 'node:buffer'
-import { StringDecoder } from 'node:string_decoder'
 import type { ShoalClient } from '../client/client.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import { newBatchBuffer } from '../client/encode.ts'
@@ -78,95 +77,6 @@ export class NdjsonError extends ShoalError {
 
 const LF = 0x0a
 const CR = 0x0d
-const BOM = 0xfeff
-const DECODE_BYTES = 64 * 1024
-
-/**
- * Splits a stream of NDJSON bytes (or text) into lines, chunk by chunk: push() returns the lines
- * a chunk completes, end() the last one if the input did not end with a line ending. A UTF-8
- * character split across chunks is decoded whole; invalid bytes become U+FFFD.
- *
- * Hand-made rather than node's readline: readline (with `for await`, one turn of the event loop
- * per line) was most of `shoal send`'s own CPU (issue 13: sendNdjson 29% of the profile, and the
- * CLI at a fraction of the SDK's rate); here a chunk is split with the native indexOf in one go
- * and its lines are handled without an await each (docs/benchmarks.md, "shoal send").
- */
-export class NdjsonLineSplitter {
-  readonly #decoder = new StringDecoder('utf8')
-  /** The unfinished line: text since the last line ending, kept in parts (a long line costs no re-copying per chunk). */
-  #rest: string[] = []
-  /** The last chunk ended with \r: a \n starting the next one belongs to it. */
-  #skipLF = false
-  #started = false
-
-  /** The lines this chunk completes. */
-  push(chunk: Uint8Array | string): string[] {
-    const lines: string[] = []
-    if (typeof chunk === 'string') this.#split(chunk, lines, false)
-    else {
-      // Decoded DECODE_BYTES at a time: a string of 128 KiB to ~1 MiB is allocated in V8's
-      // large-object space (node makes bigger ones external), and decoding a 720 kB body whole
-      // cost 5-20x the CPU of decoding it in 64 KiB pieces (Node 20; docs/benchmarks.md).
-      for (let i = 0; i < chunk.length; i += DECODE_BYTES) {
-        this.#split(this.#decoder.write(chunk.subarray(i, i + DECODE_BYTES)), lines, false)
-      }
-    }
-    return lines
-  }
-
-  /** The last line, if the input did not end with a line ending. */
-  end(): string[] {
-    const lines: string[] = []
-    this.#split(this.#decoder.end(), lines, true)
-    return lines
-  }
-
-  #split(text: string, lines: string[], last: boolean): void {
-    const n = text.length
-    let start = 0
-    if (n > 0) {
-      if (!this.#started) {
-        this.#started = true
-        if (text.charCodeAt(0) === BOM) start = 1
-      }
-      if (this.#skipLF) {
-        this.#skipLF = false
-        if (text.charCodeAt(start) === LF) start++
-      }
-    }
-    if (text.indexOf('\r', start) === -1) {
-      // The common case, \n only: the native indexOf finds each line end.
-      for (let i = text.indexOf('\n', start); i !== -1; i = text.indexOf('\n', start)) {
-        lines.push(this.#line(text, start, i))
-        start = i + 1
-      }
-    } else {
-      for (let i = start; i < n; i++) {
-        const c = text.charCodeAt(i)
-        if (c !== LF && c !== CR) continue
-        lines.push(this.#line(text, start, i))
-        if (c === CR) {
-          if (i + 1 === n) this.#skipLF = true
-          else if (text.charCodeAt(i + 1) === LF) i++
-        }
-        start = i + 1
-      }
-    }
-    if (start < n) this.#rest.push(start === 0 ? text : text.slice(start))
-    if (last && this.#rest.length > 0) {
-      lines.push(this.#rest.join(''))
-      this.#rest = []
-    }
-  }
-
-  #line(text: string, start: number, end: number): string {
-    if (this.#rest.length === 0) return text.slice(start, end)
-    this.#rest.push(text.slice(start, end))
-    const line = this.#rest.join('')
-    this.#rest = []
-    return line
-  }
-}
 
 /** The lines a chunk completes: line i is buf[starts[i]..ends[i]), line endings excluded. */
 export interface ByteLines {
@@ -177,10 +87,14 @@ export interface ByteLines {
 }
 
 /**
- * NdjsonLineSplitter for bytes: the lines of a stream of chunks as ranges of bytes, undecoded
- * (for JsonEventWriter, which reads an event from its bytes; a line it does not take is
- * decoded with decodeLine). The same line endings and byte order mark as NdjsonLineSplitter.
- * A push()'s lines are valid until the next push() (ranges and a buffer are reused), and may
+ * Splits a stream of NDJSON bytes into lines, chunk by chunk, as ranges of bytes, undecoded (for
+ * JsonEventWriter, which reads an event from its bytes; a line it does not take is decoded with
+ * decodeLine). A line cut across chunks is joined whole, so a character is never split.
+ *
+ * Hand-made rather than node's readline: readline (with `for await`, one turn of the event loop
+ * per line) was most of `shoal send`'s own CPU (issue 13); here a chunk is split with the native
+ * indexOf in one go and its lines are handled without an await each (docs/benchmarks.md,
+ * "shoal send"). A push()'s lines are valid until the next push() (ranges and a buffer are reused), and may
  * lie in the chunk itself, so the caller reads them before it reuses the chunk.
  */
 export class NdjsonByteLines {
@@ -273,7 +187,7 @@ const EMPTY_NAMES: string[] = []
 
 const lineDecoder = new TextDecoder('utf-8', { ignoreBOM: true })
 
-/** A line's text; bytes that are not UTF-8 become U+FFFD (as NdjsonLineSplitter's). */
+/** A line's text; bytes that are not UTF-8 become U+FFFD. */
 export function decodeLine(buf: Uint8Array, start: number, end: number): string {
   return lineDecoder.decode(buf.subarray(start, end))
 }

@@ -19,7 +19,7 @@ import { createTcpTransport } from '../../src/transport/tcp/tcp-transport.ts'
 import { createMemoryTransport } from '../../src/transport/memory/memory-transport.ts'
 import { createWorkerNode, type WorkerNode } from '../../src/worker/node.ts'
 import { testPki } from '../helpers/certs.ts'
-import { killAll, startShoal } from '../helpers/processes.ts'
+import { killAll, startShoal, type ShoalProcess } from '../helpers/processes.ts'
 import { expectExactState, type Totals } from '../helpers/totals.ts'
 import { waitFor } from '../helpers/wait-for.ts'
 
@@ -230,41 +230,30 @@ describe('POST /events (in-process cluster)', () => {
   })
 })
 
+/** A coordinator (16 partitions) and workers as processes, each with `flags` (token, TLS). */
+async function spawnedCluster(workers: string[], flags: string[]): Promise<ShoalProcess> {
+  const fast = ['--listen', '127.0.0.1:0', '--http', '127.0.0.1:0', '--heartbeat-interval', '100']
+  const coord = await startShoal(['coordinator', ...fast, '--partitions', '16', ...flags])
+  for (const id of workers) {
+    await startShoal([
+      'worker',
+      '--coordinator',
+      coord.info.address,
+      ...fast,
+      '--node-id',
+      id,
+      '--threads',
+      '1',
+      ...flags,
+    ])
+  }
+  return coord
+}
+
 describe('POST /events (spawned coordinator with a token)', () => {
   it('401 without the token; with it, every event is acked and applied once', async () => {
     const token = 'ingest-test-token'
-    const coord = await startShoal([
-      'coordinator',
-      '--listen',
-      '127.0.0.1:0',
-      '--http',
-      '127.0.0.1:0',
-      '--partitions',
-      '16',
-      '--heartbeat-interval',
-      '100',
-      '--token',
-      token,
-    ])
-    for (const id of ['w1', 'w2']) {
-      await startShoal([
-        'worker',
-        '--coordinator',
-        coord.info.address,
-        '--listen',
-        '127.0.0.1:0',
-        '--http',
-        '127.0.0.1:0',
-        '--node-id',
-        id,
-        '--threads',
-        '1',
-        '--heartbeat-interval',
-        '100',
-        '--token',
-        token,
-      ])
-    }
+    const coord = await spawnedCluster(['w1', 'w2'], ['--token', token])
     const base = `http://${coord.info.http}`
     const auth = { authorization: `Bearer ${token}` }
     await waitFor(
@@ -323,34 +312,7 @@ describe('POST /events (spawned coordinator with a token)', () => {
       '--tls-ca',
       file('ca.crt', pki.ca),
     ]
-    const coord = await startShoal([
-      'coordinator',
-      '--listen',
-      '127.0.0.1:0',
-      '--http',
-      '127.0.0.1:0',
-      '--partitions',
-      '16',
-      '--heartbeat-interval',
-      '100',
-      ...tls,
-    ])
-    await startShoal([
-      'worker',
-      '--coordinator',
-      coord.info.address,
-      '--listen',
-      '127.0.0.1:0',
-      '--http',
-      '127.0.0.1:0',
-      '--node-id',
-      'w1',
-      '--threads',
-      '1',
-      '--heartbeat-interval',
-      '100',
-      ...tls,
-    ])
+    const coord = await spawnedCluster(['w1'], tls)
     const expected: Totals = new Map()
     const body = ndjson(0, 5000, expected).join('\n')
     const httpsPost = (): Promise<{ status: number; text: string }> =>

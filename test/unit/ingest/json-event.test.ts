@@ -1,8 +1,7 @@
 /**
  * JsonEventWriter: an NDJSON line's event written from its bytes must be, byte for byte, what
  * the client writes for JSON.parse(line) (appendEvent), and a line it is not sure of (malformed,
- * or just not simple) must be left to JSON.parse. The byte splitter must cut lines exactly as the
- * text splitter does.
+ * or just not simple) must be left to JSON.parse. (The byte line splitter: ndjson.test.ts.)
  */
 import fc from 'fast-check'
 import { Packr } from 'msgpackr'
@@ -15,7 +14,7 @@ import {
   type BatchBuffer,
 } from '../../../src/client/encode.ts'
 import { JsonEventWriter, MAX_FIELDS } from '../../../src/ingest/json-event.ts'
-import { NdjsonByteLines, NdjsonLineSplitter, parseNdjsonLine } from '../../../src/ingest/ndjson.ts'
+import { parseNdjsonLine } from '../../../src/ingest/ndjson.ts'
 
 const unpackr = new Packr({ useRecords: true, moreTypes: true })
 
@@ -205,40 +204,5 @@ describe('JsonEventWriter', () => {
     expect(w.scan(b, 2, b.length - 2)).toBe('a')
     expect(w.scan(b, 2, b.length - 2, false)).toBe('')
     expect(w.scan(b, 0, b.length)).toBeNull()
-  })
-})
-
-describe('NdjsonByteLines', () => {
-  it('cuts lines as NdjsonLineSplitter does, however the input is chunked', () => {
-    const piece = fc.constantFrom('{"key":"a"}', 'x', ' ', '\n', '\r', '\r\n', '\uFEFF', 'é', '')
-    fc.assert(
-      fc.property(
-        fc.array(piece, { maxLength: 30 }),
-        fc.array(fc.nat(40), { maxLength: 5 }),
-        (pieces, cuts) => {
-          const bytes = Buffer.from(pieces.join(''))
-          const at = [...new Set(cuts.map((c) => c % (bytes.length + 1)))].sort((x, y) => x - y)
-          const chunks: Buffer[] = []
-          let from = 0
-          for (const c of [...at, bytes.length]) {
-            chunks.push(Buffer.from(bytes.subarray(from, c)))
-            from = c
-          }
-          const text = new NdjsonLineSplitter()
-          const expected: string[] = []
-          for (const c of chunks) expected.push(...text.push(c))
-          expected.push(...text.end())
-          const split = new NdjsonByteLines()
-          const got: string[] = []
-          const take = (l: ReturnType<NdjsonByteLines['push']>): void => {
-            for (let i = 0; i < l.count; i++) got.push(l.buf.toString('utf8', l.starts[i], l.ends[i]))
-          }
-          for (const c of chunks) take(split.push(c))
-          take(split.end())
-          expect(got).toEqual(expected)
-        },
-      ),
-      { numRuns: 3000 },
-    )
   })
 })

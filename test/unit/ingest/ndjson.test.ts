@@ -4,7 +4,7 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { ErrorCodes, type ShoalError } from '../../../src/errors.ts'
-import { NdjsonError, NdjsonLineSplitter, parseNdjson } from '../../../src/ingest/ndjson.ts'
+import { NdjsonByteLines, NdjsonError, parseNdjson, type ByteLines } from '../../../src/ingest/ndjson.ts'
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s)
 
@@ -187,7 +187,7 @@ describe('parseNdjson properties', () => {
   })
 })
 
-describe('NdjsonLineSplitter', () => {
+describe('NdjsonByteLines', () => {
   /** The lines of a whole text: ends at \r\n, \r or \n; a final line ending starts no line. */
   const reference = (text: string): string[] => {
     const lines = text.replace(/^\uFEFF/, '').split(/\r\n|\r|\n/)
@@ -206,14 +206,18 @@ describe('NdjsonLineSplitter', () => {
           const text = parts.join('')
           const bytes = Buffer.from(text)
           const cuts = [...new Set(cutsAt.map((c) => c % (bytes.length + 1)))].sort((a, b) => a - b)
-          const splitter = new NdjsonLineSplitter()
+          const splitter = new NdjsonByteLines()
           const got: string[] = []
+          const take = (l: ByteLines): void => {
+            for (let i = 0; i < l.count; i++) got.push(l.buf.toString('utf8', l.starts[i], l.ends[i]))
+          }
           let from = 0
           for (const c of [...cuts, bytes.length]) {
-            got.push(...splitter.push(bytes.subarray(from, c)))
+            // A copy: the splitter may keep the caller's chunk only until its next push.
+            take(splitter.push(Buffer.from(bytes.subarray(from, c))))
             from = c
           }
-          got.push(...splitter.end())
+          take(splitter.end())
           expect(got).toEqual(reference(text))
         },
       ),
