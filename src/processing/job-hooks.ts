@@ -3,8 +3,9 @@
  * `module.register` (they run on Node's loader hooks thread) BEFORE tsx's, so tsx sees what they
  * resolve:
  *
- * - The bare specifier `shoal` resolves to the entry of the Shoal package that runs the job
- *   (`dist/src/index.js` when built, `src/index.ts` from sources), whatever is or is not
+ * - The bare specifier `shoal` resolves to the job entry of the Shoal package that runs the job
+ *   (`dist/src/job-entry.js` when built, `src/job-entry.ts` from sources: the index's names,
+ *   without loading the node code), whatever is or is not
  *   installed next to the job file: a job outside any project (`/tmp/job.ts`, no node_modules)
  *   imports `defineJob` from the running Shoal, and a job in a project with its own copy gets
  *   the code that runs it.
@@ -17,16 +18,18 @@
  * The hooks are plain JavaScript in a `data:` URL: the hooks thread must load them before any
  * TypeScript loader is registered (tsx has to come after them, see above), and a built package
  * has only what tsc emits (no copied `.mjs` files), so a source string works the same from
- * sources and from dist/.
+ * sources and from dist/. The same source comes in two forms: asynchronous for `module.register`
+ * (Node 20: hooks on a hooks thread) and synchronous for `module.registerHooks` (Node 22.15+:
+ * hooks in the thread itself, no hooks thread, whose isolate cost a worker ~25 MiB).
  */
 
 /** Data for the hooks' `initialize`. */
 export interface JobHooksData {
-  /** URL of the running package's entry (its index module). */
+  /** URL of the running package's entry for jobs (job-entry.ts). */
   entry: string
 }
 
-const SOURCE = `
+const source = (sync: boolean): string => `
 import { readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -59,9 +62,9 @@ function scopeDeclaresType(dir) {
   return result
 }
 
-export async function resolve(specifier, context, nextResolve) {
+export ${sync ? '' : 'async '}function resolve(specifier, context, nextResolve) {
   if (specifier === 'shoal' && entry !== undefined) return nextResolve(entry, context)
-  const r = await nextResolve(specifier, context)
+  const r = ${sync ? '' : 'await '}nextResolve(specifier, context)
   if (!r.url.startsWith('file:') || r.url.includes('/node_modules/')) return r
   if (r.format !== 'commonjs' && r.format !== 'commonjs-typescript' && r.format != null) return r
   const path = fileURLToPath(r.url)
@@ -71,4 +74,6 @@ export async function resolve(specifier, context, nextResolve) {
 `
 
 /** The hooks module, for `module.register`. */
-export const JOB_HOOKS_URL = `data:text/javascript,${encodeURIComponent(SOURCE)}`
+export const JOB_HOOKS_URL = `data:text/javascript,${encodeURIComponent(source(false))}`
+/** The same hooks, synchronous: import it, `initialize`, then `module.registerHooks({ resolve })`. */
+export const JOB_HOOKS_SYNC_URL = `data:text/javascript,${encodeURIComponent(source(true))}`

@@ -9,17 +9,20 @@
  * `SHOAL_ERR_JOB_INVALID` error naming the file and the cause (docs/decisions.md, "Job files").
  */
 import { existsSync } from 'node:fs'
-import { register } from 'node:module'
+import nodeModule from 'node:module'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { ErrorCodes, ShoalError } from '../errors.ts'
-import { JOB_HOOKS_URL, type JobHooksData } from './job-hooks.ts'
+import { JOB_HOOKS_SYNC_URL, JOB_HOOKS_URL, type JobHooksData } from './job-hooks.ts'
 import type { JobDefinition } from './job.ts'
 
 /** Running from TypeScript sources (tsx, vitest): a TypeScript loader is already registered. */
 const FROM_SOURCES = import.meta.url.endsWith('.ts')
 const EXT = FROM_SOURCES ? '.ts' : '.js'
-/** What `import ... from 'shoal'` gives a job: this package's index. */
-export const SHOAL_ENTRY = new URL(`../index${EXT}`, import.meta.url).href
+/**
+ * What `import ... from 'shoal'` gives a job: this package's exports without the node code
+ * (job-entry.ts: the whole index cost every processing thread ~17 MiB).
+ */
+export const SHOAL_ENTRY = new URL(`../job-entry${EXT}`, import.meta.url).href
 
 let hooks: Promise<void> | undefined
 
@@ -31,7 +34,19 @@ let hooks: Promise<void> | undefined
 function registerJobHooks(): Promise<void> {
   hooks ??= (async () => {
     if (FROM_SOURCES) return
-    register<JobHooksData>(JOB_HOOKS_URL, { data: { entry: SHOAL_ENTRY } })
+    const registerHooks = (nodeModule as { registerHooks?: (hooks: { resolve: unknown }) => unknown })
+      .registerHooks
+    if (registerHooks !== undefined) {
+      // Node 22.15+: in this thread, no hooks thread (tsx does the same on these versions).
+      const sync = (await import(JOB_HOOKS_SYNC_URL)) as {
+        initialize: (data: JobHooksData) => void
+        resolve: unknown
+      }
+      sync.initialize({ entry: SHOAL_ENTRY })
+      registerHooks({ resolve: sync.resolve })
+    } else {
+      nodeModule.register<JobHooksData>(JOB_HOOKS_URL, { data: { entry: SHOAL_ENTRY } })
+    }
     const tsx = await import('tsx/esm/api')
     tsx.register()
   })()

@@ -10,7 +10,7 @@ import { register, tsImport } from 'tsx/esm/api'
 
 /** @type {typeof import('./job-hooks.ts')} */
 const { JOB_HOOKS_URL } = await tsImport('./job-hooks.ts', import.meta.url)
-registerHooks(JOB_HOOKS_URL, { data: { entry: new URL('../index.ts', import.meta.url).href } })
+registerHooks(JOB_HOOKS_URL, { data: { entry: new URL('../job-entry.ts', import.meta.url).href } })
 register()
 const mod = await import('./task.ts')
 export default mod.default

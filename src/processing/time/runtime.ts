@@ -12,7 +12,8 @@ import type { JobContext, JobDefinition, JobTimers, Timer } from '../job.ts'
 import type { WindowRef, WindowSpec } from '../windows.ts'
 import type { DeadLetter } from '../task-types.ts'
 import { PartitionTime, TIME_KEY, TimedValue, type StoredWindow } from './codec.ts'
-import { TimeQueue, type Bucket } from './queue.ts'
+import { TimeQueue, kindAt, startAt, type Bucket } from './queue.ts'
+import { DIRTY, GONE, KeySlots, WindowPool } from './store.ts'
 
 /** Stream of window results and of events later than the allowed lateness. */
 export const WINDOWS_STREAM = 'windows'
@@ -24,36 +25,6 @@ const PURGE = 1
 const EVENT_TIMER = 2
 const PROC_TIMER = 3
 const TTL = 4
-
-interface Win {
-  start: number
-  end: number
-  acc: unknown
-  fired: boolean
-  /** Sessions without merge(): the events folded in, with their arrival numbers. */
-  events: [number, unknown][] | null
-}
-
-interface Entry {
-  key: string
-  state: unknown
-  /** In #changed (only while change tracking is on). */
-  dirty: boolean
-  /**
-   * Deleted since the last snapshot, kept in #entries as a tombstone (change tracking on): the
-   * snapshot reports it deleted, and a key that comes back reuses it instead of another entry.
-   */
-  gone: boolean
-  /** Windowed jobs: open windows (and fired ones within lateness), by start. */
-  wins: Win[] | null
-  /** Pending event-time / processing-time timers (small, unsorted). */
-  etimers: number[] | null
-  ptimers: number[] | null
-  /** Processing clock at the key's last event (TTL). */
-  active: number
-  /** TTL deadline queued for this entry, or -1. */
-  ttlAt: number
-}
 
 export interface TimeOutput {
   emitted: [string, string, unknown][] | null
@@ -78,11 +49,18 @@ export class TimedPartition {
   readonly #job: AnyJob
   readonly #partition: number
   readonly #window: WindowSpec | undefined
+  /** Sessions: windows move, merge and keep their own ends (tumbling/sliding derive theirs). */
+  readonly #session: boolean
   readonly #lateness: number
   readonly #ooo: number
   readonly #idleMs: number | undefined
   readonly #ttl: number | undefined
-  readonly #entries = new Map<string, Entry>()
+  /** Keys as slots, windows as ids (store.ts): columns, not an object per key and per window. */
+  readonly #keys: KeySlots
+  readonly #wins: WindowPool
+  /** Jobs without a window: pending event-time / processing-time timers by slot (sparse). */
+  readonly #etimers = new Map<number, number[]>()
+  readonly #ptimers = new Map<number, number[]>()
   /**
    * Change tracking for incremental snapshots, on from the first `load` or `snapshot`. Before
    * either, nothing of this partition can be in a checkpoint (a restore loads the checkpoint
@@ -91,17 +69,10 @@ export class TimedPartition {
    * change list as windows open and close.
    */
   #tracking = false
-  /** Entries changed or deleted since the last snapshot, each once (dirty). */
-  #changed: Entry[] = []
-  /** Tombstones in #entries (tracking: all of them in #changed). */
+  /** Keys changed or deleted since the last snapshot (DIRTY); a key may repeat after a load. */
+  #changed: string[] = []
+  /** Tombstones (GONE) among the keys (tracking: all of them in #changed). */
   #gone = 0
-  /**
-   * Dropped tumbling/sliding windows, reused for the next ones: a window lives about its size
-   * in event time, long enough to be promoted by the GC, so one new object per window is old
-   * garbage. Nothing keeps a dropped window (a result copies its range; ctx.window is set per
-   * fold); sessions are not pooled (their windows carry events and merge).
-   */
-  readonly #freeWins: Win[] = []
   readonly #eventQ = new TimeQueue()
   readonly #procQ = new TimeQueue()
   /** Meta: watermark, its base for idleness, the processing clock. */
@@ -114,8 +85,12 @@ export class TimedPartition {
   // Per-call context (one object per partition; fields set as the loop goes).
   #out: TimeOutput = { emitted: null, deadLetters: null }
   #key = ''
-  #entry: Entry | null = null
+  /** The slot `process`/`onTimer` runs for (timers are set on it), its key, or -1. */
+  #slot = -1
+  #slotKey = ''
   #ts: number | undefined = undefined
+  /** ctx.window: one object per partition, set before each fold (no allocation per event). */
+  readonly #winRef = { start: 0, end: 0 }
   #win: WindowRef | undefined = undefined
   readonly #ctx: JobContext
   readonly #timers: JobTimers
@@ -124,10 +99,15 @@ export class TimedPartition {
     this.#job = job
     this.#partition = partition
     this.#window = job.window
+    this.#session = job.window?.kind === 'session'
     this.#lateness = job.allowedLatenessMs ?? 0
     this.#ooo = job.watermark?.outOfOrdernessMs ?? 0
     this.#idleMs = job.watermark?.idleMs
     this.#ttl = job.ttlMs
+    this.#keys = new KeySlots(job.ttlMs !== undefined)
+    this.#wins = new WindowPool(
+      job.window === undefined || job.window.kind === 'session' ? undefined : job.window.sizeMs,
+    )
     // The context's getters read the runtime's current key and times: one object per partition,
     // no allocation per event.
     // eslint-disable-next-line @typescript-eslint/no-this-alias
@@ -183,7 +163,7 @@ export class TimedPartition {
 
   /** Keys held (the reserved time key not counted). */
   get size(): number {
-    return this.#entries.size - this.#gone
+    return this.#keys.slots.size - this.#gone
   }
 
   // --- the log: batches and ticks ------------------------------------------------------------------
@@ -257,35 +237,34 @@ export class TimedPartition {
 
   // --- events --------------------------------------------------------------------------------------
 
-  #entryFor(key: string): Entry {
-    let e = this.#entries.get(key)
-    if (e === undefined) {
-      e = {
-        key,
-        state: undefined,
-        dirty: false,
-        gone: false,
-        wins: null,
-        etimers: null,
-        ptimers: null,
-        active: this.#clock,
-        ttlAt: -1,
-      }
-      this.#entries.set(key, e)
-      this.#touch(e)
-    } else if (e.gone) {
-      // Deleted since the last snapshot and back: the tombstone (in #changed already) lives again.
-      e.gone = false
-      e.active = this.#clock
-      this.#gone--
-    }
-    return e
+  /** The live slot of `key`, or -1. */
+  #find(key: string): number {
+    const s = this.#keys.slots.get(key)
+    return s === undefined || (this.#keys.flags[s]! & GONE) !== 0 ? -1 : s
   }
 
-  #touch(e: Entry): void {
-    if (!e.dirty && this.#tracking) {
-      e.dirty = true
-      this.#changed.push(e)
+  #slotFor(key: string): number {
+    const k = this.#keys
+    const s = k.slots.get(key)
+    if (s === undefined) {
+      const n = k.add(key, this.#clock)
+      this.#touch(n, key)
+      return n
+    }
+    if ((k.flags[s]! & GONE) !== 0) {
+      // Deleted since the last snapshot and back: the tombstone (in #changed already) lives again.
+      k.flags[s] = k.flags[s]! & ~GONE
+      if (k.ttl) k.active[s] = this.#clock
+      this.#gone--
+    }
+    return s
+  }
+
+  #touch(slot: number, key: string): void {
+    const f = this.#keys.flags
+    if ((f[slot]! & DIRTY) === 0 && this.#tracking) {
+      f[slot] = f[slot]! | DIRTY
+      this.#changed.push(key)
     }
   }
 
@@ -294,31 +273,36 @@ export class TimedPartition {
     if (this.#tracking) return
     this.#sweep()
     this.#tracking = true
-    for (const e of this.#entries.values()) this.#touch(e)
+    for (const [key, s] of this.#keys.slots) this.#touch(s, key)
   }
 
   #keyedEvent(i: number, key: string, event: unknown): void {
-    const e = this.#entryFor(key)
-    this.#entry = e
-    const s = e.state === undefined ? this.#job.init(key) : e.state
+    const k = this.#keys
+    const slot = this.#slotFor(key)
+    this.#slot = slot
+    this.#slotKey = key
+    const prev = k.getState(slot)
+    const s = prev === undefined ? this.#job.init(key) : prev
     try {
       const next = this.#job.process(s, event, this.#ctx)
-      e.state = next === undefined ? s : next
+      k.setState(slot, next === undefined ? s : next)
     } catch (err) {
       this.#dead(i, key, errorText(err))
-      if (e.state === undefined && e.etimers === null && e.ptimers === null) this.#delete(e)
+      if (prev === undefined && !this.#etimers.has(slot) && !this.#ptimers.has(slot)) this.#delete(slot, key)
       return
     }
-    this.#touch(e)
-    this.#activity(e)
+    this.#touch(slot, key)
+    this.#activity(slot, key)
   }
 
-  #activity(e: Entry): void {
+  #activity(slot: number, key: string): void {
     if (this.#ttl === undefined) return
-    e.active = this.#clock
-    if (e.ttlAt === -1) {
-      e.ttlAt = this.#clock + this.#ttl
-      this.#procQ.push(e.ttlAt, e.key, TTL, 0)
+    const k = this.#keys
+    k.active[slot] = this.#clock
+    if (k.ttlAt[slot] === -1) {
+      const at = this.#clock + this.#ttl
+      k.ttlAt[slot] = at
+      this.#procQ.push(at, key, TTL, 0)
     }
   }
 
@@ -335,34 +319,32 @@ export class TimedPartition {
     let start = lastStart - Math.floor((size - 1) / slide) * slide
     while (start + size <= ts) start += slide
     let folded = false
-    let e: Entry | null = null
+    let slot = -1
+    const wins = this.#wins
     for (; start <= lastStart; start += slide) {
       const end = start + size
       if (end + this.#lateness <= this.#wm) continue // dropped already: skip this window
-      e ??= this.#entryFor(key)
-      let w = findWindow(e.wins, start)
-      const created = w === null
-      if (w === null) {
-        const acc = this.#job.init(key)
-        w = this.#freeWins.pop() ?? { start, end, acc, fired: false, events: null }
-        w.start = start
-        w.end = end
-        w.acc = acc
-        w.fired = false
-        addWindow(e, w)
+      if (slot === -1) slot = this.#slotFor(key)
+      let w = this.#findWindow(slot, start)
+      const created = w === -1
+      if (w === -1) {
+        w = wins.alloc(start, end, this.#job.init(key))
+        this.#addWindow(slot, w)
       }
-      if (!this.#fold(i, key, w, event, e)) {
+      if (!this.#fold(i, key, w, event, slot)) {
         // Dead-lettered: windows it was folded into already keep it; a window made for it goes.
         if (created) {
-          removeWindow(e.wins!, w)
-          this.#maybeDelete(e)
+          this.#unlinkWindow(slot, w)
+          wins.free(w)
+          this.#maybeDelete(slot, key)
         }
         return
       }
-      // A window created after its end already passed fires at once below (late).
-      if (created && end > this.#wm) this.#eventQ.push(end, key, FIRE, start)
+      // A window created after its end already passed fires at once below (late). Its start is
+      // end - size: not stored in the queue.
+      if (created && end > this.#wm) this.#eventQ.push(end, key, FIRE, 0)
       folded = true
-      if (end <= this.#wm) this.#lateFire(e, w)
+      if (end <= this.#wm) this.#lateFire(slot, key, w)
     }
     if (!folded) (this.#out.emitted ??= []).push([LATE_STREAM, key, event])
   }
@@ -374,67 +356,70 @@ export class TimedPartition {
       ;(this.#out.emitted ??= []).push([LATE_STREAM, key, event])
       return
     }
-    const e = this.#entryFor(key)
-    const wins: readonly Win[] = e.wins ?? NO_WINDOWS
-    // Windows that overlap or touch [ts, ts + gap), oldest first (wins is sorted by start).
-    let first = -1
-    let count = 0
-    for (let k = 0; k < wins.length; k++) {
-      const w = wins[k]!
-      if (w.start <= end && w.end >= start) {
-        if (first === -1) first = k
-        count++
-        if (w.start < start) start = w.start
-        if (w.end > end) end = w.end
+    const slot = this.#slotFor(key)
+    const wins = this.#wins
+    // Windows that overlap or touch [ts, ts + gap), oldest first (the key's list is by start).
+    const overlapping: number[] = []
+    for (let w = this.#keys.head[slot]!; w !== -1; w = wins.next[w]!) {
+      const ws = wins.start[w]!
+      const we = wins.end(w)
+      if (ws <= end && we >= start) {
+        overlapping.push(w)
+        if (ws < start) start = ws
+        if (we > end) end = we
       }
     }
-    let w: Win
+    let w: number
     /** A range not seen before: it fires on its own, on time or (already past W) at once. */
     let fresh = true
     let undo: () => void
-    if (count === 0) {
-      const created: Win = {
-        start,
-        end,
-        acc: this.#job.init(key),
-        fired: false,
-        events: this.#job.merge ? null : [],
-      }
-      addWindow(e, created)
+    let merged: number[] | null = null
+    if (overlapping.length === 0) {
+      const created = wins.alloc(start, end, this.#job.init(key))
+      if (this.#job.merge === undefined) wins.events.set(created, [])
+      this.#addWindow(slot, created)
       w = created
-      undo = () => removeWindow(e.wins!, created)
-    } else if (count === 1) {
+      undo = () => {
+        this.#unlinkWindow(slot, created)
+        wins.free(created)
+      }
+    } else if (overlapping.length === 1) {
       // The event falls into or extends one session: no merge, no refold.
-      const one = wins[first]!
+      const one = overlapping[0]!
       w = one
-      fresh = one.start !== start || one.end !== end
-      const { start: s0, end: e0, fired: f0 } = one
+      const s0 = wins.start[one]!
+      const e0 = wins.end(one)
+      const f0 = wins.fired[one]!
+      fresh = s0 !== start || e0 !== end
       if (fresh) {
-        one.start = start
-        one.end = end
-        one.fired = false
+        this.#unlinkWindow(slot, one)
+        wins.setRange(one, start, end)
+        wins.fired[one] = 0
+        this.#addWindow(slot, one)
       }
       undo = () => {
-        one.start = s0
-        one.end = e0
-        one.fired = f0
+        this.#unlinkWindow(slot, one)
+        wins.setRange(one, s0, e0)
+        wins.fired[one] = f0
+        this.#addWindow(slot, one)
       }
     } else {
       // The event bridges sessions: one window with their states combined.
-      const all = e.wins!
-      const merged = all.splice(first, count)
-      const combined: Win = { start, end, acc: undefined, fired: false, events: null }
-      this.#win = combined
-      this.#entry = e
+      merged = overlapping
+      for (const m of merged) this.#unlinkWindow(slot, m)
+      const combined = wins.alloc(start, end, undefined)
+      this.#setWin(start, end)
+      this.#slot = slot
+      this.#slotKey = key
       try {
         if (this.#job.merge !== undefined) {
-          let acc = merged[0]!.acc
-          for (let k = 1; k < merged.length; k++) acc = this.#job.merge(acc, merged[k]!.acc, key)
-          combined.acc = acc
+          let acc = wins.acc[merged[0]!]
+          for (let k = 1; k < merged.length; k++) acc = this.#job.merge(acc, wins.acc[merged[k]!], key)
+          wins.acc[combined] = acc
         } else {
-          const events = merged.flatMap((m) => m.events ?? [])
+          const events = merged.flatMap((m) => wins.events.get(m) ?? [])
           events.sort((x, y) => x[0] - y[0])
-          combined.events = events
+          wins.events.set(combined, events)
           let acc = this.#job.init(key)
           for (const [, ev] of events) {
             // ctx.timestamp is the time of the event being folded (the refolded one, not the
@@ -444,80 +429,148 @@ export class TimedPartition {
             if (r !== undefined) acc = r
           }
           this.#ts = ts
-          combined.acc = acc
+          wins.acc[combined] = acc
         }
       } catch (err) {
         this.#ts = ts
-        all.splice(first, 0, ...merged)
+        wins.free(combined)
+        for (const m of merged) this.#addWindow(slot, m)
         this.#dead(i, key, errorText(err))
         return
       }
-      insertWindow(all, combined)
+      this.#addWindow(slot, combined)
       w = combined
+      const parts = merged
       undo = () => {
-        removeWindow(all, combined)
-        all.splice(first, 0, ...merged)
+        this.#unlinkWindow(slot, combined)
+        wins.free(combined)
+        for (const m of parts) this.#addWindow(slot, m)
       }
     }
-    if (!this.#fold(i, key, w, event, e)) {
+    if (!this.#fold(i, key, w, event, slot)) {
       // Dead-lettered: the windows stay as they were before the event.
       undo()
-      if (e.wins === null || e.wins.length === 0) this.#delete(e)
+      if (this.#keys.head[slot] === -1) this.#delete(slot, key)
       return
     }
-    if (w.events !== null) w.events.push([this.#arrivals++, event])
-    if (end <= this.#wm) this.#lateFire(e, w)
+    if (merged !== null) for (const m of merged) wins.free(m)
+    wins.events.get(w)?.push([this.#arrivals++, event])
+    if (end <= this.#wm) this.#lateFire(slot, key, w)
     else if (fresh) this.#eventQ.push(end, key, FIRE, start)
   }
 
+  #setWin(start: number, end: number): void {
+    const r = this.#winRef
+    r.start = start
+    r.end = end
+    this.#win = r
+  }
+
   /** Fold one event into one window; false (dead-lettered) when process throws. */
-  #fold(i: number, key: string, w: Win, event: unknown, e: Entry): boolean {
-    this.#win = w // the window itself is the WindowRef: no allocation per event
-    this.#entry = e
+  #fold(i: number, key: string, w: number, event: unknown, slot: number): boolean {
+    const wins = this.#wins
+    this.#setWin(wins.start[w]!, wins.end(w))
+    this.#slot = slot
+    this.#slotKey = key
     try {
-      const next = this.#job.process(w.acc, event, this.#ctx)
-      if (next !== undefined) w.acc = next
+      const next = this.#job.process(wins.acc[w], event, this.#ctx)
+      if (next !== undefined) wins.acc[w] = next
     } catch (err) {
       this.#dead(i, key, errorText(err))
       return false
     }
-    this.#touch(e)
-    this.#activity(e)
+    this.#touch(slot, key)
+    this.#activity(slot, key)
     return true
   }
 
   /** An event updated a window whose end the watermark has passed: it fires again now. */
-  #lateFire(e: Entry, w: Win): void {
-    const first = !w.fired
-    w.fired = true
-    this.#emitWindow(e.key, w, true)
+  #lateFire(slot: number, key: string, w: number): void {
+    const wins = this.#wins
+    const first = wins.fired[w] === 0
+    wins.fired[w] = 1
+    this.#emitWindow(key, w, true)
+    const end = wins.end(w)
     // A window first fired here (created or merged late) still needs its drop queued.
-    if (first && this.#lateness > 0) this.#eventQ.push(w.end + this.#lateness, e.key, PURGE, w.start)
-    if (this.#lateness === 0 || w.end + this.#lateness <= this.#wm) this.#dropWindow(e, w)
+    if (first && this.#lateness > 0) this.#eventQ.push(end + this.#lateness, key, PURGE, this.#qStart(w))
+    if (this.#lateness === 0 || end + this.#lateness <= this.#wm) this.#dropWindow(slot, key, w)
   }
 
-  #emitWindow(key: string, w: Win, late: boolean): void {
+  /** A window's start as queued: sessions only (the others' is the due time - size [- lateness]). */
+  #qStart(w: number): number {
+    return this.#session ? this.#wins.start[w]! : 0
+  }
+
+  #emitWindow(key: string, w: number, late: boolean): void {
+    const wins = this.#wins
+    const acc = wins.acc[w]
     // A window kept for lateness may change after this result: the result gets its own copy.
-    const state = this.#lateness > 0 ? structuredClone(w.acc) : w.acc
-    const result = late
-      ? { key, start: w.start, end: w.end, state, late: true }
-      : { key, start: w.start, end: w.end, state }
+    const state = this.#lateness > 0 ? structuredClone(acc) : acc
+    const start = wins.start[w]!
+    const end = wins.end(w)
+    const result = late ? { key, start, end, state, late: true } : { key, start, end, state }
     ;(this.#out.emitted ??= []).push([WINDOWS_STREAM, key, result])
   }
 
-  #dropWindow(e: Entry, w: Win): void {
-    if (e.wins !== null) removeWindow(e.wins, w)
-    if (w.events === null && this.#window!.kind !== 'session' && this.#freeWins.length < MAX_FREE_WINDOWS) {
-      w.acc = undefined
-      this.#freeWins.push(w)
+  #dropWindow(slot: number, key: string, w: number): void {
+    this.#unlinkWindow(slot, w)
+    this.#wins.free(w)
+    this.#touch(slot, key)
+    this.#maybeDelete(slot, key)
+  }
+
+  // --- a key's windows: a list in start order ------------------------------------------------------
+
+  #findWindow(slot: number, start: number): number {
+    const wins = this.#wins
+    for (let w = this.#keys.head[slot]!; w !== -1; w = wins.next[w]!) if (wins.start[w] === start) return w
+    return -1
+  }
+
+  /** Link a window into its key's list, after the windows with a start not after its own. */
+  #addWindow(slot: number, w: number): void {
+    const wins = this.#wins
+    const head = this.#keys.head
+    const start = wins.start[w]!
+    let prev = -1
+    let cur = head[slot]!
+    while (cur !== -1 && wins.start[cur]! <= start) {
+      prev = cur
+      cur = wins.next[cur]!
     }
-    this.#touch(e)
-    this.#maybeDelete(e)
+    wins.next[w] = cur
+    if (prev === -1) head[slot] = w
+    else wins.next[prev] = w
+  }
+
+  #unlinkWindow(slot: number, w: number): void {
+    const wins = this.#wins
+    const head = this.#keys.head
+    let prev = -1
+    for (let cur = head[slot]!; cur !== -1; prev = cur, cur = wins.next[cur]!) {
+      if (cur !== w) continue
+      if (prev === -1) head[slot] = wins.next[cur]!
+      else wins.next[prev] = wins.next[cur]!
+      return
+    }
+  }
+
+  #freeWindows(slot: number): void {
+    const wins = this.#wins
+    const head = this.#keys.head
+    for (let w = head[slot]!; w !== -1;) {
+      const next = wins.next[w]!
+      wins.free(w)
+      w = next
+    }
+    head[slot] = -1
   }
 
   // --- firing --------------------------------------------------------------------------------------
 
   #fireEventTime(): void {
+    const wins = this.#wins
+    const size = this.#wins.size ?? 0
     for (let due = this.#eventQ.takeDue(this.#wm); due !== null; due = this.#eventQ.takeDue(this.#wm)) {
       const { bucket, order } = due
       for (let n = 0; n < order.length; n++) {
@@ -527,32 +580,37 @@ export class TimedPartition {
         }
         const k = order[n]!
         const key = bucket.keys[k]!
-        const kind = bucket.kinds[k]!
-        const e = this.#entries.get(key)
-        if (e === undefined || e.gone) continue
+        const kind = kindAt(bucket, k)
+        const slot = this.#find(key)
+        if (slot === -1) continue
         if (kind === EVENT_TIMER) {
-          this.#fireTimer(e, bucket.t, false)
+          this.#fireTimer(slot, key, bucket.t, false)
           continue
         }
-        const w = e.wins === null ? null : findWindow(e.wins, bucket.starts[k]!)
-        if (w === null) continue
+        const start = this.#session
+          ? startAt(bucket, k)
+          : bucket.t - size - (kind === PURGE ? this.#lateness : 0)
+        const w = this.#findWindow(slot, start)
+        if (w === -1) continue
+        const end = wins.end(w)
         if (kind === FIRE) {
-          if (w.fired || w.end !== bucket.t) continue // merged away or already fired late
-          w.fired = true
+          if (wins.fired[w] !== 0 || end !== bucket.t) continue // merged away or already fired late
+          wins.fired[w] = 1
           this.#emitWindow(key, w, false)
-          if (this.#lateness === 0) this.#dropWindow(e, w)
+          if (this.#lateness === 0) this.#dropWindow(slot, key, w)
           else {
-            this.#touch(e)
-            this.#eventQ.push(w.end + this.#lateness, key, PURGE, w.start)
+            this.#touch(slot, key)
+            this.#eventQ.push(end + this.#lateness, key, PURGE, this.#qStart(w))
           }
-        } else if (w.fired && w.end + this.#lateness === bucket.t) {
-          this.#dropWindow(e, w)
+        } else if (wins.fired[w] !== 0 && end + this.#lateness === bucket.t) {
+          this.#dropWindow(slot, key, w)
         }
       }
     }
   }
 
   #fireProcessingTime(): void {
+    const k = this.#keys
     for (let due = this.#procQ.takeDue(this.#clock); due !== null; due = this.#procQ.takeDue(this.#clock)) {
       const { bucket, order } = due
       for (let n = 0; n < order.length; n++) {
@@ -560,102 +618,118 @@ export class TimedPartition {
           requeueRest(this.#procQ, bucket, order, n)
           break
         }
-        const k = order[n]!
-        const key = bucket.keys[k]!
-        const e = this.#entries.get(key)
-        if (e === undefined || e.gone) continue
-        if (bucket.kinds[k] === PROC_TIMER) {
-          this.#fireTimer(e, bucket.t, true)
+        const i = order[n]!
+        const key = bucket.keys[i]!
+        const slot = this.#find(key)
+        if (slot === -1) continue
+        if (kindAt(bucket, i) === PROC_TIMER) {
+          this.#fireTimer(slot, key, bucket.t, true)
           continue
         }
-        if (e.ttlAt !== bucket.t) continue // a stale deadline of an earlier entry of this key
-        const deadline = e.active + this.#ttl!
+        if (k.ttlAt[slot] !== bucket.t) continue // a stale deadline of an earlier entry of this key
+        const deadline = k.active[slot]! + this.#ttl!
         if (deadline > bucket.t) {
           // Re-queued at the real deadline even when that is due too: the key goes in its place
           // in (time, key) order, after its timers due before it (as a restored partition, which
           // queues the real deadline, does), not at this stale one.
-          e.ttlAt = deadline
+          k.ttlAt[slot] = deadline
           this.#procQ.push(deadline, key, TTL, 0)
         } else {
-          this.#delete(e)
+          this.#delete(slot, key)
         }
       }
     }
   }
 
-  #fireTimer(e: Entry, ts: number, processing: boolean): void {
-    const list = processing ? e.ptimers : e.etimers
-    const at = list === null ? -1 : list.indexOf(ts)
+  #fireTimer(slot: number, key: string, ts: number, processing: boolean): void {
+    const list = (processing ? this.#ptimers : this.#etimers).get(slot)
+    const at = list === undefined ? -1 : list.indexOf(ts)
     if (at === -1) return // deleted
-    list!.splice(at, 1)
-    this.#touch(e)
-    this.#key = e.key
-    this.#entry = e
+    this.#removeTimerAt(slot, list!, at, processing)
+    this.#touch(slot, key)
+    this.#key = key
+    this.#slot = slot
+    this.#slotKey = key
     this.#ts = ts
     if (this.#job.onTimer !== undefined) {
-      const timer: Timer = { kind: processing ? 'processing' : 'event', ts, key: e.key }
-      const s = e.state === undefined ? this.#job.init(e.key) : e.state
+      const timer: Timer = { kind: processing ? 'processing' : 'event', ts, key }
+      const prev = this.#keys.getState(slot)
+      const s = prev === undefined ? this.#job.init(key) : prev
       try {
         const next = this.#job.onTimer(s, timer, this.#ctx)
-        e.state = next === undefined ? s : next
+        this.#keys.setState(slot, next === undefined ? s : next)
       } catch (err) {
-        this.#dead(-1, e.key, `onTimer threw: ${errorText(err)}`)
+        this.#dead(-1, key, `onTimer threw: ${errorText(err)}`)
       }
     }
   }
 
   // --- timers --------------------------------------------------------------------------------------
 
-  #current(): Entry {
-    const e = this.#entry
-    if (e === null || e.key !== this.#key)
+  #current(): number {
+    if (this.#slot === -1 || this.#slotKey !== this.#key)
       throw new TypeError('timers can only be set from process or onTimer')
-    return e
+    return this.#slot
   }
 
-  #addTimer(e: Entry, ts: number, processing: boolean): void {
-    const list = processing ? (e.ptimers ??= []) : (e.etimers ??= [])
+  #addTimer(slot: number, ts: number, processing: boolean): void {
+    const all = processing ? this.#ptimers : this.#etimers
+    let list = all.get(slot)
+    if (list === undefined) all.set(slot, (list = []))
     if (list.includes(ts)) return
     list.push(ts)
-    this.#touch(e)
-    if (processing) this.#procQ.push(ts, e.key, PROC_TIMER, 0)
-    else this.#eventQ.push(ts, e.key, EVENT_TIMER, 0)
+    this.#touch(slot, this.#slotKey)
+    if (processing) this.#procQ.push(ts, this.#slotKey, PROC_TIMER, 0)
+    else this.#eventQ.push(ts, this.#slotKey, EVENT_TIMER, 0)
   }
 
-  #deleteTimer(e: Entry, ts: number, processing: boolean): void {
-    const list = processing ? e.ptimers : e.etimers
-    const at = list === null ? -1 : list.indexOf(ts)
+  #deleteTimer(slot: number, ts: number, processing: boolean): void {
+    const list = (processing ? this.#ptimers : this.#etimers).get(slot)
+    const at = list === undefined ? -1 : list.indexOf(ts)
     if (at === -1) return
-    list!.splice(at, 1) // its queue item is skipped when it comes up
-    this.#touch(e)
+    this.#removeTimerAt(slot, list!, at, processing) // its queue item is skipped when it comes up
+    this.#touch(slot, this.#slotKey)
+  }
+
+  #removeTimerAt(slot: number, list: number[], at: number, processing: boolean): void {
+    list.splice(at, 1)
+    if (list.length === 0) (processing ? this.#ptimers : this.#etimers).delete(slot)
   }
 
   // --- keys ----------------------------------------------------------------------------------------
 
-  #maybeDelete(e: Entry): void {
-    if (this.#window !== undefined && (e.wins === null || e.wins.length === 0)) this.#delete(e)
+  #maybeDelete(slot: number, key: string): void {
+    if (this.#window !== undefined && this.#keys.head[slot] === -1) this.#delete(slot, key)
   }
 
-  #delete(e: Entry): void {
-    if (e.gone || this.#entries.get(e.key) !== e) return
+  #delete(slot: number, key: string): void {
+    const k = this.#keys
+    if ((k.flags[slot]! & GONE) !== 0 || k.slots.get(key) !== slot) return
     // A tombstone, holding nothing: a key whose windows close and open again (every key of a
-    // tumbling job, every window) reuses its entry instead of a new one per window. Tracking,
+    // tumbling job, every window) reuses its slot instead of a new one per window. Tracking,
     // the next snapshot reports it deleted and removes it; untracked, tombstones are swept once
     // they outnumber the live keys, so memory still follows the live keys.
-    e.gone = true
-    e.state = undefined
-    e.wins = null
-    e.etimers = null
-    e.ptimers = null
-    e.ttlAt = -1
+    k.flags[slot] = k.flags[slot]! | GONE
+    this.#clearSlot(slot)
     this.#gone++
-    if (this.#tracking) this.#touch(e)
-    else if (this.#gone > 1024 && this.#gone * 2 > this.#entries.size) this.#sweep()
+    if (this.#tracking) this.#touch(slot, key)
+    else if (this.#gone > 1024 && this.#gone * 2 > k.slots.size) this.#sweep()
+  }
+
+  /** Drop what a slot holds (state, windows, timers, TTL deadline), keeping the slot. */
+  #clearSlot(slot: number): void {
+    const k = this.#keys
+    if (k.state.length > slot) k.state[slot] = undefined
+    if (this.#window !== undefined) this.#freeWindows(slot)
+    this.#etimers.delete(slot)
+    this.#ptimers.delete(slot)
+    if (k.ttl) k.ttlAt[slot] = -1
   }
 
   /** Remove the tombstones (untracked: no snapshot needs to hear of them). */
   #sweep(): void {
-    for (const [key, e] of this.#entries) if (e.gone) this.#entries.delete(key)
+    const k = this.#keys
+    for (const [key, s] of k.slots) if ((k.flags[s]! & GONE) !== 0) k.remove(key, s)
     this.#gone = 0
   }
 
@@ -667,19 +741,24 @@ export class TimedPartition {
 
   /** What `get`/`dump` show for a key: its state, or a windowed key's windows. */
   view(key: string): unknown {
-    const e = this.#entries.get(key)
-    return e === undefined || e.gone ? undefined : this.#viewOf(e)
+    const s = this.#find(key)
+    return s === -1 ? undefined : this.#viewOf(s)
   }
 
   dump(): [string, unknown][] {
     const all: [string, unknown][] = []
-    for (const e of this.#entries.values()) if (!e.gone) all.push([e.key, this.#viewOf(e)])
+    const k = this.#keys
+    for (const [key, s] of k.slots) if ((k.flags[s]! & GONE) === 0) all.push([key, this.#viewOf(s)])
     return all
   }
 
-  #viewOf(e: Entry): unknown {
-    if (this.#window === undefined) return e.state
-    return { windows: (e.wins ?? []).map((w) => ({ start: w.start, end: w.end, state: w.acc })) }
+  #viewOf(slot: number): unknown {
+    if (this.#window === undefined) return this.#keys.getState(slot)
+    const windows: { start: number; end: number; state: unknown }[] = []
+    const wins = this.#wins
+    for (let w = this.#keys.head[slot]!; w !== -1; w = wins.next[w]!)
+      windows.push({ start: wins.start[w]!, end: wins.end(w), state: wins.acc[w] })
+    return { windows }
   }
 
   /**
@@ -687,34 +766,59 @@ export class TimedPartition {
    * the partition's time under TIME_KEY. Clears the change tracking (as the plain runtime does).
    */
   snapshot(full: boolean): { entries: [string, unknown][]; deleted: string[] } {
+    const k = this.#keys
     if (!this.#tracking) {
       this.#sweep()
       this.#tracking = true
       // An incremental snapshot takes every live key (none is checkpointed yet); a full one does anyway.
-      if (!full) for (const e of this.#entries.values()) this.#touch(e)
+      if (!full) for (const [key, s] of k.slots) this.#touch(s, key)
     }
     const entries: [string, unknown][] = []
     const deleted: string[] = []
-    for (const e of this.#changed) {
-      e.dirty = false
-      if (this.#entries.get(e.key) !== e) continue // replaced by a load
-      if (e.gone) {
+    for (const key of this.#changed) {
+      const s = k.slots.get(key)
+      // Reported already (a key listed twice), or replaced by a load since it changed.
+      if (s === undefined || (k.flags[s]! & DIRTY) === 0) continue
+      k.flags[s] = k.flags[s]! & ~DIRTY
+      if ((k.flags[s] & GONE) !== 0) {
         // The tombstone goes; an incremental checkpoint deletes the key (a full one lacks it).
-        this.#entries.delete(e.key)
-        if (!full) deleted.push(e.key)
-      } else if (!full) entries.push([e.key, this.#stored(e)])
+        k.remove(key, s)
+        if (!full) deleted.push(key)
+      } else if (!full) entries.push([key, this.#stored(s)])
     }
     this.#gone = 0
-    if (full) for (const e of this.#entries.values()) entries.push([e.key, this.#stored(e)])
+    if (full) for (const [key, s] of k.slots) entries.push([key, this.#stored(s)])
     entries.push([TIME_KEY, new PartitionTime(this.#wm, this.#base, this.#clock, this.#arrivals)])
     this.#changed = []
     return { entries, deleted }
   }
 
-  #stored(e: Entry): TimedValue {
-    const wins: StoredWindow[] | null =
-      e.wins === null ? null : e.wins.map((w) => [w.start, w.end, w.acc, w.fired, w.events])
-    return new TimedValue(e.state, wins, e.etimers, e.ptimers, e.active)
+  #stored(slot: number): TimedValue {
+    let stored: StoredWindow[] | null = null
+    const wins = this.#wins
+    const head = this.#window === undefined ? -1 : this.#keys.head[slot]!
+    if (head !== -1) {
+      stored = []
+      for (let w = head; w !== -1; w = wins.next[w]!) {
+        stored.push([
+          wins.start[w]!,
+          wins.end(w),
+          wins.acc[w],
+          wins.fired[w] !== 0,
+          wins.events.get(w) ?? null,
+        ])
+      }
+    }
+    // Without a TTL the last activity is not kept per key; the clock stands for it (a job that
+    // later gains a TTL counts it from the checkpoint).
+    const active = this.#keys.ttl ? this.#keys.active[slot]! : this.#clock
+    return new TimedValue(
+      this.#keys.getState(slot),
+      stored,
+      this.#etimers.get(slot) ?? null,
+      this.#ptimers.get(slot) ?? null,
+      active,
+    )
   }
 
   /** Restore one checkpointed key (or the partition's time), queueing its deadlines again. */
@@ -730,37 +834,49 @@ export class TimedPartition {
       return
     }
     const v = value instanceof TimedValue ? value : new TimedValue(value, null, null, null, this.#clock)
-    if (this.#entries.get(key)?.gone === true) this.#gone--
-    const e: Entry = {
-      key,
-      state: v.state,
-      dirty: false,
-      gone: false,
-      wins:
-        v.windows === null
-          ? null
-          : v.windows.map(([start, end, acc, fired, events]) => ({ start, end, acc, fired, events })),
-      etimers: v.eventTimers,
-      ptimers: v.processingTimers,
-      active: v.active,
-      ttlAt: -1,
+    const k = this.#keys
+    let slot = k.slots.get(key)
+    if (slot === undefined) slot = k.add(key, v.active)
+    else {
+      // Replaced: what the key held goes (stale queue items are checked when they come up).
+      if ((k.flags[slot]! & GONE) !== 0) this.#gone--
+      this.#clearSlot(slot)
+      k.flags[slot] = 0
+      if (k.ttl) k.active[slot] = v.active
     }
-    this.#entries.set(key, e)
-    for (const w of e.wins ?? []) {
-      if (!w.fired) this.#eventQ.push(w.end, key, FIRE, w.start)
-      else this.#eventQ.push(w.end + this.#lateness, key, PURGE, w.start)
+    if (v.state !== undefined) k.setState(slot, v.state)
+    if (this.#window !== undefined && v.windows !== null) {
+      const wins = this.#wins
+      for (const [start, end, acc, fired, events] of v.windows) {
+        const w = wins.alloc(start, end, acc)
+        wins.fired[w] = fired ? 1 : 0
+        if (events !== null) wins.events.set(w, events)
+        this.#addWindow(slot, w)
+        if (!fired) this.#eventQ.push(end, key, FIRE, this.#qStart(w))
+        else this.#eventQ.push(end + this.#lateness, key, PURGE, this.#qStart(w))
+      }
     }
-    for (const t of e.etimers ?? []) this.#eventQ.push(t, key, EVENT_TIMER, 0)
-    for (const t of e.ptimers ?? []) this.#procQ.push(t, key, PROC_TIMER, 0)
-    if (this.#ttl !== undefined) {
-      e.ttlAt = e.active + this.#ttl
-      this.#procQ.push(e.ttlAt, key, TTL, 0)
+    if (v.eventTimers !== null && v.eventTimers.length > 0) {
+      this.#etimers.set(slot, v.eventTimers)
+      for (const t of v.eventTimers) this.#eventQ.push(t, key, EVENT_TIMER, 0)
+    }
+    if (v.processingTimers !== null && v.processingTimers.length > 0) {
+      this.#ptimers.set(slot, v.processingTimers)
+      for (const t of v.processingTimers) this.#procQ.push(t, key, PROC_TIMER, 0)
+    }
+    if (k.ttl) {
+      const at = v.active + this.#ttl!
+      k.ttlAt[slot] = at
+      this.#procQ.push(at, key, TTL, 0)
     }
   }
 
   /** Forget everything (a `load` with replace). */
   clear(): void {
-    this.#entries.clear()
+    this.#keys.clear()
+    this.#wins.clear()
+    this.#etimers.clear()
+    this.#ptimers.clear()
     this.#tracking = false
     this.#changed = []
     this.#gone = 0
@@ -770,6 +886,7 @@ export class TimedPartition {
     this.#base = -Infinity
     this.#clock = 0
     this.#arrivals = 0
+    this.#slot = -1
   }
 
   get partition(): number {
@@ -785,35 +902,8 @@ export class TimedPartition {
 function requeueRest(q: TimeQueue, bucket: Bucket, order: number[], from: number): void {
   for (let n = from; n < order.length; n++) {
     const k = order[n]!
-    q.push(bucket.t, bucket.keys[k]!, bucket.kinds[k]!, bucket.starts[k]!)
+    q.push(bucket.t, bucket.keys[k]!, kindAt(bucket, k), startAt(bucket, k))
   }
-}
-
-function findWindow(wins: Win[] | null, start: number): Win | null {
-  if (wins === null) return null
-  for (let i = 0; i < wins.length; i++) if (wins[i]!.start === start) return wins[i]!
-  return null
-}
-
-const NO_WINDOWS: readonly Win[] = Object.freeze([])
-/** Dropped windows kept for reuse per partition (about the keys of one due time). */
-const MAX_FREE_WINDOWS = 4096
-
-/** Add a window to a key's, in start order; a key's first window gets an array of exactly one. */
-function addWindow(e: Entry, w: Win): void {
-  if (e.wins === null || e.wins.length === 0) e.wins = [w]
-  else insertWindow(e.wins, w)
-}
-
-function insertWindow(wins: Win[], w: Win): void {
-  let i = wins.length
-  while (i > 0 && wins[i - 1]!.start > w.start) i--
-  wins.splice(i, 0, w)
-}
-
-function removeWindow(wins: Win[], w: Win): void {
-  const i = wins.indexOf(w)
-  if (i !== -1) wins.splice(i, 1)
 }
 
 function checkTs(ts: unknown): number {
