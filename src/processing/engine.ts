@@ -16,7 +16,10 @@
  * enters its pool in submission order (a query, snapshot or drop first sends the batches
  * submitted before it), so a partition's tasks keep their order and snapshots their cut.
  */
+import { rmSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
+import { dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { Worker as Thread } from 'node:worker_threads'
 import { Piscina } from 'piscina'
 import { ErrorCodes, ShoalError } from '../errors.ts'
@@ -60,6 +63,26 @@ const TASK_FILE = new URL(
 ).href
 
 /**
+ * Bundles of checked job files (job-bundle.ts), by the job reference a node was given: an engine
+ * for that job hands its bundle to the processing threads, which load it without loader hooks.
+ * The bundle's directory goes when the process exits.
+ */
+const bundles = new Map<string, string>()
+const bundleDirs = new Set<string>()
+
+function keepBundle(job: string, bundle: string): void {
+  bundles.set(job, bundle)
+  // An engine started before may still use an earlier bundle (a thread restarts): all stay
+  // until the process exits.
+  if (bundleDirs.size === 0) {
+    process.once('exit', () => {
+      for (const dir of bundleDirs) rmSync(dir, { recursive: true, force: true })
+    })
+  }
+  bundleDirs.add(dirname(fileURLToPath(bundle)))
+}
+
+/**
  * Load a job module once in a short-lived thread, the way the processing threads load it (the
  * task module, the same loader hooks), and check it is a job: a node calls this before it
  * starts, so a job that cannot load is reported at once, with its file and cause, instead of
@@ -71,20 +94,24 @@ export function checkJob(job: string): Promise<{ name: string }> {
   return new Promise((resolve, reject) => {
     let settled = false
     const thread = new Thread(new URL(TASK_FILE), { workerData: { job, check: true } })
-    const done = (result: { name: string } | ShoalError): void => {
+    const done = (result: { name: string; bundle?: string | undefined } | ShoalError): void => {
       if (settled) return
       settled = true
       void thread.terminate()
       if (result instanceof ShoalError) reject(result)
-      else resolve(result)
+      else {
+        if (result.bundle !== undefined) keepBundle(job, result.bundle)
+        resolve({ name: result.name })
+      }
     }
     const invalid = (message: string, cause?: unknown): ShoalError =>
       new ShoalError(ErrorCodes.JOB_INVALID, message, {
         ...(cause === undefined ? {} : { cause }),
         data: { job },
       })
-    thread.on('message', (m: { shoal?: string; name?: unknown }) => {
-      if (m.shoal === 'job-loaded') done({ name: String(m.name) })
+    thread.on('message', (m: { shoal?: string; name?: unknown; bundle?: unknown }) => {
+      if (m.shoal === 'job-loaded')
+        done({ name: String(m.name), bundle: typeof m.bundle === 'string' ? m.bundle : undefined })
     })
     thread.on('error', (e: unknown) => {
       // The loader's errors name the file and the cause already (an error crossing threads
@@ -161,7 +188,7 @@ export class Engine {
         stricterFIFO: true,
         maxQueue: this.#maxQueue,
         idleTimeout: Infinity,
-        workerData: { job: this.job },
+        workerData: { job: this.job, bundle: bundles.get(this.job) },
         resourceLimits: { maxYoungGenerationSizeMb: this.#youngGenerationMb },
       }),
       inPool: 0,

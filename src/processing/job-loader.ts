@@ -12,6 +12,7 @@ import { existsSync } from 'node:fs'
 import nodeModule from 'node:module'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { ErrorCodes, ShoalError } from '../errors.ts'
+import { bundleJob } from './job-bundle.ts'
 import { JOB_HOOKS_SYNC_URL, JOB_HOOKS_URL, type JobHooksData } from './job-hooks.ts'
 import type { JobDefinition } from './job.ts'
 
@@ -75,16 +76,29 @@ function notAJob(value: unknown): string | null {
   return missing.length === 0 ? null : `its default export is not a job: no ${missing.join(', no ')}; ${HOW}`
 }
 
+/** How a thread loads a job file (built code; from sources the loader hooks always do). */
+export interface LoadJobOptions {
+  /** Import this bundle of the job (job-bundle.ts), made by the thread that checked it. */
+  bundle?: string | undefined
+  /** Make the bundle (the checking thread); its URL is returned with the job. */
+  makeBundle?: boolean
+}
+
 /**
  * Import and validate a job: `ref` is a built-in job name ('count'), an absolute path or a
  * `file:` URL. Throws a `SHOAL_ERR_JOB_INVALID` ShoalError when it cannot load or is not a job.
+ * Built code loads a job file from its bundle (`options`), without loader hooks; a thread given
+ * no bundle (a node started through the API without `checkJob`) registers the hooks instead.
  */
-export async function loadJob(ref: string): Promise<JobDefinition> {
+export async function loadJob(
+  ref: string,
+  options: LoadJobOptions = {},
+): Promise<{ job: JobDefinition; bundle?: string }> {
   if (ref === 'count') {
     const mod = (await import(new URL(`./jobs/count${EXT}`, import.meta.url).href)) as {
       default: JobDefinition
     }
-    return mod.default
+    return { job: mod.default }
   }
   let url: string
   let file: string
@@ -95,15 +109,34 @@ export async function loadJob(ref: string): Promise<JobDefinition> {
     throw invalid(ref, 'not a path or file: URL', e)
   }
   if (!existsSync(file)) throw invalid(file, 'no such file')
-  await registerJobHooks()
+  let bundle = FROM_SOURCES ? undefined : options.bundle
+  if (!FROM_SOURCES && bundle === undefined && options.makeBundle === true) {
+    try {
+      bundle = await bundleJob(file, SHOAL_ENTRY)
+    } catch (e) {
+      throw invalid(
+        file,
+        `cannot be loaded: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}`,
+        e,
+      )
+    }
+  }
+  if (bundle !== undefined) {
+    // Stack traces of the job's code point at its sources (the bundle has an inline map).
+    process.setSourceMapsEnabled(true)
+  } else {
+    await registerJobHooks()
+  }
   let mod: { default?: unknown }
   try {
-    mod = (await import(url)) as { default?: unknown }
+    mod = (await import(bundle ?? url)) as { default?: unknown }
   } catch (e) {
     const cause = e instanceof Error ? `${e.name}: ${e.message}` : String(e)
     throw invalid(file, `cannot be loaded: ${cause}`, e)
   }
   const why = notAJob(mod.default)
   if (why !== null) throw invalid(file, why)
-  return mod.default as JobDefinition
+  return bundle === undefined
+    ? { job: mod.default as JobDefinition }
+    : { job: mod.default as JobDefinition, bundle }
 }

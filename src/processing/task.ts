@@ -51,10 +51,17 @@ function* allEntries(s: PartitionState): Iterable<readonly [string, unknown]> {
 }
 // piscina passes its workerData through; engine.ts checkJob runs this module in a plain thread
 // with `check: true` to load the job once, before a node starts.
-const { job: jobRef, check } = workerData as { job: string; check?: boolean }
+// The checking thread bundles a job file (built code: job-bundle.ts) and hands the bundle to
+// the processing threads, which then load it without loader hooks.
+const {
+  job: jobRef,
+  check,
+  bundle,
+} = workerData as { job: string; check?: boolean; bundle?: string | undefined }
 
-const job = await loadJob(jobRef)
-if (check === true) parentPort?.postMessage({ shoal: 'job-loaded', name: job.name })
+const loaded = await loadJob(jobRef, check === true ? { makeBundle: true } : { bundle })
+const job = loaded.job
+if (check === true) parentPort?.postMessage({ shoal: 'job-loaded', name: job.name, bundle: loaded.bundle })
 
 /** Jobs with event time, timers or TTL run on the time-aware runtime (docs/time.md). */
 const timed = isTimedJob(job)

@@ -9,7 +9,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -79,7 +79,10 @@ function shoal(args: string[], cwd: string, env: Record<string, string> = {}): P
 /** A fresh directory outside the repository with these files. */
 function dir(files: Record<string, string>): string {
   const d = mkdtempSync(join(work, 'job-'))
-  for (const [name, text] of Object.entries(files)) writeFileSync(join(d, name), text)
+  for (const [name, text] of Object.entries(files)) {
+    mkdirSync(dirname(join(d, name)), { recursive: true })
+    writeFileSync(join(d, name), text)
+  }
   return d
 }
 
@@ -119,8 +122,36 @@ export default defineJob({
 })
 `
 
+// A job with packages of its own (an ES module one, and a CommonJS one required by a local
+// CommonJS helper) and a file read relative to import.meta.url: what the bundle of a job file
+// (job-bundle.ts) leaves to Node and rewrites.
+const PACKAGES_JOB = {
+  'job.ts': `import { defineJob } from 'shoal'
+import { readFileSync } from 'node:fs'
+import { factor } from 'weights'
+import helper from './helper.cjs'
+const cfg = JSON.parse(readFileSync(new URL('./cfg.json', import.meta.url), 'utf8')) as { mult: number }
+export default defineJob({
+  name: 'totals',
+  init: () => ({ n: 0, sum: 0 }),
+  process(state: { n: number; sum: number }, event: { value: number }) {
+    state.n++
+    state.sum += event.value * factor * cfg.mult * helper.one()
+    return state
+  },
+})
+`,
+  'helper.cjs': "const { one } = require('weights-cjs')\nmodule.exports = { one: () => one }\n",
+  'cfg.json': '{ "mult": 1 }\n',
+  'node_modules/weights/package.json': '{ "name": "weights", "type": "module", "exports": "./index.js" }\n',
+  'node_modules/weights/index.js': 'export const factor = 1\n',
+  'node_modules/weights-cjs/package.json': '{ "name": "weights-cjs", "main": "index.js" }\n',
+  'node_modules/weights-cjs/index.js': 'exports.one = 1\n',
+}
+
 const JOBS: Record<string, Record<string, string>> = {
   '.ts': { 'job.ts': TS_JOB, 'weight.ts': TS_HELPER },
+  '.ts (packages, import.meta.url, CommonJS)': PACKAGES_JOB,
   '.mts': { 'job.mts': TS_JOB.replace('./weight.ts', './weight.mts'), 'weight.mts': TS_HELPER },
   '.js': { 'job.js': JS_JOB },
   '.mjs': { 'job.mjs': JS_JOB },
@@ -128,7 +159,7 @@ const JOBS: Record<string, Record<string, string>> = {
 
 describe('job files from the built CLI', { timeout: 180_000 }, () => {
   for (const [ext, files] of Object.entries(JOBS)) {
-    it(`${ext}: shoal up --job ./job${ext} --demo outside the repository gives exact states`, async () => {
+    it(`${ext}: shoal up --job ./job${ext.split(' ')[0]} --demo outside the repository gives exact states`, async () => {
       const cwd = dir(files)
       const r = await shoal(
         [
@@ -138,7 +169,7 @@ describe('job files from the built CLI', { timeout: 180_000 }, () => {
           '--threads',
           '1',
           '--job',
-          `./job${ext}`,
+          `./job${ext.split(' ')[0]}`,
           '--demo',
           '--listen',
           `127.0.0.1:${await freePort()}`,
@@ -165,7 +196,8 @@ describe('job files from the built CLI', { timeout: 180_000 }, () => {
       name: 'a syntax error',
       file: 'syntax.ts',
       text: 'export default defineJob({ name: \n',
-      cause: 'cannot be loaded: TransformError',
+      // The bundle's error: file, line and column.
+      cause: 'cannot be loaded: JobBundleError: syntax.ts:2:1: Unexpected end of file',
     },
     {
       name: 'a throw at import',
@@ -177,7 +209,7 @@ describe('job files from the built CLI', { timeout: 180_000 }, () => {
       name: 'an import that does not resolve',
       file: 'imports.ts',
       text: "import './nowhere.ts'\nexport default {}\n",
-      cause: 'cannot be loaded: Error',
+      cause: 'cannot be loaded: JobBundleError: imports.ts:1:8: Could not resolve "./nowhere.ts"',
     },
     {
       name: 'no default export',

@@ -43,6 +43,13 @@ export class TimeQueue {
     return this.#heap.length === 0 ? Infinity : this.#heap[0]!
   }
 
+  /** A due time without items (the caller finds what is due itself): one bucket per time. */
+  pushTime(t: number): void {
+    if (this.#buckets.has(t)) return
+    this.#buckets.set(t, { t, keys: [], kinds: null, starts: null })
+    this.#heapPush(t)
+  }
+
   push(t: number, key: string, kind: number, start: number): void {
     let b = this.#buckets.get(t)
     if (b === undefined) {

@@ -342,7 +342,7 @@ export class TimedPartition {
       }
       // A window created after its end already passed fires at once below (late). Its start is
       // end - size: not stored in the queue.
-      if (created && end > this.#wm) this.#eventQ.push(end, key, FIRE, 0)
+      if (created && end > this.#wm) this.#eventQ.pushTime(end)
       folded = true
       if (end <= this.#wm) this.#lateFire(slot, key, w)
     }
@@ -492,13 +492,18 @@ export class TimedPartition {
     this.#emitWindow(key, w, true)
     const end = wins.end(w)
     // A window first fired here (created or merged late) still needs its drop queued.
-    if (first && this.#lateness > 0) this.#eventQ.push(end + this.#lateness, key, PURGE, this.#qStart(w))
+    if (first && this.#lateness > 0) this.#queueWindow(end + this.#lateness, key, PURGE, w)
     if (this.#lateness === 0 || end + this.#lateness <= this.#wm) this.#dropWindow(slot, key, w)
   }
 
-  /** A window's start as queued: sessions only (the others' is the due time - size [- lateness]). */
-  #qStart(w: number): number {
-    return this.#session ? this.#wins.start[w]! : 0
+  /**
+   * Queue a window's firing (FIRE) or drop (PURGE) at `t`. Sessions queue an item per window.
+   * Tumbling and sliding windows end on a grid, so only the time is queued and firing finds the
+   * windows due (#fireAligned): no queue memory per open window.
+   */
+  #queueWindow(t: number, key: string, kind: number, w: number): void {
+    if (this.#session) this.#eventQ.push(t, key, kind, this.#wins.start[w]!)
+    else this.#eventQ.pushTime(t)
   }
 
   #emitWindow(key: string, w: number, late: boolean): void {
@@ -569,10 +574,12 @@ export class TimedPartition {
   // --- firing --------------------------------------------------------------------------------------
 
   #fireEventTime(): void {
-    const wins = this.#wins
-    const size = this.#wins.size ?? 0
     for (let due = this.#eventQ.takeDue(this.#wm); due !== null; due = this.#eventQ.takeDue(this.#wm)) {
       const { bucket, order } = due
+      if (this.#window !== undefined && !this.#session) {
+        this.#fireAligned(bucket.t)
+        continue
+      }
       for (let n = 0; n < order.length; n++) {
         if (n > 0 && this.#eventQ.next <= bucket.t) {
           requeueRest(this.#eventQ, bucket, order, n)
@@ -587,25 +594,69 @@ export class TimedPartition {
           this.#fireTimer(slot, key, bucket.t, false)
           continue
         }
-        const start = this.#session
-          ? startAt(bucket, k)
-          : bucket.t - size - (kind === PURGE ? this.#lateness : 0)
-        const w = this.#findWindow(slot, start)
+        const w = this.#findWindow(slot, startAt(bucket, k))
         if (w === -1) continue
+        this.#fireWindow(slot, key, w, kind, bucket.t)
+      }
+    }
+  }
+
+  /**
+   * Tumbling and sliding windows due at `t`: every window of the partition ending at `t` fires
+   * (FIRE) and every fired one whose lateness ends at `t` goes (PURGE), in (key, kind, start)
+   * order as queued items would. Only keys with windows are held, so the scan is over open
+   * windows; their ends are on a grid, so there are few due times.
+   */
+  #fireAligned(t: number): void {
+    const wins = this.#wins
+    const k = this.#keys
+    const late = this.#lateness
+    const keys: string[] = []
+    const slots: number[] = []
+    for (const [key, slot] of k.slots) {
+      if ((k.flags[slot]! & GONE) !== 0) continue
+      for (let w = k.head[slot]!; w !== -1; w = wins.next[w]!) {
         const end = wins.end(w)
-        if (kind === FIRE) {
-          if (wins.fired[w] !== 0 || end !== bucket.t) continue // merged away or already fired late
-          wins.fired[w] = 1
-          this.#emitWindow(key, w, false)
-          if (this.#lateness === 0) this.#dropWindow(slot, key, w)
-          else {
-            this.#touch(slot, key)
-            this.#eventQ.push(end + this.#lateness, key, PURGE, this.#qStart(w))
-          }
-        } else if (wins.fired[w] !== 0 && end + this.#lateness === bucket.t) {
-          this.#dropWindow(slot, key, w)
+        if (wins.fired[w] === 0 ? end === t : late > 0 && end + late === t) {
+          keys.push(key)
+          slots.push(slot)
+          break
         }
       }
+    }
+    const order = Array.from({ length: keys.length }, (_, i) => i)
+    order.sort((a, b) => (keys[a]! < keys[b]! ? -1 : 1))
+    const due: number[] = []
+    for (const i of order) {
+      const key = keys[i]!
+      const slot = slots[i]!
+      // This key's windows due now, FIRE before PURGE, each by start (the list's order).
+      due.length = 0
+      for (let w = k.head[slot]!; w !== -1; w = wins.next[w]!)
+        if (wins.fired[w] === 0 && wins.end(w) === t) due.push(w)
+      const fires = due.length
+      if (late > 0)
+        for (let w = k.head[slot]!; w !== -1; w = wins.next[w]!)
+          if (wins.fired[w] !== 0 && wins.end(w) + late === t) due.push(w)
+      for (let n = 0; n < due.length; n++) this.#fireWindow(slot, key, due[n]!, n < fires ? FIRE : PURGE, t)
+    }
+  }
+
+  /** A queued FIRE or PURGE of window `w` at `t`; skipped when no longer what it was queued for. */
+  #fireWindow(slot: number, key: string, w: number, kind: number, t: number): void {
+    const wins = this.#wins
+    const end = wins.end(w)
+    if (kind === FIRE) {
+      if (wins.fired[w] !== 0 || end !== t) return // merged away or already fired late
+      wins.fired[w] = 1
+      this.#emitWindow(key, w, false)
+      if (this.#lateness === 0) this.#dropWindow(slot, key, w)
+      else {
+        this.#touch(slot, key)
+        this.#queueWindow(end + this.#lateness, key, PURGE, w)
+      }
+    } else if (wins.fired[w] !== 0 && end + this.#lateness === t) {
+      this.#dropWindow(slot, key, w)
     }
   }
 
@@ -852,8 +903,8 @@ export class TimedPartition {
         wins.fired[w] = fired ? 1 : 0
         if (events !== null) wins.events.set(w, events)
         this.#addWindow(slot, w)
-        if (!fired) this.#eventQ.push(end, key, FIRE, this.#qStart(w))
-        else this.#eventQ.push(end + this.#lateness, key, PURGE, this.#qStart(w))
+        if (!fired) this.#queueWindow(end, key, FIRE, w)
+        else this.#queueWindow(end + this.#lateness, key, PURGE, w)
       }
     }
     if (v.eventTimers !== null && v.eventTimers.length > 0) {
