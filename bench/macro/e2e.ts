@@ -52,7 +52,7 @@ import { encodeFrame, decodeEnvelope } from '../../src/protocol/codec.ts'
 import { FrameParser } from '../../src/protocol/framing.ts'
 import type { EventBatchBody } from '../../src/protocol/messages.ts'
 import { partitionForKey } from '../../src/protocol/partition.ts'
-import { nodeFlagsForNodes, onListening } from '../../src/cli/up.ts'
+import { nodeEnvForNodes, nodeFlagsForNodes, onListening } from '../../src/cli/up.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import {
   childMain,
@@ -168,9 +168,10 @@ export async function startNode(
   binary: NodeBinary = 'tsx',
 ): Promise<NodeProc> {
   const entry = binary === 'dist' ? [DIST_MAIN] : ['--import', 'tsx', MAIN]
+  // The environment `shoal up` and the image give every node (NODE_ENV_DEFAULTS).
   const child = spawn(process.execPath, [...nodeFlags(), ...flags, ...entry, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: process.env,
+    env: nodeEnvForNodes(process.env),
   })
   const proc: NodeProc = { child, info: { address: '', http: '' }, logLines: 0, firstLines: [] }
   let errBuf = ''

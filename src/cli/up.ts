@@ -85,12 +85,30 @@ export function nodeFlagsForNodes(execArgv: readonly string[], nodeOptions = '')
   return flags
 }
 
+/**
+ * Environment of every node process: glibc's malloc serves blocks from 32 KiB up with their own
+ * mappings (returned to the system when freed) instead of from its arenas, where the column
+ * buffers of the time runtime (store.ts, doubling per partition) and the socket reads left
+ * fragments that RSS kept: 1M open windows per worker 298-309 -> 280-286 MiB, 1M keys (count)
+ * 235 -> 226 MiB, end to end throughput no lower (docs/benchmarks.md, "Worker memory"). glibc
+ * reads it at process start, so it is set for the nodes `shoal up` starts and in the image; a
+ * value the user set wins. Other C libraries ignore it.
+ */
+export const NODE_ENV_DEFAULTS: Readonly<Record<string, string>> = { MALLOC_MMAP_THRESHOLD_: '32768' }
+
+/** `env` plus each of NODE_ENV_DEFAULTS it does not set. */
+export function nodeEnvForNodes(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out = { ...env }
+  for (const [k, v] of Object.entries(NODE_ENV_DEFAULTS)) if (out[k] === undefined) out[k] = v
+  return out
+}
+
 function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<NodeListening> } {
   // Re-run this CLI with the same Node flags (tsx in development, plain node when built).
   const flags = nodeFlagsForNodes(process.execArgv, process.env.NODE_OPTIONS)
   const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: process.env,
+    env: nodeEnvForNodes(process.env),
   })
   const listening = new Promise<NodeListening>((resolve, reject) => {
     onListening(child.stdout, resolve)

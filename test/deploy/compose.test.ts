@@ -25,6 +25,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Ajv } from 'ajv'
 import { parseDocument } from 'yaml'
+import { NODE_ENV_DEFAULTS } from '../../src/cli/up.ts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseSinkUrl, parseSourceUrl } from '../../src/connectors/url.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
@@ -1094,6 +1095,9 @@ describe('cluster/Dockerfile and .dockerignore (static)', () => {
     expect(JSON.parse(last('ENTRYPOINT') ?? 'null')).toEqual(['node', '--no-memory-reducer', IMAGE_ENTRY])
     expect(['coordinator', 'worker']).toContain((JSON.parse(last('CMD') ?? '[]') as string[])[0])
     expect(last('USER')).toBe('node')
+    // The environment `shoal up` gives its nodes (NODE_ENV_DEFAULTS) is the image's too.
+    const envs = runtime.body.filter((i) => i.op === 'ENV').map((i) => i.args)
+    for (const [k, v] of Object.entries(NODE_ENV_DEFAULTS)) expect(envs).toContain(`${k}=${v}`)
     // the build stage checks the entry point exists, whichever layout tsc emitted
     expect(runs(stages[0]!.body)).toContain(`test -f ${IMAGE_ENTRY.replace(/^\/app\//, '')}`)
   })

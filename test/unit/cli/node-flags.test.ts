@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { MAIN_THREAD_FLAGS, nodeFlagsForNodes } from '../../../src/cli/up.ts'
+import { MAIN_THREAD_FLAGS, nodeEnvForNodes, nodeFlagsForNodes } from '../../../src/cli/up.ts'
 
 describe('Node flags of the nodes `shoal up` starts', () => {
   it('adds the 4 MiB semi-space flag and turns the memory reducer off, after the flags this process runs with', () => {
@@ -28,5 +28,15 @@ describe('Node flags of the nodes `shoal up` starts', () => {
       '--max-semi-space-size=4',
       '--no-memory-reducer',
     ])
+  })
+
+  it('gives every node the malloc threshold unless the environment sets it', () => {
+    expect(nodeEnvForNodes({ PATH: '/bin' })).toEqual({ PATH: '/bin', MALLOC_MMAP_THRESHOLD_: '32768' })
+    expect(nodeEnvForNodes({ MALLOC_MMAP_THRESHOLD_: '1048576' })).toEqual({
+      MALLOC_MMAP_THRESHOLD_: '1048576',
+    })
+    const env = { A: '1' }
+    nodeEnvForNodes(env)
+    expect(env).toEqual({ A: '1' }) // not modified in place
   })
 })
