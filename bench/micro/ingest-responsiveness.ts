@@ -8,26 +8,15 @@
  *
  *   N=800000 node --import tsx bench/micro/ingest-responsiveness.ts
  */
-import { spawn } from 'node:child_process'
-import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
+import { startNode, stopNode, type NodeProc } from '../macro/e2e.ts'
 
-const MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 const N = Number(process.env.N ?? 800_000)
-const children: ReturnType<typeof spawn>[] = []
+const nodes: NodeProc[] = []
 
-function start(args: string[]): Promise<{ address: string; http: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
-    stdio: ['ignore', 'pipe', 'ignore'],
-  })
-  children.push(child)
-  return new Promise((resolve, reject) => {
-    child.once('exit', (code) => reject(new Error(`${args[0]} exited ${code}`)))
-    createInterface({ input: child.stdout }).on('line', (line) => {
-      if (!line.includes('"shoal":"listening"')) return
-      resolve(JSON.parse(line) as { address: string; http: string })
-    })
-  })
+async function start(args: string[]): Promise<{ address: string; http: string }> {
+  const node = await startNode(args)
+  nodes.push(node)
+  return node.info
 }
 
 try {
@@ -88,5 +77,5 @@ try {
     )
   }
 } finally {
-  for (const c of children) c.kill('SIGKILL')
+  await Promise.all(nodes.map(stopNode))
 }

@@ -6,14 +6,14 @@
  * give the demo's exact states; a job that cannot load is SHOAL_ERR_JOB_INVALID naming the file
  * and the cause, with a non-zero exit and no node started (`shoal up` and `shoal worker`).
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { freePort } from '../helpers/processes.ts'
+import { freePort, killAll, startShoal } from '../helpers/processes.ts'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const BUILD = join(ROOT, '.tmp', `e2e-job-files-${process.pid}`)
@@ -270,23 +270,9 @@ describe('job files from the built CLI', { timeout: 180_000 }, () => {
   })
 
   it('POST /events on the built coordinator (its ingest thread): every event acked and applied', async () => {
-    const nodes: ChildProcess[] = []
-    const start = (args: string[]): Promise<{ address: string; http: string }> =>
-      new Promise((resolve, reject) => {
-        const child = spawn(process.execPath, [MAIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-        nodes.push(child)
-        let out = ''
-        let err = ''
-        child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d))
-        child.stdout.setEncoding('utf8').on('data', (d: string) => {
-          out += d
-          for (const line of out.split('\n')) {
-            if (!line.includes('"shoal":"listening"')) continue
-            resolve(JSON.parse(line) as { address: string; http: string })
-          }
-        })
-        child.on('exit', (code) => reject(new Error(`${args[0]} exited ${code}: ${err}`)))
-      })
+    // The built CLI, not the sources.
+    const start = async (args: string[]): Promise<{ address: string; http: string }> =>
+      (await startShoal(args, {}, 20_000, 'listening', [MAIN])).info
     try {
       const coord = await start([
         'coordinator',
@@ -325,7 +311,7 @@ describe('job files from the built CLI', { timeout: 180_000 }, () => {
       const state = (await (await fetch(`http://${coord.http}/state/k3`)).json()) as { state: unknown }
       expect(state.state).toEqual({ count: 100, sum: 100 })
     } finally {
-      for (const n of nodes) n.kill('SIGKILL')
+      await killAll()
     }
   })
 })

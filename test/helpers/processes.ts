@@ -45,8 +45,10 @@ export async function startShoal(
   env: Record<string, string> = {},
   timeoutMs = 20_000,
   until: 'listening' | 'standby' = 'listening',
+  /** How node runs the CLI: the sources through tsx, or a built main.js. */
+  entry: readonly string[] = ['--import', 'tsx', MAIN],
 ): Promise<ShoalProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], {
+  const child = spawn(process.execPath, [...entry, ...args], {
     env: { ...process.env, SHOAL_LOG_LEVEL: 'debug', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   })

@@ -75,7 +75,6 @@ export class KeySlots {
     }
     this.flags[s] = 0
     this.head[s] = -1
-    if (this.state.length > s) this.state[s] = undefined
     if (this.ttl) {
       this.active[s] = now
       this.ttlAt[s] = -1
@@ -84,7 +83,7 @@ export class KeySlots {
     return s
   }
 
-  /** Forget `key` (its slot is reused). */
+  /** Forget `key` (its slot is reused, its state cleared for that). */
   remove(key: string, slot: number): void {
     this.slots.delete(key)
     if (this.state.length > slot) this.state[slot] = undefined
