@@ -358,13 +358,16 @@ export class TimedPartition {
     }
     const slot = this.#slotFor(key)
     const wins = this.#wins
-    // Windows that overlap or touch [ts, ts + gap), oldest first (the key's list is by start).
-    const overlapping: number[] = []
+    // Windows that overlap or touch [ts, ts + gap), oldest first (the key's list is by start):
+    // a run of the list, from `first` (no array per event).
+    let first = -1
+    let count = 0
     for (let w = this.#keys.head[slot]!; w !== -1; w = wins.next[w]!) {
       const ws = wins.start[w]!
       const we = wins.end(w)
       if (ws <= end && we >= start) {
-        overlapping.push(w)
+        if (first === -1) first = w
+        count++
         if (ws < start) start = ws
         if (we > end) end = we
       }
@@ -374,7 +377,7 @@ export class TimedPartition {
     let fresh = true
     let undo: () => void
     let merged: number[] | null = null
-    if (overlapping.length === 0) {
+    if (count === 0) {
       const created = wins.alloc(start, end, this.#job.init(key))
       if (this.#job.merge === undefined) wins.events.set(created, [])
       this.#addWindow(slot, created)
@@ -383,9 +386,9 @@ export class TimedPartition {
         this.#unlinkWindow(slot, created)
         wins.free(created)
       }
-    } else if (overlapping.length === 1) {
+    } else if (count === 1) {
       // The event falls into or extends one session: no merge, no refold.
-      const one = overlapping[0]!
+      const one = first
       w = one
       const s0 = wins.start[one]!
       const e0 = wins.end(one)
@@ -405,7 +408,8 @@ export class TimedPartition {
       }
     } else {
       // The event bridges sessions: one window with their states combined.
-      merged = overlapping
+      merged = []
+      for (let w = first; merged.length < count; w = wins.next[w]!) merged.push(w)
       for (const m of merged) this.#unlinkWindow(slot, m)
       const combined = wins.alloc(start, end, undefined)
       this.#setWin(start, end)
