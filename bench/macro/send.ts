@@ -13,7 +13,8 @@
  *               `seconds` (from the first read to the last ack, after connecting)
  *   cli stdin   `cat FILE | shoal send --json -`: the same through a pipe
  *   http        POST /events on the coordinator: the file's lines in bodies of 10k lines,
- *               4 requests in flight, from this process
+ *               20 requests in flight (the SDK's 200k-event window), from this process
+ *               with node:http and a keep-alive agent (SEND_HTTP_CLIENT=fetch: undici's fetch)
  *
  * Every case is timed from its first event to its last ack; process start-up and connecting are
  * not in the rate (the wall time of the CLI processes is reported next to it). Headlines: each
@@ -21,12 +22,14 @@
  * checked against what every case sent.
  *
  * Knobs (environment): SEND_EVENTS (events per case run), SEND_CASES (sdk,cli-file,cli-stdin,
- * http), SEND_HTTP_LINES (lines per POST body, 10000), SEND_HTTP_IN_FLIGHT (requests at once, 4), E2E_THREADS / E2E_WORKERS as for e2e, BENCH_CHILD_FLAGS (node flags for the SDK and CLI
+ * http), SEND_HTTP_LINES (lines per POST body, 10000), SEND_HTTP_IN_FLIGHT (requests at once, 20),
+ * SEND_HTTP_CLIENT (http or fetch), E2E_THREADS / E2E_WORKERS as for e2e, BENCH_CHILD_FLAGS (node flags for the SDK and CLI
  * processes, e.g. "--cpu-prof --cpu-prof-dir=.tmp/prof").
  */
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { createWriteStream } from 'node:fs'
+import http from 'node:http'
 import { mkdir, readFile, stat } from 'node:fs/promises'
 import os from 'node:os'
 import { join } from 'node:path'
@@ -52,7 +55,15 @@ const SELF = fileURLToPath(import.meta.url)
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const GOAL_RATIO = 0.6
 const HTTP_LINES_PER_BODY = Number(process.env.SEND_HTTP_LINES ?? 10_000)
-const HTTP_IN_FLIGHT = Number(process.env.SEND_HTTP_IN_FLIGHT ?? 4)
+/**
+ * 20 bodies of 10k lines: 200k events in flight, the SDK's own window (ShoalClient
+ * maxBufferedEvents), so both paths have as much data in flight; HTTP's throughput is what is in
+ * flight over a request's round trip, as for any bulk HTTP API. 4 was the setting until
+ * 2026-12-05 (docs/benchmarks.md gives both).
+ */
+const HTTP_IN_FLIGHT = Number(process.env.SEND_HTTP_IN_FLIGHT ?? 20)
+/** node:http with a keep-alive agent (default), or fetch (undici). */
+const HTTP_CLIENT = process.env.SEND_HTTP_CLIENT === 'fetch' ? 'fetch' : 'http'
 
 type CaseName = 'sdk' | 'cli-file' | 'cli-stdin' | 'http'
 const ALL_CASES: readonly CaseName[] = ['sdk', 'cli-file', 'cli-stdin', 'http']
@@ -205,7 +216,7 @@ async function runCase(name: CaseName, cluster: Cluster, file: string, events: n
 }
 
 /** POST /events with bodies of HTTP_LINES_PER_BODY lines, HTTP_IN_FLIGHT at a time. */
-async function postEvents(http: string, file: string): Promise<RunResult> {
+async function postEvents(address: string, file: string): Promise<RunResult> {
   const data = await readFile(file)
   const bodies: Buffer[] = []
   let start = 0
@@ -217,6 +228,37 @@ async function postEvents(http: string, file: string): Promise<RunResult> {
     lines = 0
   }
   if (start < data.length) bodies.push(data.subarray(start))
+  const agent = new http.Agent({ keepAlive: true, maxSockets: HTTP_IN_FLIGHT })
+  const url = `http://${address}/events`
+  const post = async (body: Buffer): Promise<{ status: number; text: string }> => {
+    if (HTTP_CLIENT === 'fetch') {
+      const res = await fetch(url, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-ndjson' },
+        body,
+      })
+      return { status: res.status, text: await res.text() }
+    }
+    return new Promise((resolve, reject) => {
+      const req = http.request(
+        url,
+        {
+          method: 'POST',
+          agent,
+          headers: { 'content-type': 'application/x-ndjson', 'content-length': body.length },
+        },
+        (res) => {
+          let text = ''
+          res.setEncoding('utf8')
+          res.on('data', (d: string) => (text += d))
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }))
+          res.on('error', reject)
+        },
+      )
+      req.on('error', reject)
+      req.end(body)
+    })
+  }
   let next = 0
   let acked = 0
   const t0 = performance.now()
@@ -224,18 +266,14 @@ async function postEvents(http: string, file: string): Promise<RunResult> {
     Array.from({ length: HTTP_IN_FLIGHT }, async () => {
       while (next < bodies.length) {
         const body = bodies[next++]!
-        const res = await fetch(`http://${http}/events`, {
-          method: 'POST',
-          headers: { 'content-type': 'application/x-ndjson' },
-          body,
-        })
-        const text = await res.text()
-        if (res.status !== 200) throw new Error(`POST /events: ${res.status} ${text}`)
+        const { status, text } = await post(body)
+        if (status !== 200) throw new Error(`POST /events: ${status} ${text}`)
         acked += (JSON.parse(text) as { acked: number }).acked
       }
     }),
   )
   const seconds = (performance.now() - t0) / 1000
+  agent.destroy()
   return { acked, seconds, cpuPct: NaN, batches: NaN, wallSeconds: seconds }
 }
 
@@ -351,7 +389,7 @@ const benchmark: Benchmark = {
       notes: [
         'rates are from the first event to the last ack; "process s" is the CLI process from spawn to exit ' +
           '(node + tsx start-up, connecting, sending)',
-        `http: bodies of ${HTTP_LINES_PER_BODY} lines, ${HTTP_IN_FLIGHT} requests in flight, sent by the benchmark process`,
+        `http: bodies of ${HTTP_LINES_PER_BODY} lines, ${HTTP_IN_FLIGHT} requests in flight, sent by the benchmark process (${HTTP_CLIENT === 'fetch' ? 'fetch' : 'node:http, keep-alive'})`,
         `${os.availableParallelism()} cores; "machine busy" includes the cluster and everything else running`,
       ],
       data: { events, bytes, workers, threads, runs: all },

@@ -26,7 +26,14 @@ import { createPartitioner, partitionForKey, type Partitioner } from '../protoco
 import { Requests } from '../transport/requests.ts'
 import type { Connection, Transport } from '../transport/transport.ts'
 import { AdminClient } from './admin.ts'
-import { appendEvent, newBatchBuffer, sealBatch, type BatchBuffer, type EventWriter } from './encode.ts'
+import {
+  appendEvent,
+  newBatchBuffer,
+  sealBatch,
+  type BatchBuffer,
+  type EventWriter,
+  type KeyedEventWriter,
+} from './encode.ts'
 
 export interface ShoalClientOptions {
   /**
@@ -366,6 +373,22 @@ export class ShoalClient {
     const q = this.#queues[p]!
     if (!writer.writeEvent((q.open ??= newBatchBuffer(q.sizeHint)), key)) return null
     return this.#queued(q, p)
+  }
+
+  /**
+   * sendWritten() for a caller that has the event's partition already (POST /events hashes a
+   * body's keys from their bytes to check ownership before it sends any): `partition` must be
+   * the key's partition in this cluster (partitionForKey with `partitions`); `writer` writes
+   * [key, event] whole. Saves hashing each key twice and making it a string.
+   */
+  sendWrittenTo(partition: number, writer: KeyedEventWriter): boolean | null {
+    if (this.#closed) throw new ShoalError(ErrorCodes.CLOSED, 'client is closed')
+    const q = this.#queues[partition]
+    if (q === undefined) {
+      throw new ShoalError(ErrorCodes.BAD_MESSAGE, `partition ${partition} is out of range`)
+    }
+    if (!writer.writeKeyedEvent((q.open ??= newBatchBuffer(q.sizeHint)))) return null
+    return this.#queued(q, partition)
   }
 
   /** The partition of an event about to be queued; throws if the client cannot take one. */

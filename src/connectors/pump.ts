@@ -77,7 +77,10 @@ function toBatch(run: readonly SourceRecord[]): PumpBatch {
     sequences[i] = r.sequence
     acks[i] = r.ack
     const e = r.encoded
-    if (e === undefined || !prepared.set(e.values, e.from, e.to, e.names).writeEvent(f, r.key)) {
+    if (
+      e === undefined ||
+      !prepared.set(e.values, e.from, e.to, e.names, e.values, 0, 0, r.key).writeKeyedEvent(f)
+    ) {
       appendEvent(f, r.key, r.event)
     }
   }

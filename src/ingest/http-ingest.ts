@@ -34,7 +34,6 @@ import type { ShoalClient, ShoalClientOptions } from '../client/client.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
 import type { PostRoute, RouteResponse } from '../observability/http.ts'
 import type { RoutingFields } from '../protocol/control.ts'
-import { createPartitioner, type Partitioner } from '../protocol/partition.ts'
 import { NdjsonError, readNdjson, type NdjsonEvents } from './ndjson.ts'
 
 /** What the ingest needs to create its client; the rest of ShoalClientOptions is the caller's. */
@@ -102,7 +101,6 @@ export class EventIngest implements EventsHandler {
   #genN = 0
   #retired = 0
   #closed = false
-  #partitioner: { partitions: number; of: Partitioner } | null = null
 
   constructor(options: EventIngestOptions) {
     this.#opts = options
@@ -130,41 +128,65 @@ export class EventIngest implements EventsHandler {
     try {
       parts = this.#partitions(events)
     } catch (err) {
+      events.release()
       return Promise.reject(err instanceof Error ? err : new Error(String(err)))
     }
     const count = events.length
-    if (count === 0) return Promise.resolve(0)
+    if (count === 0) {
+      events.release()
+      return Promise.resolve(0)
+    }
     const deadline = AbortSignal.timeout(this.timeoutMs)
     const gen = this.#generation()
-    /** Per partition written: the position of this request's last event in it. */
-    const targets = new Map<number, number>()
+    /**
+     * Per partition: the position of this request's last event in it (0: none). A typed array
+     * rather than a Map (a set per event); doubles, as positions grow for the process's life.
+     */
+    const targets = new Float64Array(this.#opts.routing().partitions)
     // Connected (every request but the first few): sent in this turn until the client pushes back.
-    const sent = gen.connected === null ? 0 : this.#sendFrom(gen, gen.connected, events, parts, 0, targets)
-    const rest =
-      sent === count ? Promise.resolve() : this.#sendRest(gen, events, parts, sent, targets, deadline)
+    let sent = 0
+    try {
+      if (gen.connected !== null) sent = this.#sendFrom(gen, gen.connected, events, parts, 0, targets)
+    } catch (err) {
+      events.release()
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)))
+    }
+    let rest: Promise<void>
+    if (sent === count) {
+      events.release()
+      rest = Promise.resolve()
+    } else {
+      rest = this.#sendRest(gen, events, parts, sent, targets, deadline)
+      rest.then(
+        () => events.release(),
+        () => events.release(),
+      )
+    }
     return rest.then(() => this.#acked(gen, targets, count, deadline, options.signal))
   }
 
-  /** Each event's partition; throws (retryable) if the cluster cannot take them now. */
+  /**
+   * Each event's partition (valid until events.release()); throws (retryable) if the cluster
+   * cannot take them now.
+   */
   #partitions(events: NdjsonEvents): Int32Array {
     if (this.#closed) throw unavailable(ErrorCodes.CLOSED, 'the coordinator is shutting down')
-    const parts = new Int32Array(events.length)
-    if (events.length === 0) return parts
+    if (events.length === 0) return new Int32Array(0)
     if (this.#opts.ready?.() === false) {
       throw unavailable(ErrorCodes.NOT_OWNER, 'the coordinator is not ready (starting or recovering); retry')
     }
     const routing = this.#opts.routing()
-    const of = this.#partitionOf(routing.partitions)
+    const parts = events.partitions(routing.partitions)
+    const routes = routing.routes
     for (let i = 0; i < events.length; i++) {
-      const p = of(events.key(i))
-      if (routing.routes[p] == null) {
-        const unowned = routing.routes.filter((r) => r == null).length
+      const p = parts[i]!
+      if (routes[p] == null) {
+        const unowned = routes.filter((r) => r == null).length
         throw unavailable(
           ErrorCodes.NOT_OWNER,
           `partition ${p} has no owner (${unowned} of ${routing.partitions} unowned: are workers up?); nothing was sent`,
         )
       }
-      parts[i] = p
     }
     return parts
   }
@@ -176,13 +198,18 @@ export class EventIngest implements EventsHandler {
     events: NdjsonEvents,
     parts: Int32Array,
     from: number,
-    targets: Map<number, number>,
+    targets: Float64Array,
   ): number {
     if (gen.failed !== null) throw gen.failed
+    // The routing table and the client come from one cluster, whose partition count is fixed;
+    // checked anyway, as a wrong partition would send events to the wrong owner.
+    if (client.partitions !== this.#opts.routing().partitions) {
+      throw unavailable(ErrorCodes.NOT_OWNER, 'the cluster changed its partition count; retry')
+    }
     for (let i = from; i < events.length;) {
-      const room = events.sendTo(client, i)
-      const p = parts[i++]!
-      targets.set(p, ++gen.sent[p]!)
+      const p = parts[i]!
+      const room = events.sendTo(client, i++, p)
+      targets[p] = ++gen.sent[p]!
       if (!room) return i
     }
     return events.length
@@ -194,7 +221,7 @@ export class EventIngest implements EventsHandler {
     events: NdjsonEvents,
     parts: Int32Array,
     from: number,
-    targets: Map<number, number>,
+    targets: Float64Array,
     deadline: AbortSignal,
   ): Promise<void> {
     const client = await raceGen(gen, gen.client, deadline, this.timeoutMs)
@@ -209,7 +236,7 @@ export class EventIngest implements EventsHandler {
   /** Resolves with `count` once every partition in `targets` is acknowledged up to its target. */
   async #acked(
     gen: Generation,
-    targets: Map<number, number>,
+    targets: Float64Array,
     count: number,
     deadline: AbortSignal,
     signal: AbortSignal | undefined,
@@ -219,8 +246,9 @@ export class EventIngest implements EventsHandler {
     const done = new Promise<void>((resolve, reject) => {
       Object.assign(waiter, { remaining: 0, settled: false, resolve, reject })
     })
-    for (const [p, target] of targets) {
-      if (gen.acked[p]! >= target) continue
+    for (let p = 0; p < targets.length; p++) {
+      const target = targets[p]!
+      if (target === 0 || gen.acked[p]! >= target) continue
       waiter.remaining++
       gen.waiting[p]!.push({ target, waiter })
     }
@@ -278,13 +306,6 @@ export class EventIngest implements EventsHandler {
     this.#gen = null
     if (gen !== null)
       await this.#retire(gen, unavailable(ErrorCodes.CLOSED, 'the coordinator is shutting down'))
-  }
-
-  #partitionOf(partitions: number): Partitioner {
-    if (this.#partitioner?.partitions !== partitions) {
-      this.#partitioner = { partitions, of: createPartitioner(partitions) }
-    }
-    return this.#partitioner.of
   }
 
   #generation(): Generation {

@@ -17,13 +17,14 @@
 import {
   MAX_SHAPES,
   grow,
-  encodeNumber,
+  encodeNumberAt,
   encodeString,
   recordHeader,
   strHeader,
   strHeaderSize,
   type BatchBuffer,
   type EventWriter,
+  type KeyedEventWriter,
 } from '../client/encode.ts'
 
 /** Objects with more fields go through JSON.parse. */
@@ -97,6 +98,8 @@ export class JsonEventWriter implements EventWriter {
   readonly #number = new Float64Array(MAX_FIELDS)
   /** The field names of the last line scanned, in order. */
   #names: string[] = []
+  /** The key field's index in the last line scanned. */
+  #keyAt = 0
   readonly #shapes: string[][] = []
 
   constructor(keyField: string) {
@@ -189,6 +192,7 @@ export class JsonEventWriter implements EventWriter {
     this.#buf = b
     this.#span = end - start
     this.#fields = n
+    this.#keyAt = keyAt
     if (!this.#shape()) {
       this.#fields = 0
       return null
@@ -291,6 +295,27 @@ export class JsonEventWriter implements EventWriter {
     return true
   }
 
+  /**
+   * Where the key of the line scanned last is in its bytes: key bytes b[keyStart..keyEnd) when
+   * it is a string value (ASCII, no escapes: the bytes are its UTF-8), keyStart -1 when it is a
+   * number (then keyText() is its key).
+   */
+  get keyStart(): number {
+    return this.#kind[this.#keyAt] === STRING ? this.#valueStart[this.#keyAt]! : -1
+  }
+
+  get keyEnd(): number {
+    return this.#valueEnd[this.#keyAt]!
+  }
+
+  /** The key of the line scanned last as a string (what scan() returns with wantKey). */
+  keyText(): string {
+    const at = this.#keyAt
+    return this.#kind[at] === STRING
+      ? ascii(this.#buf, this.#valueStart[at]!, this.#valueEnd[at]!)
+      : String(this.#number[at])
+  }
+
   /** The key list of the line scanned last (shared by the lines of its shape). */
   get names(): string[] {
     return this.#names
@@ -332,7 +357,7 @@ export class JsonEventWriter implements EventWriter {
           break
         }
         case NUMBER:
-          encodeNumber(f, this.#number[i]!)
+          encodeNumberAt(f, this.#number, i)
           break
         case TRUE:
           f.buf[f.pos++] = 0xc3
@@ -353,37 +378,69 @@ export class JsonEventWriter implements EventWriter {
   }
 }
 
-/** Short pieces byte by byte: a native copy costs more than it saves below ~16 bytes. */
+/**
+ * Short pieces byte by byte: below ~64 bytes a native copy costs more than it saves (it needs a
+ * view of the source, an allocation per call: most events' values are 20-60 bytes).
+ */
 function copy(src: Uint8Array, from: number, to: number, dst: Buffer, at: number): void {
-  if (to - from < 16) for (let k = from; k < to; k++) dst[at++] = src[k]!
+  if (to - from < 64) for (let k = from; k < to; k++) dst[at++] = src[k]!
   else dst.set(src.subarray(from, to), at)
 }
 
 /**
  * An event whose values JsonEventWriter.writeValues wrote ahead (readNdjson checks a whole body
- * before it sends any of it, and scans each line once): writes [key, record header, values].
+ * before it sends any of it, and scans each line once): writes [key, record header, values],
+ * the key from its bytes in the line (or its text, for a number key).
  */
-export class PreparedEvent implements EventWriter {
+export class PreparedEvent implements KeyedEventWriter {
   #src: Buffer = Buffer.alloc(0)
   #from = 0
   #to = 0
   #names: string[] = []
+  #keySrc: Buffer = this.#src
+  #keyStart = 0
+  #keyEnd = 0
+  #keyText: string | null = null
 
-  /** The next event to write: values src[from..to), key list `names`. */
-  set(src: Buffer, from: number, to: number, names: string[]): this {
+  /**
+   * The next event to write: values src[from..to), key list `names`, key bytes
+   * keySrc[keyStart..keyEnd) (ASCII), or keyText when it is not null.
+   */
+  set(
+    src: Buffer,
+    from: number,
+    to: number,
+    names: string[],
+    keySrc: Buffer,
+    keyStart: number,
+    keyEnd: number,
+    keyText: string | null,
+  ): this {
     this.#src = src
     this.#from = from
     this.#to = to
     this.#names = names
+    this.#keySrc = keySrc
+    this.#keyStart = keyStart
+    this.#keyEnd = keyEnd
+    this.#keyText = keyText
     return this
   }
 
-  writeEvent(f: BatchBuffer, key: string): boolean {
+  writeKeyedEvent(f: BatchBuffer): boolean {
     const start = f.pos
-    const need = 3 * key.length + this.#to - this.#from + 16
+    const keyText = this.#keyText
+    const keyLen = keyText === null ? this.#keyEnd - this.#keyStart : 3 * keyText.length
+    const need = keyLen + this.#to - this.#from + 16
     if (f.pos + need > f.buf.length) grow(f, need)
     f.buf[f.pos++] = 0x92
-    encodeString(f, key)
+    if (keyText !== null) encodeString(f, keyText)
+    else {
+      strHeader(f, f.pos, keyLen)
+      const p = f.pos + strHeaderSize(keyLen)
+      copy(this.#keySrc, this.#keyStart, this.#keyEnd, f.buf, p)
+      f.pos = p + keyLen
+    }
     if (!recordHeader(f, this.#names)) {
       f.pos = start
       return false

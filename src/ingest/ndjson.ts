@@ -19,7 +19,8 @@
 import { isUtf8 } from 'node:buffer'
 import type { ShoalClient } from '../client/client.ts'
 import { ErrorCodes, ShoalError } from '../errors.ts'
-import { newBatchBuffer } from '../client/encode.ts'
+import { newBatchBuffer, type BatchBuffer } from '../client/encode.ts'
+import { hashKey, hashKeyBytes, partitionOfHash } from '../protocol/partition.ts'
 import { JsonEventWriter, PreparedEvent } from './json-event.ts'
 
 export interface NdjsonEvent {
@@ -112,6 +113,14 @@ export class NdjsonByteLines {
       this.#rest = null
     }
     return this.#split(buf, false)
+  }
+
+  /** Start a new input, keeping the arrays grown for the last one. */
+  reset(): this {
+    this.#rest = null
+    this.#skipLF = false
+    this.#started = false
+    return this
   }
 
   /** The last line, if the input did not end with a line ending. */
@@ -217,90 +226,185 @@ export function parseNdjsonLine(text: string, keyField: string): NdjsonEvent | s
 }
 
 /**
+ * A body's per-event columns (readNdjson). Reused from body to body (`release()`): allocating
+ * them, and a values buffer the size of the body, per request was a good part of the ingest
+ * thread's GC (docs/benchmarks.md, "POST /events").
+ */
+interface Columns {
+  /** Events the arrays hold. */
+  capacity: number
+  /** Event i's line is body[lineStart[i]..lineEnd[i]); -1 if it was parsed. */
+  lineStart: Int32Array
+  lineEnd: Int32Array
+  /** Event i's values, written ahead: values[valueStart[i]..valueEnd[i]), key list names[i]. */
+  valueStart: Int32Array
+  valueEnd: Int32Array
+  /** Event i's key is body[keyStart[i]..keyEnd[i]), or (keyStart -1) in keyText. */
+  keyStart: Int32Array
+  keyEnd: Int32Array
+  /** Event i's partition, once partitions() computed them. */
+  partition: Int32Array
+  names: string[][]
+  values: BatchBuffer
+}
+
+/** Columns kept for the next bodies; larger ones (a 64 MiB body's) are let go. */
+const POOLED_COLUMNS = 8
+const MAX_POOLED_EVENTS = 1 << 17
+const MAX_POOLED_VALUE_BYTES = 16 << 20
+const columnPool: Columns[] = []
+
+function takeColumns(events: number, valueBytes: number): Columns {
+  for (let i = columnPool.length - 1; i >= 0; i--) {
+    const c = columnPool[i]!
+    if (c.capacity < events || c.values.buf.length < valueBytes) continue
+    columnPool.splice(i, 1)
+    c.values.pos = 0
+    return c
+  }
+  const capacity = Math.max(events, 1024)
+  return {
+    capacity,
+    lineStart: new Int32Array(capacity),
+    lineEnd: new Int32Array(capacity),
+    valueStart: new Int32Array(capacity),
+    valueEnd: new Int32Array(capacity),
+    keyStart: new Int32Array(capacity),
+    keyEnd: new Int32Array(capacity),
+    partition: new Int32Array(capacity),
+    names: [],
+    values: newBatchBuffer(Math.max(valueBytes, 64 * 1024)),
+  }
+}
+
+function returnColumns(c: Columns): void {
+  if (c.capacity > MAX_POOLED_EVENTS || c.values.buf.length > MAX_POOLED_VALUE_BYTES) return
+  if (columnPool.length === POOLED_COLUMNS) columnPool.shift()
+  c.names.length = 0
+  columnPool.push(c)
+}
+
+/**
  * A body's events in order, as readNdjson leaves them: most as the msgpack of their values,
  * written ahead from the line's bytes by JsonEventWriter, to be completed into the client's
- * batches (PreparedEvent); the others parsed.
+ * batches (PreparedEvent), their keys as bytes of the body; the others parsed. Its memory is
+ * reused once `release()` is called: nothing of it may be used after that.
  */
 export class NdjsonEvents {
   readonly length: number
   /** Lines in the body, blank ones included. */
   readonly lines: number
   readonly #body: Buffer
-  readonly #keys: string[]
-  /** Event i's line is body[lineStart[i]..lineEnd[i]); -1 if it was parsed (#parsed). */
-  readonly #lineStart: Int32Array
-  readonly #lineEnd: Int32Array
-  /** Event i's values, written ahead: values[valueStart[i]..valueEnd[i]), key list names[i]. */
-  readonly #values: Buffer
-  readonly #valueStart: Int32Array
-  readonly #valueEnd: Int32Array
-  readonly #names: string[][]
+  #cols: Columns | null
+  /** Keys that are not bytes of the body (number keys, parsed lines), by event. */
+  readonly #keyText: Map<number, string>
   readonly #parsed: Map<number, Record<string, unknown>>
   readonly #keyField: string
   readonly #prepared = new PreparedEvent()
 
   constructor(o: {
     body: Buffer
-    keys: string[]
-    lineStart: Int32Array
-    lineEnd: Int32Array
-    values: Buffer
-    valueStart: Int32Array
-    valueEnd: Int32Array
-    names: string[][]
+    length: number
+    columns: Columns
+    keyText: Map<number, string>
     parsed: Map<number, Record<string, unknown>>
     keyField: string
     lines: number
   }) {
-    this.length = o.keys.length
+    this.length = o.length
     this.lines = o.lines
     this.#body = o.body
-    this.#keys = o.keys
-    this.#lineStart = o.lineStart
-    this.#lineEnd = o.lineEnd
-    this.#values = o.values
-    this.#valueStart = o.valueStart
-    this.#valueEnd = o.valueEnd
-    this.#names = o.names
+    this.#cols = o.columns
+    this.#keyText = o.keyText
     this.#parsed = o.parsed
     this.#keyField = o.keyField
   }
 
-  key(i: number): string {
-    return this.#keys[i]!
+  #columns(): Columns {
+    if (this.#cols === null) throw new Error('NdjsonEvents used after release()')
+    return this.#cols
   }
 
-  /** Queue event i on `client`; what its send() returns (false: wait for drain()). */
-  sendTo(client: ShoalClient, i: number): boolean {
-    const key = this.#keys[i]!
-    if (this.#lineStart[i]! < 0) return client.send(key, this.#parsed.get(i))
-    const room = client.sendWritten(
-      key,
-      this.#prepared.set(this.#values, this.#valueStart[i]!, this.#valueEnd[i]!, this.#names[i]!),
+  key(i: number): string {
+    const c = this.#columns()
+    const start = c.keyStart[i]!
+    return start < 0 ? this.#keyText.get(i)! : this.#body.toString('latin1', start, c.keyEnd[i])
+  }
+
+  /**
+   * Every event's partition in a cluster of `partitions` (valid until release()): the keys
+   * hashed from their bytes, as partitionForKey hashes their text.
+   */
+  partitions(partitions: number): Int32Array {
+    const c = this.#columns()
+    const out = c.partition
+    const body = this.#body
+    for (let i = 0; i < this.length; i++) {
+      const start = c.keyStart[i]!
+      const hash = start < 0 ? hashKey(this.#keyText.get(i)!) : hashKeyBytes(body, start, c.keyEnd[i]!)
+      out[i] = partitionOfHash(hash, partitions)
+    }
+    return out
+  }
+
+  /**
+   * Queue event i on `client`, whose partition is `partition` (partitions()); what its send()
+   * returns (false: wait for drain()).
+   */
+  sendTo(client: ShoalClient, i: number, partition: number): boolean {
+    const c = this.#columns()
+    const line = c.lineStart[i]!
+    if (line < 0) return client.send(this.#keyText.get(i)!, this.#parsed.get(i))
+    const keyStart = c.keyStart[i]!
+    const room = client.sendWrittenTo(
+      partition,
+      this.#prepared.set(
+        c.values.buf,
+        c.valueStart[i]!,
+        c.valueEnd[i]!,
+        c.names[i]!,
+        this.#body,
+        keyStart,
+        c.keyEnd[i]!,
+        keyStart < 0 ? this.#keyText.get(i)! : null,
+      ),
     )
     // null: the batch had no record id left; send it parsed.
-    return room ?? client.send(key, this.#event(i))
+    return room ?? client.send(this.key(i), this.#event(i))
   }
 
   /** Every event as {key, event}. */
   toArray(): NdjsonEvent[] {
     const out: NdjsonEvent[] = []
-    for (let i = 0; i < this.length; i++) out.push({ key: this.#keys[i]!, event: this.#event(i) })
+    for (let i = 0; i < this.length; i++) out.push({ key: this.key(i), event: this.#event(i) })
     return out
   }
 
+  /** Done with these events: their columns go to the next body. Idempotent. */
+  release(): void {
+    const c = this.#cols
+    this.#cols = null
+    if (c !== null) returnColumns(c)
+  }
+
   #event(i: number): Record<string, unknown> {
-    const start = this.#lineStart[i]!
+    const c = this.#columns()
+    const start = c.lineStart[i]!
     if (start < 0) return this.#parsed.get(i)!
-    const r = parseNdjsonLine(decodeLine(this.#body, start, this.#lineEnd[i]!), this.#keyField)
+    const r = parseNdjsonLine(decodeLine(this.#body, start, c.lineEnd[i]!), this.#keyField)
     return (r as NdjsonEvent).event
   }
 }
 
+/** readNdjson's splitter: its line arrays grow to a body's lines once, not per body. */
+const bodySplitter = new NdjsonByteLines()
+
 /** Parse a whole NDJSON body; throws {@link NdjsonError} (and nothing else) if any line is malformed. */
 export function parseNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): ParsedNdjson {
   const events = readNdjson(body, options)
-  return { events: events.toArray(), lines: events.lines }
+  const parsed = { events: events.toArray(), lines: events.lines }
+  events.release()
+  return parsed
 }
 
 /**
@@ -329,17 +433,15 @@ export function readNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): 
     const total = reportInvalidUtf8(body, keyField, bad)
     throw new NdjsonError(errors, malformed, total)
   }
-  const splitter = new NdjsonByteLines()
+  const splitter = bodySplitter.reset()
   const writer = new JsonEventWriter(keyField)
-  const keys: string[] = []
-  const names: string[][] = []
+  const keyText = new Map<number, string>()
   const parsed = new Map<number, Record<string, unknown>>()
+  const lines = splitter.push(body)
   // Values take about as many bytes as their text.
-  const values = newBatchBuffer(body.length + 1024)
-  let lineStart = new Int32Array(0)
-  let lineEnd = new Int32Array(0)
-  let valueStart = new Int32Array(0)
-  let valueEnd = new Int32Array(0)
+  const cols = takeColumns(lines.count + 1, body.length + 1024)
+  const values = cols.values
+  let e = 0
   let line = 0
   const take = (lines: ByteLines, fast: boolean): void => {
     const b = lines.buf
@@ -347,16 +449,18 @@ export function readNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): 
       line++
       const start = lines.starts[l]!
       const end = lines.ends[l]!
-      const key = fast ? writer.scan(b, start, end) : null
-      const e = keys.length
-      if (key !== null) {
-        lineStart[e] = start
-        lineEnd[e] = end
-        valueStart[e] = values.pos
+      if (fast && writer.scan(b, start, end, false) !== null) {
+        cols.lineStart[e] = start
+        cols.lineEnd[e] = end
+        cols.valueStart[e] = values.pos
         writer.writeValues(values)
-        valueEnd[e] = values.pos
-        names[e] = writer.names
-        keys.push(key)
+        cols.valueEnd[e] = values.pos
+        cols.names[e] = writer.names
+        const keyStart = writer.keyStart
+        cols.keyStart[e] = keyStart
+        cols.keyEnd[e] = writer.keyEnd
+        if (keyStart < 0) keyText.set(e, writer.keyText())
+        e++
         continue
       }
       const r = parseNdjsonLine(decodeLine(b, start, end), keyField)
@@ -365,30 +469,26 @@ export function readNdjson(body: Uint8Array, options: NdjsonParseOptions = {}): 
         bad(line, r)
         continue
       }
-      lineStart[e] = -1
+      cols.lineStart[e] = -1
+      cols.keyStart[e] = -1
       parsed.set(e, r.event)
-      names[e] = EMPTY_NAMES
-      keys.push(r.key)
+      keyText.set(e, r.key)
+      cols.names[e] = EMPTY_NAMES
+      e++
     }
   }
-  const lines = splitter.push(body)
-  lineStart = new Int32Array(lines.count + 1)
-  lineEnd = new Int32Array(lines.count + 1)
-  valueStart = new Int32Array(lines.count + 1)
-  valueEnd = new Int32Array(lines.count + 1)
   take(lines, true)
   // The last line of a body without a final line ending is a copy, not in the body: parsed.
   take(splitter.end(), false)
-  if (malformed > 0) throw new NdjsonError(errors, malformed, line)
+  if (malformed > 0) {
+    returnColumns(cols)
+    throw new NdjsonError(errors, malformed, line)
+  }
   return new NdjsonEvents({
     body: lines.buf,
-    keys,
-    lineStart,
-    lineEnd,
-    values: values.buf,
-    valueStart,
-    valueEnd,
-    names,
+    length: e,
+    columns: cols,
+    keyText,
     parsed,
     keyField,
     lines: line,

@@ -95,10 +95,15 @@ function finish(h: number, byteLength: number): number {
 }
 
 function hashBytes(data: Uint8Array, seed: number): number {
-  const len = data.length
-  const blocksEnd = len - (len % 4)
+  return hashByteRange(data, 0, data.length, seed)
+}
+
+/** MurmurHash3_x86_32 of data[start..end). */
+function hashByteRange(data: Uint8Array, start: number, end: number, seed: number): number {
+  const len = end - start
+  const blocksEnd = end - (len % 4)
   let h = seed | 0
-  let i = 0
+  let i = start
   for (; i < blocksEnd; i += 4) {
     h = mixBlock(h, data[i]! | (data[i + 1]! << 8) | (data[i + 2]! << 16) | (data[i + 3]! << 24))
   }
@@ -111,6 +116,14 @@ function hashBytes(data: Uint8Array, seed: number): number {
     h ^= scramble(k)
   }
   return finish(h, len)
+}
+
+/**
+ * The partitioning hash of the key whose bytes are data[start..end) (the UTF-8 of a string key):
+ * hashKey(data.subarray(start, end)) without the view. For readers that find keys in their input.
+ */
+export function hashKeyBytes(data: Uint8Array, start: number, end: number): number {
+  return hashByteRange(data, start, end, PARTITION_HASH_SEED)
 }
 
 /**

@@ -8,6 +8,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest'
 import { ShoalClient, type ShoalClientOptions } from '../../../src/client/client.ts'
+import { appendEvent, type KeyedEventWriter } from '../../../src/client/encode.ts'
 import type { RoutingFields } from '../../../src/protocol/control.ts'
 import type { EventAckBody, EventBatchBody } from '../../../src/protocol/messages.ts'
 import { createTcpTransport } from '../../../src/transport/tcp/tcp-transport.ts'
@@ -161,6 +162,25 @@ describe('adaptive batching (per-worker rounds)', () => {
     cl.send(keys[0]!, { n: 1 })
     await waitFor(() => w.batches.length === 1, 'the batch of an idle partition')
     expect(w.batches[0]).toMatchObject({ partition: 0, count: 1 })
+    w.release()
+    await cl.flush()
+    expect(cl.unacked).toBe(0)
+  })
+
+  it('sendWrittenTo queues a written event in the partition given; refuses one out of range', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER })
+    const writer = (ok: boolean): KeyedEventWriter => ({
+      writeKeyedEvent: (f) => {
+        if (ok) appendEvent(f, keys[3]!, { n: 1 })
+        return ok
+      },
+    })
+    expect(cl.sendWrittenTo(3, writer(false))).toBeNull()
+    expect(cl.unacked).toBe(0)
+    expect(cl.sendWrittenTo(3, writer(true))).toBe(true)
+    await waitFor(() => w.batches.length === 1, 'the written batch')
+    expect(w.batches[0]).toMatchObject({ partition: 3, count: 1 })
+    expect(() => cl.sendWrittenTo(PARTITIONS, writer(true))).toThrow(/out of range/)
     w.release()
     await cl.flush()
     expect(cl.unacked).toBe(0)

@@ -13,8 +13,9 @@ import {
   sealBatch,
   type BatchBuffer,
 } from '../../../src/client/encode.ts'
-import { JsonEventWriter, MAX_FIELDS } from '../../../src/ingest/json-event.ts'
+import { JsonEventWriter, MAX_FIELDS, PreparedEvent } from '../../../src/ingest/json-event.ts'
 import { parseNdjsonLine } from '../../../src/ingest/ndjson.ts'
+import { hashKey, hashKeyBytes } from '../../../src/protocol/partition.ts'
 
 const unpackr = new Packr({ useRecords: true, moreTypes: true })
 
@@ -41,6 +42,40 @@ function writtenBytes(
   return { key, bytes: Buffer.from(into.buf.subarray(from, into.pos)) }
 }
 
+/**
+ * The bytes POST /events writes for `line`: its values written ahead (writeValues), then the
+ * event completed by PreparedEvent with the key from its bytes; null if the writer does not take
+ * it. Also checks that the key's bytes hash as the key does.
+ */
+function preparedBytes(line: string): Buffer | null {
+  const w = new JsonEventWriter('key')
+  const b = Buffer.from(` ${line} `)
+  if (w.scan(b, 1, b.length - 1, false) === null) return null
+  const values = newBatchBuffer(16)
+  const from = values.pos
+  w.writeValues(values)
+  const keyStart = w.keyStart
+  const key = w.keyText()
+  if (keyStart >= 0) {
+    expect(b.toString('latin1', keyStart, w.keyEnd)).toBe(key)
+    expect(hashKeyBytes(b, keyStart, w.keyEnd)).toBe(hashKey(key))
+  }
+  const into = newBatchBuffer(16)
+  const start = into.pos
+  const prepared = new PreparedEvent().set(
+    values.buf,
+    from,
+    values.pos,
+    w.names,
+    b,
+    keyStart,
+    w.keyEnd,
+    keyStart < 0 ? key : null,
+  )
+  expect(prepared.writeKeyedEvent(into)).toBe(true)
+  return Buffer.from(into.buf.subarray(start, into.pos))
+}
+
 /** Whatever the writer takes must be valid, keyed the same and written as the parsed event is. */
 function checkLine(line: string, keyField = 'key'): boolean {
   const w = new JsonEventWriter(keyField)
@@ -51,6 +86,7 @@ function checkLine(line: string, keyField = 'key'): boolean {
   expect(typeof r, line).toBe('object')
   expect(written.key).toBe((r as { key: string }).key)
   expect(written.bytes.equals(parsedBytes(line, keyField)!), line).toBe(true)
+  if (keyField === 'key') expect(preparedBytes(line)?.equals(written.bytes), line).toBe(true)
   return true
 }
 

@@ -4,7 +4,14 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { ErrorCodes, type ShoalError } from '../../../src/errors.ts'
-import { NdjsonByteLines, NdjsonError, parseNdjson, type ByteLines } from '../../../src/ingest/ndjson.ts'
+import {
+  NdjsonByteLines,
+  NdjsonError,
+  parseNdjson,
+  readNdjson,
+  type ByteLines,
+} from '../../../src/ingest/ndjson.ts'
+import { partitionForKey } from '../../../src/protocol/partition.ts'
 
 const enc = (s: string): Uint8Array => new TextEncoder().encode(s)
 
@@ -180,6 +187,12 @@ describe('parseNdjson properties', () => {
           expect(r.events.map((e) => e.event)).toEqual(
             good.map((g) => JSON.parse(JSON.stringify(g.event)) as unknown),
           )
+          // POST /events hashes keys from their bytes (or text): the partitions of their text.
+          const events = readNdjson(enc(body))
+          const parts = Array.from(events.partitions(64).subarray(0, events.length))
+          expect(parts).toEqual(good.map((g) => partitionForKey(g.key, 64)))
+          events.release()
+          if (events.length > 0) expect(() => events.key(0)).toThrow(/after release/)
         },
       ),
       { numRuns: 500 },
