@@ -355,24 +355,45 @@ export class Engine {
     const taken = n === w.length ? w.splice(0) : w.splice(0, n)
     const all = new Uint8Array(bytes)
     let at = 0
-    const batches = taken.map(({ item }): BatchItem => {
-      const p = item.payload
-      all.set(p, at)
-      const payload = all.subarray(at, (at += p.byteLength))
-      return item.tick === undefined ? { partition: item.partition, payload } : { ...item, payload }
-    })
-    const req: TaskRequest = { op: 'batches', partition: batches[0]!.partition, batches }
+    let req: TaskRequest
+    if (taken.every((t) => t.item.tick === undefined)) {
+      // The usual task: payloads and an index, two arrays to clone (see 'packed').
+      const index = new Int32Array(2 * taken.length)
+      for (let i = 0; i < taken.length; i++) {
+        const { item } = taken[i]!
+        all.set(item.payload, at)
+        at += item.payload.byteLength
+        index[2 * i] = item.partition
+        index[2 * i + 1] = at
+      }
+      req = { op: 'packed', partition: taken[0]!.item.partition, data: all, index }
+    } else {
+      const batches = taken.map(({ item }): BatchItem => {
+        const p = item.payload
+        all.set(p, at)
+        const payload = all.subarray(at, (at += p.byteLength))
+        return item.tick === undefined ? { partition: item.partition, payload } : { ...item, payload }
+      })
+      req = { op: 'batches', partition: batches[0]!.partition, batches }
+    }
     lane.inPool++
     lane.pool.run(req, { transferList: [all.buffer] }).then(
-      (res: ResultOf<'batches'>) => {
+      (res: Extract<TaskResult, { op: 'batches' | 'counts' }>) => {
         this.#taskDone(lane)
+        if (res.op === 'counts') {
+          const counts = res.counts
+          for (let i = 0; i < taken.length; i++) {
+            taken[i]!.resolve({ op: 'batch', count: counts[i]!, emitted: null, deadLetters: null })
+          }
+          return
+        }
         res.results.forEach((r: BatchResult | BatchFailure, i) => {
           if (r.op === 'batch') taken[i]!.resolve(r)
           else
             taken[i]!.reject(
               new ShoalError(
                 ErrorCodes.JOB_FAILED,
-                `batch of partition ${batches[i]!.partition} failed: ${r.error}`,
+                `batch of partition ${taken[i]!.item.partition} failed: ${r.error}`,
                 // The batch itself cannot be applied (its payload, or init): the same every time.
                 { data: { batchRejected: true } },
               ),
