@@ -16,9 +16,9 @@
  * and `require` works relative to the job file. Stack traces map to the original sources
  * (inline source map; the processing threads enable source maps).
  */
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { isBuiltin } from 'node:module'
-import { tmpdir } from 'node:os'
+import { hostname, tmpdir } from 'node:os'
 import { basename, dirname, extname, join } from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import type { Loader, Message, Plugin } from 'esbuild'
@@ -124,8 +124,50 @@ export async function bundleJob(file: string, entry: string): Promise<string> {
     // The esbuild service (a child process) is not needed again in this thread.
     await esbuild.stop()
   }
-  const dir = mkdtempSync(join(tmpdir(), 'shoal-job-'))
+  sweepBundleDirs()
+  const dir = mkdtempSync(join(tmpdir(), `${bundleDirPrefix()}${process.pid}-`))
   const out = join(dir, `${basename(file, extname(file))}.mjs`)
   writeFileSync(out, output)
   return pathToFileURL(out).href
+}
+
+/**
+ * Bundle directories are `shoal-job-<host>-<pid>-<random>` in the temporary directory. A node
+ * removes its own when it exits; one killed (SIGKILL, OOM) cannot, so each new bundle first
+ * removes those of this host whose process is gone. The host name keeps containers that share
+ * a temporary directory but not a process namespace from judging each other's processes.
+ */
+export function bundleDirPrefix(): string {
+  return `shoal-job-${hostname().replace(/[^A-Za-z0-9.]/g, '_')}-`
+}
+
+/** Remove the bundle directories of this host's processes that no longer run (best effort). */
+export function sweepBundleDirs(dir = tmpdir()): void {
+  const prefix = bundleDirPrefix()
+  let names: string[]
+  try {
+    names = readdirSync(dir)
+  } catch {
+    return
+  }
+  for (const name of names) {
+    if (!name.startsWith(prefix)) continue
+    const pid = Number(name.slice(prefix.length).split('-', 1)[0])
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || alive(pid)) continue
+    try {
+      rmSync(join(dir, name), { recursive: true, force: true })
+    } catch {
+      // Another node sweeping at the same time, or not ours to remove: leave it.
+    }
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    // EPERM: it runs, as another user.
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
 }
