@@ -43,7 +43,9 @@
  * CONNECTORS_STEADY_CP_MS (5000, the coordinator's default), CONNECTORS_CP_MS (2000),
  * CONNECTORS_THREADS (1 per worker), CONNECTORS_NODE_FLAGS (extra node flags for the
  * coordinator and workers, e.g. "--cpu-prof --cpu-prof-dir=.tmp/prof"; profiles are written
- * when the nodes exit). BENCH_PROFILE_DIR=<dir> profiles the workers of the source part (sets
+ * when the nodes exit; a --max-semi-space-size here replaces the one `shoal up` would give).
+ * The nodes get the flags and environment `shoal up` gives its nodes (src/cli/up.ts: 4 MiB
+ * semi-spaces, 16 MiB for the workers that read the source, the malloc threshold). BENCH_PROFILE_DIR=<dir> profiles the workers of the source part (sets
  * --cpu-prof there).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -55,7 +57,7 @@ import { Redis } from 'ioredis'
 import pg from 'pg'
 import { ShoalClient } from '../../src/client/client.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
-import { onListening } from '../../src/cli/up.ts'
+import { nodeEnvForNodes, nodeFlagsForNodes, onListening, readsSource } from '../../src/cli/up.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import { startPostgres, type PostgresServer } from '../../test/helpers/postgres.ts'
 import { startRedis, type RedisServer } from '../../test/helpers/redis.ts'
@@ -113,10 +115,14 @@ interface NodeProc {
   byMsg: Map<string, number>
 }
 
+/** A node as `shoal up` starts it: its flags (nodeFlagsForNodes, after extraFlags) and environment. */
 async function startNode(args: string[], extraFlags: string[]): Promise<NodeProc> {
-  const child = spawn(process.execPath, ['--import', 'tsx', ...extraFlags, MAIN, ...args], {
+  const flags = nodeFlagsForNodes(extraFlags, process.env.NODE_OPTIONS, {
+    readsSource: readsSource(args, process.env),
+  })
+  const child = spawn(process.execPath, ['--import', 'tsx', ...flags, MAIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: process.env,
+    env: nodeEnvForNodes(process.env),
   })
   const proc: NodeProc = { child, address: '', http: '', logLines: 0, firstLines: [], byMsg: new Map() }
   let errBuf = ''

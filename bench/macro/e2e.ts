@@ -52,7 +52,7 @@ import { encodeFrame, decodeEnvelope } from '../../src/protocol/codec.ts'
 import { FrameParser } from '../../src/protocol/framing.ts'
 import type { EventBatchBody } from '../../src/protocol/messages.ts'
 import { partitionForKey } from '../../src/protocol/partition.ts'
-import { nodeEnvForNodes, nodeFlagsForNodes, onListening } from '../../src/cli/up.ts'
+import { nodeEnvForNodes, nodeFlagsForNodes, onListening, readsSource } from '../../src/cli/up.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import {
   childMain,
@@ -157,9 +157,9 @@ export interface NodeProc {
 }
 
 /** E2E_NODE_FLAGS, and the flags `shoal up` and the image give every node (MAIN_THREAD_FLAGS). */
-function nodeFlags(): string[] {
+function nodeFlags(args: readonly string[]): string[] {
   const extra = (process.env.E2E_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f.length > 0)
-  return nodeFlagsForNodes(extra, process.env.NODE_OPTIONS)
+  return nodeFlagsForNodes(extra, process.env.NODE_OPTIONS, { readsSource: readsSource(args, process.env) })
 }
 
 export async function startNode(
@@ -169,7 +169,7 @@ export async function startNode(
 ): Promise<NodeProc> {
   const entry = binary === 'dist' ? [DIST_MAIN] : ['--import', 'tsx', MAIN]
   // The environment `shoal up` and the image give every node (NODE_ENV_DEFAULTS).
-  const child = spawn(process.execPath, [...nodeFlags(), ...flags, ...entry, ...args], {
+  const child = spawn(process.execPath, [...nodeFlags(args), ...flags, ...entry, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: nodeEnvForNodes(process.env),
   })

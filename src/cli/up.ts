@@ -75,12 +75,39 @@ export function onListening(stdout: Readable, callback: (info: NodeListening) =>
  */
 export const MAIN_THREAD_FLAGS = ['--max-semi-space-size=4', '--no-memory-reducer']
 
-/** This process's Node flags, plus each of MAIN_THREAD_FLAGS the user did not set otherwise. */
-export function nodeFlagsForNodes(execArgv: readonly string[], nodeOptions = ''): string[] {
+/**
+ * The main thread's semi-spaces (MiB) in a worker that reads a source (--source or
+ * SHOAL_SOURCE). Its main thread decodes every entry it reads and keeps them (ids, records)
+ * until their owners acknowledge them, tens of milliseconds: with 4 MiB semi-spaces they
+ * outlived two scavenges and were promoted, and GC was a fifth of the thread. 16 MiB: the
+ * Redis Stream source at 197-201k entries/s and 180-184k entries per CPU-second against
+ * 179-180k and 154-157k (docs/benchmarks.md, "Connectors"), for up to ~24 MiB more young
+ * generation in those workers only.
+ */
+export const SOURCE_WORKER_SEMI_SPACE_MB = 16
+
+/** A node started with `args` (and `env`, which it inherits) is a worker that reads a source. */
+export function readsSource(args: readonly string[], env: NodeJS.ProcessEnv): boolean {
+  if (args[0] !== 'worker') return false
+  if (args.some((a) => a === '--source' || a.startsWith('--source='))) return true
+  return (env.SHOAL_SOURCE ?? '') !== ''
+}
+
+/**
+ * This process's Node flags, plus each of MAIN_THREAD_FLAGS the user did not set otherwise
+ * (SOURCE_WORKER_SEMI_SPACE_MB semi-spaces for a worker that reads a source).
+ */
+export function nodeFlagsForNodes(
+  execArgv: readonly string[],
+  nodeOptions = '',
+  node: { readsSource?: boolean } = {},
+): string[] {
   const given = [...execArgv, nodeOptions]
   const has = (name: string): boolean => given.some((f) => f.includes(name))
   const flags = [...execArgv]
-  if (!has('--max-semi-space-size')) flags.push('--max-semi-space-size=4')
+  if (!has('--max-semi-space-size')) {
+    flags.push(`--max-semi-space-size=${node.readsSource === true ? SOURCE_WORKER_SEMI_SPACE_MB : 4}`)
+  }
   if (!has('memory-reducer')) flags.push('--no-memory-reducer')
   return flags
 }
@@ -105,7 +132,9 @@ export function nodeEnvForNodes(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 
 function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<NodeListening> } {
   // Re-run this CLI with the same Node flags (tsx in development, plain node when built).
-  const flags = nodeFlagsForNodes(process.execArgv, process.env.NODE_OPTIONS)
+  const flags = nodeFlagsForNodes(process.execArgv, process.env.NODE_OPTIONS, {
+    readsSource: readsSource(args, process.env),
+  })
   const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: nodeEnvForNodes(process.env),

@@ -25,7 +25,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { Ajv } from 'ajv'
 import { parseDocument } from 'yaml'
-import { NODE_ENV_DEFAULTS } from '../../src/cli/up.ts'
+import { NODE_ENV_DEFAULTS, SOURCE_WORKER_SEMI_SPACE_MB } from '../../src/cli/up.ts'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseSinkUrl, parseSourceUrl } from '../../src/connectors/url.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
@@ -1167,6 +1167,8 @@ describe('docker-compose.pipeline.yml (static, merged over docker-compose.yml)',
     const env = envOf(merged.services.worker!)
     expect(env.SHOAL_SOURCE).toBe('redis://redis:6379?stream=events&group=shoal')
     expect(env.SHOAL_SINK).toBe('postgres://shoal:shoal@postgres:5432/shoal?table=shoal_state&mode=state')
+    // The semi-spaces `shoal up` gives a worker that reads a source.
+    expect(env.NODE_OPTIONS).toBe(`--max-semi-space-size=${SOURCE_WORKER_SEMI_SPACE_MB}`)
     expect(parseSourceUrl(env.SHOAL_SOURCE!)).toMatchObject({ stream: 'events', group: 'shoal' })
     expect(parseSinkUrl(env.SHOAL_SINK!)).toMatchObject({
       kind: 'postgres',

@@ -31,6 +31,7 @@ import ts from 'typescript'
 import { parse, parseAllDocuments } from 'yaml'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { parseSinkUrl, parseSourceUrl } from '../../src/connectors/url.ts'
+import { SOURCE_WORKER_SEMI_SPACE_MB } from '../../src/cli/up.ts'
 import { checkHealth } from '../../src/transport/grpc/health.ts'
 
 /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-argument, @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-return --
@@ -1174,6 +1175,8 @@ describe('k8s/ (static)', () => {
       table: 'shoal_state',
       mode: 'state',
     })
+    // The semi-spaces `shoal up` gives a worker that reads a source.
+    expect(env.NODE_OPTIONS).toBe(`--max-semi-space-size=${SOURCE_WORKER_SEMI_SPACE_MB}`)
     expect(c.env!.find((e) => e.name === 'SHOAL_SINK')!.valueFrom?.secretKeyRef).toEqual({
       name: 'shoal-pipeline',
       key: 'SHOAL_SINK',

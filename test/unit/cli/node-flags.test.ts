@@ -1,5 +1,11 @@
 import { describe, expect, it } from 'vitest'
-import { MAIN_THREAD_FLAGS, nodeEnvForNodes, nodeFlagsForNodes } from '../../../src/cli/up.ts'
+import {
+  MAIN_THREAD_FLAGS,
+  SOURCE_WORKER_SEMI_SPACE_MB,
+  nodeEnvForNodes,
+  nodeFlagsForNodes,
+  readsSource,
+} from '../../../src/cli/up.ts'
 
 describe('Node flags of the nodes `shoal up` starts', () => {
   it('adds the 4 MiB semi-space flag and turns the memory reducer off, after the flags this process runs with', () => {
@@ -28,6 +34,25 @@ describe('Node flags of the nodes `shoal up` starts', () => {
       '--max-semi-space-size=4',
       '--no-memory-reducer',
     ])
+  })
+
+  it('gives a worker that reads a source larger semi-spaces, unless the user chose a size', () => {
+    expect(SOURCE_WORKER_SEMI_SPACE_MB).toBe(16)
+    expect(nodeFlagsForNodes([], '', { readsSource: true })).toEqual([
+      '--max-semi-space-size=16',
+      '--no-memory-reducer',
+    ])
+    expect(nodeFlagsForNodes([], '--max-semi-space-size=8', { readsSource: true })).toEqual([
+      '--no-memory-reducer',
+    ])
+    const url = 'redis://r:6379?stream=s&group=g'
+    expect(readsSource(['worker', '--coordinator', 'c:1', '--source', url], {})).toBe(true)
+    expect(readsSource(['worker', `--source=${url}`], {})).toBe(true)
+    expect(readsSource(['worker', '--coordinator', 'c:1'], { SHOAL_SOURCE: url })).toBe(true)
+    expect(readsSource(['worker', '--coordinator', 'c:1'], { SHOAL_SOURCE: '' })).toBe(false)
+    expect(readsSource(['worker', '--sink', 'file:/x'], {})).toBe(false)
+    // The coordinator reads no source, whatever the environment says.
+    expect(readsSource(['coordinator', '--listen', ':0'], { SHOAL_SOURCE: url })).toBe(false)
   })
 
   it('gives every node the malloc threshold unless the environment sets it', () => {
