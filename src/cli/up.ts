@@ -77,14 +77,14 @@ export const MAIN_THREAD_FLAGS = ['--max-semi-space-size=4', '--no-memory-reduce
 
 /**
  * The main thread's semi-spaces (MiB) in a worker that reads a source (--source or
- * SHOAL_SOURCE). Its main thread decodes every entry it reads and keeps them (ids, records)
- * until their owners acknowledge them, tens of milliseconds: with 4 MiB semi-spaces they
- * outlived two scavenges and were promoted, and GC was a fifth of the thread. 16 MiB: the
- * Redis Stream source at 197-201k entries/s and 180-184k entries per CPU-second against
- * 179-180k and 154-157k (docs/benchmarks.md, "Connectors"), for up to ~24 MiB more young
- * generation in those workers only.
+ * SHOAL_SOURCE). Its main thread decodes every entry it reads and keeps them (ids, records,
+ * replies in parse) until their owners acknowledge them, tens of milliseconds: with 4 MiB
+ * semi-spaces most of a scavenge survived, was copied and promoted, and GC was a fifth of the
+ * thread. The Redis Stream source on 2 cores (docs/benchmarks.md, "Connectors"): 4 MiB 176-180k
+ * entries/s (153-156k per CPU-second), 16 MiB 184-191k (164-174k), 32 MiB 206-213k (197-211k),
+ * 64 MiB 206k (203k); a reading worker's peak RSS 255 -> 307 MiB at 32. Those workers only.
  */
-export const SOURCE_WORKER_SEMI_SPACE_MB = 16
+export const SOURCE_WORKER_SEMI_SPACE_MB = 32
 
 /** A node started with `args` (and `env`, which it inherits) is a worker that reads a source. */
 export function readsSource(args: readonly string[], env: NodeJS.ProcessEnv): boolean {

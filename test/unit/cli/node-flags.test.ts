@@ -37,9 +37,9 @@ describe('Node flags of the nodes `shoal up` starts', () => {
   })
 
   it('gives a worker that reads a source larger semi-spaces, unless the user chose a size', () => {
-    expect(SOURCE_WORKER_SEMI_SPACE_MB).toBe(16)
+    expect(SOURCE_WORKER_SEMI_SPACE_MB).toBe(32)
     expect(nodeFlagsForNodes([], '', { readsSource: true })).toEqual([
-      '--max-semi-space-size=16',
+      '--max-semi-space-size=32',
       '--no-memory-reducer',
     ])
     expect(nodeFlagsForNodes([], '--max-semi-space-size=8', { readsSource: true })).toEqual([
