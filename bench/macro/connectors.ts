@@ -45,8 +45,8 @@
  * coordinator and workers, e.g. "--cpu-prof --cpu-prof-dir=.tmp/prof"; profiles are written
  * when the nodes exit; a --max-semi-space-size here replaces the one `shoal up` would give).
  * The nodes get the flags and environment `shoal up` gives its nodes (src/cli/up.ts: 4 MiB
- * semi-spaces, 32 MiB for the workers that read the source, the malloc threshold). BENCH_PROFILE_DIR=<dir> profiles the workers of the source part (sets
- * --cpu-prof there).
+ * semi-spaces, 32 MiB for the workers that read the source, the malloc threshold).
+ * BENCH_PROFILE_DIR=<dir> profiles the workers of the source part (sets --cpu-prof there).
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
