@@ -555,7 +555,7 @@ async function runWorker(cfg: WorkerConfig): Promise<void> {
   }, 1000)
   healthTimer.unref()
   // Sources read as consumer <node id> (stable across restarts); sinks behind SinkRunners.
-  const sources = cfg.sources.map((spec) => createSource(spec, { consumer: cfg.nodeId }))
+  const sources = await Promise.all(cfg.sources.map((spec) => createSource(spec, { consumer: cfg.nodeId })))
   const sinks = await Promise.all(cfg.sinks.map((spec) => createSink(spec)))
   node = createWorkerNode({
     store,
