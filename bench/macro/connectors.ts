@@ -57,7 +57,7 @@ import { Redis } from 'ioredis'
 import pg from 'pg'
 import { ShoalClient } from '../../src/client/client.ts'
 import type { ClusterStatus } from '../../src/coordinator/coordinator.ts'
-import { nodeEnvForNodes, nodeFlagsForNodes, onListening, readsSource } from '../../src/cli/up.ts'
+import { nodeEnvForNodes, nodeFlagsForNode, onListening } from '../../src/cli/up.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import { startPostgres, type PostgresServer } from '../../test/helpers/postgres.ts'
 import { startRedis, type RedisServer } from '../../test/helpers/redis.ts'
@@ -117,9 +117,7 @@ interface NodeProc {
 
 /** A node as `shoal up` starts it: its flags (nodeFlagsForNodes, after extraFlags) and environment. */
 async function startNode(args: string[], extraFlags: string[]): Promise<NodeProc> {
-  const flags = nodeFlagsForNodes(extraFlags, process.env.NODE_OPTIONS, {
-    readsSource: readsSource(args, process.env),
-  })
+  const flags = nodeFlagsForNode(args, extraFlags)
   const child = spawn(process.execPath, ['--import', 'tsx', ...flags, MAIN, ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: nodeEnvForNodes(process.env),

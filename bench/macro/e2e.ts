@@ -52,7 +52,7 @@ import { encodeFrame, decodeEnvelope } from '../../src/protocol/codec.ts'
 import { FrameParser } from '../../src/protocol/framing.ts'
 import type { EventBatchBody } from '../../src/protocol/messages.ts'
 import { partitionForKey } from '../../src/protocol/partition.ts'
-import { nodeEnvForNodes, nodeFlagsForNodes, onListening, readsSource } from '../../src/cli/up.ts'
+import { nodeEnvForNodes, nodeFlagsForNode, onListening } from '../../src/cli/up.ts'
 import { createTransport } from '../../src/transport/index.ts'
 import {
   childMain,
@@ -159,7 +159,7 @@ export interface NodeProc {
 /** E2E_NODE_FLAGS, and the flags `shoal up` and the image give every node (MAIN_THREAD_FLAGS). */
 function nodeFlags(args: readonly string[]): string[] {
   const extra = (process.env.E2E_NODE_FLAGS ?? '').split(/\s+/).filter((f) => f.length > 0)
-  return nodeFlagsForNodes(extra, process.env.NODE_OPTIONS, { readsSource: readsSource(args, process.env) })
+  return nodeFlagsForNode(args, extra)
 }
 
 export async function startNode(

@@ -130,11 +130,22 @@ export function nodeEnvForNodes(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   return out
 }
 
+/**
+ * The Node flags of a node started with `args` (its command line after the entry): `execArgv`
+ * plus MAIN_THREAD_FLAGS as nodeFlagsForNodes gives them, for a worker that reads a source
+ * those of one.
+ */
+export function nodeFlagsForNode(
+  args: readonly string[],
+  execArgv: readonly string[],
+  env: NodeJS.ProcessEnv = process.env,
+): string[] {
+  return nodeFlagsForNodes(execArgv, env.NODE_OPTIONS, { readsSource: readsSource(args, env) })
+}
+
 function spawnNode(args: string[]): { child: ChildProcess; listening: Promise<NodeListening> } {
   // Re-run this CLI with the same Node flags (tsx in development, plain node when built).
-  const flags = nodeFlagsForNodes(process.execArgv, process.env.NODE_OPTIONS, {
-    readsSource: readsSource(args, process.env),
-  })
+  const flags = nodeFlagsForNode(args, process.execArgv)
   const child = spawn(process.execPath, [...flags, process.argv[1]!, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: nodeEnvForNodes(process.env),

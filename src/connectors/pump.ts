@@ -77,10 +77,7 @@ function toBatch(run: readonly SourceRecord[]): PumpBatch {
     sequences[i] = r.sequence
     acks[i] = r.ack
     const e = r.encoded
-    if (
-      e === undefined ||
-      !prepared.set(e.values, e.from, e.to, e.names, e.values, 0, 0, r.key).writeKeyedEvent(f)
-    ) {
+    if (e === undefined || !prepared.set(e.values, e.from, e.to, e.names, r.key).writeKeyedEvent(f)) {
       appendEvent(f, r.key, r.event)
     }
   }

@@ -151,17 +151,11 @@ export class EventIngest implements EventsHandler {
       events.release()
       return Promise.reject(err instanceof Error ? err : new Error(String(err)))
     }
-    let rest: Promise<void>
-    if (sent === count) {
-      events.release()
-      rest = Promise.resolve()
-    } else {
-      rest = this.#sendRest(gen, events, parts, sent, targets, deadline)
-      rest.then(
-        () => events.release(),
-        () => events.release(),
-      )
-    }
+    const rest =
+      sent === count ? Promise.resolve() : this.#sendRest(gen, events, parts, sent, targets, deadline)
+    // Every event is in the client's batches (or will not be): the body's columns go back.
+    const release = (): void => events.release()
+    rest.then(release, release)
     return rest.then(() => this.#acked(gen, targets, count, deadline, options.signal))
   }
 

@@ -403,27 +403,27 @@ export class PreparedEvent implements KeyedEventWriter {
   #keyText: string | null = null
 
   /**
-   * The next event to write: values src[from..to), key list `names`, key bytes
-   * keySrc[keyStart..keyEnd) (ASCII), or keyText when it is not null.
+   * The next event to write: values src[from..to), key list `names`, key `keyText`, or when
+   * that is null the key's bytes keySrc[keyStart..keyEnd) (ASCII).
    */
   set(
     src: Buffer,
     from: number,
     to: number,
     names: string[],
-    keySrc: Buffer,
-    keyStart: number,
-    keyEnd: number,
     keyText: string | null,
+    keySrc: Buffer = src,
+    keyStart = 0,
+    keyEnd = 0,
   ): this {
     this.#src = src
     this.#from = from
     this.#to = to
     this.#names = names
+    this.#keyText = keyText
     this.#keySrc = keySrc
     this.#keyStart = keyStart
     this.#keyEnd = keyEnd
-    this.#keyText = keyText
     return this
   }
 

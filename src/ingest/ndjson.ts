@@ -363,10 +363,10 @@ export class NdjsonEvents {
         c.valueStart[i]!,
         c.valueEnd[i]!,
         c.names[i]!,
+        keyStart < 0 ? this.#keyText.get(i)! : null,
         this.#body,
         keyStart,
-        c.keyEnd[i]!,
-        keyStart < 0 ? this.#keyText.get(i)! : null,
+        c.keyEnd[i],
       ),
     )
     // null: the batch had no record id left; send it parsed.

@@ -205,18 +205,21 @@ function runBatch(partition: number, payload: Uint8Array): BatchResult {
   }
 }
 
-function runBatches(batches: BatchItem[]): (BatchResult | BatchFailure)[] {
-  const results: (BatchResult | BatchFailure)[] = []
-  for (const b of batches) {
-    try {
-      results.push(timed ? runTimed(b) : runBatch(b.partition, b.payload))
-    } catch (err) {
-      // Not the job's per-event error (those are dead-lettered): e.g. a payload that is not
-      // msgpack, or init() threw. Only this batch fails; the others of the task stand.
-      results.push({ op: 'failed', error: err instanceof Error ? err.message : String(err) })
-    }
+/**
+ * One batch's result. A failure here is not the job's per-event error (those are
+ * dead-lettered): e.g. a payload that is not msgpack, or init() threw. Only this batch fails;
+ * the others of the task stand.
+ */
+function runOne(b: BatchItem): BatchResult | BatchFailure {
+  try {
+    return timed ? runTimed(b) : runBatch(b.partition, b.payload)
+  } catch (err) {
+    return { op: 'failed', error: err instanceof Error ? err.message : String(err) }
   }
-  return results
+}
+
+function runBatches(batches: BatchItem[]): (BatchResult | BatchFailure)[] {
+  return batches.map(runOne)
 }
 
 /** A 'packed' task: its counts when every batch only counted, else every batch's result. */
@@ -227,14 +230,8 @@ function runPacked(data: Uint8Array, index: Int32Array): TaskResult {
   let start = 0
   for (let i = 0; i < n; i++) {
     const end = index[2 * i + 1]!
-    const b: BatchItem = { partition: index[2 * i]!, payload: data.subarray(start, end) }
+    const r = runOne({ partition: index[2 * i]!, payload: data.subarray(start, end) })
     start = end
-    let r: BatchResult | BatchFailure
-    try {
-      r = timed ? runTimed(b) : runBatch(b.partition, b.payload)
-    } catch (err) {
-      r = { op: 'failed', error: err instanceof Error ? err.message : String(err) }
-    }
     if (
       results === null &&
       r.op === 'batch' &&

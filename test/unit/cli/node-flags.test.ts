@@ -3,6 +3,7 @@ import {
   MAIN_THREAD_FLAGS,
   SOURCE_WORKER_SEMI_SPACE_MB,
   nodeEnvForNodes,
+  nodeFlagsForNode,
   nodeFlagsForNodes,
   readsSource,
 } from '../../../src/cli/up.ts'
@@ -51,6 +52,12 @@ describe('Node flags of the nodes `shoal up` starts', () => {
     expect(readsSource(['worker', '--coordinator', 'c:1'], { SHOAL_SOURCE: url })).toBe(true)
     expect(readsSource(['worker', '--coordinator', 'c:1'], { SHOAL_SOURCE: '' })).toBe(false)
     expect(readsSource(['worker', '--sink', 'file:/x'], {})).toBe(false)
+    expect(nodeFlagsForNode(['worker', '--source', url], ['--import', 'tsx'], {})).toEqual([
+      '--import',
+      'tsx',
+      '--max-semi-space-size=32',
+      '--no-memory-reducer',
+    ])
     // The coordinator reads no source, whatever the environment says.
     expect(readsSource(['coordinator', '--listen', ':0'], { SHOAL_SOURCE: url })).toBe(false)
   })

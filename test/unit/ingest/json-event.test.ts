@@ -67,10 +67,10 @@ function preparedBytes(line: string): Buffer | null {
     from,
     values.pos,
     w.names,
+    keyStart < 0 ? key : null,
     b,
     keyStart,
     w.keyEnd,
-    keyStart < 0 ? key : null,
   )
   expect(prepared.writeKeyedEvent(into)).toBe(true)
   return Buffer.from(into.buf.subarray(start, into.pos))
