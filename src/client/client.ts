@@ -265,6 +265,11 @@ export class ShoalClient {
   #routing: RoutingFields
   readonly #queues: PartitionQueue[]
   readonly #conns = new Map<string, Promise<Connection>>()
+  /** The connections of #conns that are up, by the same key: #deliver's synchronous path. */
+  readonly #open = new Map<string, Connection>()
+  /** #target's table and the routing table it was made from. */
+  #targets: (Target | null)[] = []
+  #targetsOf: RoutingFields | null = null
   readonly #requests = new Requests()
   #unacked = 0
   #lingerTimer: NodeJS.Immediate | null = null
@@ -757,6 +762,7 @@ export class ShoalClient {
     const closing = new ShoalError(ErrorCodes.CLOSED, 'client is closed')
     for (const w of this.#watches) w.abort(closing)
     for (const ac of this.#dials.values()) ac.abort(closing)
+    this.#open.clear()
     for (const q of this.#queues) {
       if (q.retryTimer !== null) clearTimeout(q.retryTimer)
     }
@@ -894,20 +900,38 @@ export class ShoalClient {
       // partitions a launch releases, a send loop's other partitions) joins it.
       if (g.flying++ === 0) this.#openRound(g)
     }
-    void this.#deliver(q, batch)
+    this.#deliver(q, batch)
+  }
+
+  /** The owner of partition p in the current routing table (one Target per worker and table). */
+  #target(p: number): Target | null {
+    if (this.#targetsOf !== this.#routing) {
+      const r = this.#routing
+      const byWorker = new Map<string, Target | null>()
+      this.#targets = r.routes.map((route, i) => {
+        if (route == null) return null
+        let t = byWorker.get(route.workerId)
+        if (t === undefined) byWorker.set(route.workerId, (t = targetOf(r, i)))
+        return t
+      })
+      this.#targetsOf = r
+    }
+    return this.#targets[p] ?? null
   }
 
   /**
    * Send `batch` to its partition's owner. Each call is one attempt: an attempt superseded by a
    * newer one (a re-route while it was still dialing) finds batch.attempts moved on and stops.
+   * To a worker whose connection is up, the batch goes now, without a promise or a turn: at 50%
+   * load a client sends ~50k batches a second, and the dial path's per-batch key, promise and
+   * await were a measurable part of them.
    */
-  async #deliver(q: PartitionQueue, batch: Sealed): Promise<void> {
+  #deliver(q: PartitionQueue, batch: Sealed): void {
     if (batch.firstTriedAt === 0) batch.firstTriedAt = performance.now()
     const attempt = ++batch.attempts
-    const current = (): boolean => q.inFlight === batch && batch.attempts === attempt && !this.#closed
     batch.conn = null
     const route = this.#routing.routes[batch.partition]
-    const target = targetOf(this.#routing, batch.partition)
+    const target = this.#target(batch.partition)
     batch.target = target?.key ?? null
     if (route == null || target === null) {
       this.#retry(
@@ -919,22 +943,34 @@ export class ShoalClient {
       )
       return
     }
+    const open = this.#open.get(target.key)
+    if (open === undefined || this.#viaGatewayFor(target.workerId)) {
+      void this.#dialAndSend(q, batch, attempt, route.epoch, target)
+      return
+    }
+    try {
+      this.#sendBatch(open, q, batch, route.epoch)
+    } catch (err) {
+      this.#retry(
+        q,
+        batch,
+        err instanceof ShoalError ? err : new ShoalError(ErrorCodes.TRANSPORT, String(err)),
+      )
+    }
+  }
+
+  async #dialAndSend(
+    q: PartitionQueue,
+    batch: Sealed,
+    attempt: number,
+    epoch: number,
+    target: Target,
+  ): Promise<void> {
+    const current = (): boolean => q.inFlight === batch && batch.attempts === attempt && !this.#closed
     try {
       const conn = await this.#connTo(target.workerId, target.address)
       if (!current()) return
-      batch.conn = conn
-      batch.sentAt = batch.checkedAt = performance.now()
-      this.#send(conn, q, batch, {
-        op: 'batch',
-        partition: batch.partition,
-        epoch: route.epoch,
-        producerId: batch.producerId ?? this.producerId,
-        sequence: batch.sequence,
-        ...(batch.firstSequence === undefined ? {} : { firstSequence: batch.firstSequence }),
-        ...(batch.eventSequences === undefined ? {} : { eventSequences: batch.eventSequences }),
-        count: batch.count,
-        payload: batch.payload,
-      })
+      this.#sendBatch(conn, q, batch, epoch)
     } catch (err) {
       if (!current()) return
       this.#retry(
@@ -942,8 +978,24 @@ export class ShoalClient {
         batch,
         err instanceof ShoalError ? err : new ShoalError(ErrorCodes.TRANSPORT, String(err)),
       )
-      return
     }
+  }
+
+  #sendBatch(conn: Connection, q: PartitionQueue, batch: Sealed, epoch: number): void {
+    batch.conn = conn
+    batch.sentAt = batch.checkedAt = performance.now()
+    const body: EventBatchBody = {
+      op: 'batch',
+      partition: batch.partition,
+      epoch,
+      producerId: batch.producerId ?? this.producerId,
+      sequence: batch.sequence,
+      count: batch.count,
+      payload: batch.payload,
+    }
+    if (batch.firstSequence !== undefined) body.firstSequence = batch.firstSequence
+    if (batch.eventSequences !== undefined) body.eventSequences = batch.eventSequences
+    this.#send(conn, q, batch, body)
     this.#watchdog ??= setInterval(this.#watch, this.#watchEveryMs).unref()
   }
 
@@ -1090,7 +1142,7 @@ export class ShoalClient {
     const delay = Math.min(1000, this.#opts.retryDelayMs * Math.min(batch.attempts, 10))
     q.retryTimer = setTimeout(() => {
       q.retryTimer = null
-      if (q.inFlight === batch && !this.#closed) void this.#deliver(q, batch)
+      if (q.inFlight === batch && !this.#closed) this.#deliver(q, batch)
     }, delay)
   }
 
@@ -1192,7 +1244,7 @@ export class ShoalClient {
         q.retryTimer = null
       }
       this.stats.retries++
-      void this.#deliver(q, b)
+      this.#deliver(q, b)
     }
     // Only a table that names an owner for every partition says a missing worker owns nothing.
     if (r.routes.some((route) => route === null)) return
@@ -1207,6 +1259,7 @@ export class ShoalClient {
     for (const [key, c] of this.#conns) {
       if (owners.has(key)) continue
       this.#conns.delete(key)
+      this.#open.delete(key)
       c.then(
         (conn) => conn.destroy(),
         () => {},
@@ -1255,6 +1308,7 @@ export class ShoalClient {
             conn.destroy()
             throw new ShoalError(ErrorCodes.NOT_OWNER, `${key} owns no partition now`, { retryable: true })
           }
+          this.#open.set(key, conn)
           void this.#readAcks(key, conn, dial)
           return conn
         },
@@ -1308,6 +1362,7 @@ export class ShoalClient {
       // handled below
     }
     if (dial !== undefined && this.#conns.get(key) === dial) this.#conns.delete(key)
+    if (this.#open.get(key) === conn) this.#open.delete(key)
     const lost = new ShoalError(ErrorCodes.CONNECTION_LOST, `connection to ${key} lost`, { retryable: true })
     for (const q of this.#queues) {
       if (q.inFlight?.conn === conn && q.retryTimer === null) this.#retry(q, q.inFlight, lost)
