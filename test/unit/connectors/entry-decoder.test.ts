@@ -120,6 +120,24 @@ describe('entry ids (fuzzed)', () => {
     )
   })
 
+  it('numbers an id Redis writes (digits-dash-digits) by its value, and nothing else', () => {
+    fc.assert(
+      fc.property(fc.nat(Number.MAX_SAFE_INTEGER), fc.nat(2 ** 31 - 1), (ms, seq) => {
+        expect(entrySequence(`${ms}-${seq}`)).toEqual({
+          bucket: Math.floor(ms / 2 ** 21),
+          sequence: (ms % 2 ** 21) * 2 ** 31 + seq,
+        })
+      }),
+      { numRuns: 3000 },
+    )
+    // Number() would take each of these; Redis never writes them.
+    for (const id of ['1e3-1', ' 1-2', '+1-2', '1-+2', '0x10-1', '1.5-1', '1-2 ', '1-', '-1', '1--2', '']) {
+      expect(entrySequence(id), id).toBeNull()
+    }
+    expect(entrySequence(`1-${2 ** 31}`)).toBeNull()
+    expect(entrySequence(`${2 ** 53}-1`)).toBeNull()
+  })
+
   it('sequences grow with ids inside a bucket', () => {
     fc.assert(
       fc.property(fc.nat(2 ** 40), fc.nat(2 ** 31 - 2), fc.nat(2 ** 31 - 2), (ms, a, b) => {
