@@ -40,9 +40,12 @@ async function heldAckWorker(
   held: () => number
   /** Ack every batch received so far. */
   release: () => void
+  /** Connections accepted so far. */
+  conns: Connection[]
 }> {
   const batches: EventBatchBody[] = []
   const messages: number[][] = []
+  const conns: Connection[] = []
   let held: { conn: Connection; b: EventBatchBody }[] = []
   const listener = await createTcpTransport({
     nodeId: 'w',
@@ -50,6 +53,7 @@ async function heldAckWorker(
     ...(maxProtocolVersion === undefined ? {} : { maxProtocolVersion }),
     ...(maxFrameBytes === undefined ? {} : { maxFrameBytes }),
   }).listen({ host: '127.0.0.1', port: 0 }, (conn) => {
+    conns.push(conn)
     void (async () => {
       try {
         for await (const env of conn) {
@@ -72,6 +76,7 @@ async function heldAckWorker(
     address: listener.address,
     batches,
     messages,
+    conns,
     held: () => held.length,
     release() {
       const now = held
@@ -300,5 +305,24 @@ describe('adaptive batching (per-worker rounds)', () => {
     w.release()
     await flushed
     expect(cl.stats.acked).toBe(4)
+  })
+
+  it('after its connection to a worker is lost, the next batch reaches it over a new one', async () => {
+    const { cl, w, keys } = await setup({ lingerMs: NEVER, retryDelayMs: 10 })
+    cl.send(keys[0]!, { n: 1 })
+    await waitFor(() => w.held() === 1, 'the first batch')
+    await settle(cl, w)
+    expect(w.conns).toHaveLength(1)
+    // The worker drops the connection (a restart on the same address looks the same). Batches
+    // to a worker whose connection is up skip the dial: a dead one must not be kept for them.
+    w.conns[0]!.destroy()
+    await turn()
+    cl.send(keys[1]!, { n: 2 })
+    await waitFor(() => w.batches.length === 2, 'the batch after the loss')
+    expect(w.conns).toHaveLength(2)
+    expect(w.batches[1]).toMatchObject({ partition: 1, count: 1 })
+    await settle(cl, w)
+    expect(cl.stats.acked).toBe(2)
+    expect(cl.unacked).toBe(0)
   })
 })
