@@ -18,16 +18,11 @@ import { once } from 'node:events'
 import { connect } from 'node:net'
 import { Redis } from 'ioredis'
 import RedisParser from 'redis-parser'
+import { encodeCommand } from '../../src/state/checkpoint/resp.ts'
 import { startRedis } from '../../test/helpers/redis.ts'
 
 const N = Number(process.env.N ?? 10_000)
 const R = Number(process.env.R ?? 200)
-
-function command(args: string[]): Buffer {
-  let s = `*${args.length}\r\n`
-  for (const a of args) s += `$${Buffer.byteLength(a)}\r\n${a}\r\n`
-  return Buffer.from(s)
-}
 
 /** The raw bytes of one reply to `args`, read off a plain socket. */
 async function rawReply(port: number, args: string[]): Promise<Buffer> {
@@ -45,7 +40,7 @@ async function rawReply(port: number, args: string[]): Promise<Buffer> {
       parser.execute(chunk)
     })
   })
-  socket.write(command(args))
+  socket.write(encodeCommand(args, []))
   await done
   socket.destroy()
   return Buffer.concat(chunks)

@@ -75,14 +75,42 @@ const MAX_ENTRIES_PER_COMMAND = 10_000
 const MS_BITS = 2 ** 21
 const SEQ_LIMIT = 2 ** 31
 
-/** Parse an entry id `ms-seq` into numbers; null when out of the exactly-representable range. */
+/** The parts of the id {@link scanEntryId} read last. */
+let scannedMs = 0
+let scannedSeq = 0
+
+/**
+ * Read an entry id `ms-seq` (digits only, as Redis writes them) into scannedMs and scannedSeq;
+ * false when it is anything else or a part is not an exact JS integer. Character by character,
+ * nothing allocated: the reader numbers every entry it reads (slices and an array per entry were
+ * ~3% of a reading worker's main thread).
+ */
+function scanEntryId(id: string): boolean {
+  const n = id.length
+  let ms = 0
+  let i = 0
+  for (; i < n; i++) {
+    const c = id.charCodeAt(i)
+    if (c === 45) break
+    if (c < 48 || c > 57) return false
+    ms = ms * 10 + (c - 48)
+  }
+  if (i === 0 || i >= n - 1) return false
+  let seq = 0
+  for (i++; i < n; i++) {
+    const c = id.charCodeAt(i)
+    if (c < 48 || c > 57) return false
+    seq = seq * 10 + (c - 48)
+  }
+  if (!Number.isSafeInteger(ms) || !Number.isSafeInteger(seq)) return false
+  scannedMs = ms
+  scannedSeq = seq
+  return true
+}
+
+/** Parse an entry id `ms-seq` into numbers; null when it is not one (see scanEntryId). */
 export function parseEntryId(id: string): [ms: number, seq: number] | null {
-  const dash = id.indexOf('-')
-  if (dash <= 0) return null
-  const ms = Number(id.slice(0, dash))
-  const seq = Number(id.slice(dash + 1))
-  if (!Number.isSafeInteger(ms) || !Number.isSafeInteger(seq) || ms < 0 || seq < 0) return null
-  return [ms, seq]
+  return scanEntryId(id) ? [scannedMs, scannedSeq] : null
 }
 
 export function compareEntryIds(a: string, b: string): number {
@@ -92,36 +120,17 @@ export function compareEntryIds(a: string, b: string): number {
   return x[0] - y[0] || x[1] - y[1]
 }
 
-/** The bucket of the id {@link identOf} parsed last. */
+/** The bucket of the id {@link identOf} numbered last. */
 let identBucket = 0
 
 /**
- * The sequence of an entry id (`ms-seq`, digits only, as Redis writes them), its bucket left in
- * identBucket; -1 when it is anything else or out of the exactly-numbered range. Read character
- * by character: the reader calls it for every entry, and parseEntryId's slices and array were
- * ~3% of a reading worker's main thread.
+ * The sequence of an entry id, its bucket left in identBucket; -1 when it is not an id
+ * (scanEntryId) or its seq part is too large to number exactly.
  */
 function identOf(id: string): number {
-  const n = id.length
-  let ms = 0
-  let i = 0
-  for (; i < n; i++) {
-    const c = id.charCodeAt(i)
-    if (c === 45) break
-    if (c < 48 || c > 57) return -1
-    ms = ms * 10 + (c - 48)
-  }
-  if (i === 0 || i >= n - 1) return -1
-  let seq = 0
-  for (i++; i < n; i++) {
-    const c = id.charCodeAt(i)
-    if (c < 48 || c > 57) return -1
-    seq = seq * 10 + (c - 48)
-    if (seq >= SEQ_LIMIT) return -1
-  }
-  if (!Number.isSafeInteger(ms)) return -1
-  identBucket = Math.floor(ms / MS_BITS)
-  return (ms % MS_BITS) * SEQ_LIMIT + seq
+  if (!scanEntryId(id) || scannedSeq >= SEQ_LIMIT) return -1
+  identBucket = Math.floor(scannedMs / MS_BITS)
+  return (scannedMs % MS_BITS) * SEQ_LIMIT + scannedSeq
 }
 
 /** The (bucket, sequence) identity of an entry id, or null when it has none (see identOf). */
