@@ -6,6 +6,7 @@
  */
 import { Packr } from 'msgpackr'
 import { parentPort, workerData } from 'node:worker_threads'
+import { decodeEvents } from './event-decoder.ts'
 import { loadJob } from './job-loader.ts'
 import { isTimedJob } from './job.ts'
 import { TimedPartition, type TimeOutput } from './time/runtime.ts'
@@ -90,7 +91,7 @@ function runTimed(b: BatchItem): BatchResult {
   if (b.tick !== undefined) {
     tp.tick(b.tick.now, b.tick.idle, out)
   } else {
-    const events = packr.unpack(b.payload) as [string, unknown][]
+    const events = unpackEvents(b.payload)
     count = events.length
     tp.apply(events, out)
   }
@@ -143,8 +144,13 @@ function stateGet(s: PartitionState | undefined, key: string): unknown {
   return s.dirty.has(key) ? s.dirty.get(key) : s.clean.get(key)
 }
 
+/** A batch's events: Shoal's own decoder for the usual forms, msgpackr for the rest. */
+function unpackEvents(payload: Uint8Array): [string, unknown][] {
+  return (decodeEvents(payload) ?? packr.unpack(payload)) as [string, unknown][]
+}
+
 function runBatch(partition: number, payload: Uint8Array): BatchResult {
-  const events = packr.unpack(payload) as [string, unknown][]
+  const events = unpackEvents(payload)
   const s = stateOf(partition)
   const dirty = s.dirty
   const clean = s.clean
