@@ -36,6 +36,7 @@ import {
 import { partitionForKey } from '../protocol/partition.ts'
 import type { Engine } from '../processing/engine.ts'
 import type {
+  BatchItem,
   BatchResult,
   DeadLetter,
   JobInfo,
@@ -786,11 +787,25 @@ export class DataPlane implements PartitionHost {
       for await (const env of conn) {
         try {
           if (env.kind === 'event' && (env.body.op === 'batch' || env.body.op === 'batches')) {
-            // A round of batches in one message: each handled exactly as if it came alone.
-            for (const b of env.body.op === 'batch' ? [env.body] : env.body.batches) {
-              if (this.#full()) await this.#waitForRoom()
-              if (this.#opts.outputs?.full === true) await this.#waitForSinks()
-              this.#onBatch(acks, b)
+            // A round of batches in one message: each handled exactly as if it came alone. The
+            // new batches of a memory-state worker go to the engine together (#takeFast), sent
+            // before anything else of the message can reach it, so a partition's order holds.
+            const round = new Round()
+            try {
+              for (const b of env.body.op === 'batch' ? [env.body] : env.body.batches) {
+                if (this.#full(round.batches.length) || this.#opts.outputs?.full === true) {
+                  this.#applyRound(acks, round)
+                  if (this.#full()) await this.#waitForRoom()
+                  if (this.#opts.outputs?.full === true) await this.#waitForSinks()
+                }
+                if (!this.#takeFast(round, b)) {
+                  this.#applyRound(acks, round)
+                  this.#onBatch(acks, b)
+                }
+              }
+            } finally {
+              // Accepted batches are applied and acked whatever happened to the rest.
+              this.#applyRound(acks, round)
             }
           } else if (env.kind === 'state') {
             await this.#onState(conn, env, env.body)
@@ -838,8 +853,9 @@ export class DataPlane implements PartitionHost {
     return this.#inFlightBytes
   }
 
-  #full(): boolean {
-    return this.#engine.inFlight >= this.#maxInFlight || this.#inFlightBytes >= this.#maxInFlightBytes
+  /** `taken`: batches of the current round not handed to the engine yet (they count too). */
+  #full(taken = 0): boolean {
+    return this.#engine.inFlight + taken >= this.#maxInFlight || this.#inFlightBytes >= this.#maxInFlightBytes
   }
 
   /** engine.batch, with the batch's bytes counted against maxInFlightBytes until it finished. */
@@ -869,14 +885,7 @@ export class DataPlane implements PartitionHost {
    */
   #onBatch(acks: AckOut, b: EventBatchBody, settled = false): void {
     const ack = (ok: boolean, error?: ShoalError): void => {
-      acks.push({
-        op: 'ack',
-        partition: b.partition,
-        producerId: b.producerId,
-        sequence: b.sequence,
-        ok,
-        error: error === undefined ? undefined : error.toJSON(),
-      })
+      acks.push(ackOf(b, ok, error))
     }
     const rt = this.#partitions.get(b.partition)
     if (rt !== undefined && this.#ownership?.coordinatorSilent === true) {
@@ -953,24 +962,7 @@ export class DataPlane implements PartitionHost {
     if (rt.producers.size > maxProducers) rt.producers.delete(rt.producers.keys().next().value!)
     rt.inFlight++
     rt.pending.set(b.producerId, (rt.pending.get(b.producerId) ?? 0) + 1)
-    const settle = (ok: boolean): void => {
-      if (ok && b.sequence > (rt.committed.get(b.producerId) ?? -1)) {
-        rt.committed.delete(b.producerId)
-        rt.committed.set(b.producerId, b.sequence)
-        if (rt.committed.size > maxProducers) rt.committed.delete(rt.committed.keys().next().value!)
-      }
-      const n = (rt.pending.get(b.producerId) ?? 1) - 1
-      if (n > 0) {
-        rt.pending.set(b.producerId, n)
-        return
-      }
-      rt.pending.delete(b.producerId)
-      // Nothing of this producer in flight: what was accepted is what succeeded, so a retry of
-      // a batch that did not run is applied.
-      const c = rt.committed.get(b.producerId)
-      if (c === undefined) rt.producers.delete(b.producerId)
-      else rt.producers.set(b.producerId, c)
-    }
+    const settle = (ok: boolean): void => this.#settle(rt, b, ok)
     const store = this.#opts.store
     let processed: Promise<BatchResult>
     let batchOffset: number | null = null
@@ -1035,6 +1027,93 @@ export class DataPlane implements PartitionHost {
     })
   }
 
+  /** A batch accepted by #onBatch or #takeFast has finished: its producer's bookkeeping. */
+  #settle(rt: PartitionRuntime, b: EventBatchBody, ok: boolean): void {
+    if (ok && b.sequence > (rt.committed.get(b.producerId) ?? -1)) {
+      rt.committed.delete(b.producerId)
+      rt.committed.set(b.producerId, b.sequence)
+      if (rt.committed.size > (this.#opts.maxProducersPerPartition ?? 10_000))
+        rt.committed.delete(rt.committed.keys().next().value!)
+    }
+    const n = (rt.pending.get(b.producerId) ?? 1) - 1
+    if (n > 0) {
+      rt.pending.set(b.producerId, n)
+      return
+    }
+    rt.pending.delete(b.producerId)
+    // Nothing of this producer in flight: what was accepted is what succeeded, so a retry of
+    // a batch that did not run is applied.
+    const c = rt.committed.get(b.producerId)
+    if (c === undefined) rt.producers.delete(b.producerId)
+    else rt.producers.set(b.producerId, c)
+  }
+
+  /**
+   * The fast path of #onBatch, for the usual batch of a memory-state worker: owned, not paused,
+   * above everything accepted from its producer. Accepts it exactly as #onBatch does and adds it
+   * to the round (applied by #applyRound); false, touching nothing, for any other batch.
+   */
+  #takeFast(round: Round, b: EventBatchBody): boolean {
+    if (this.#opts.store !== undefined || this.#pausedAll) return false
+    const own = this.#ownership
+    const rt = this.#partitions.get(b.partition)
+    if (rt === undefined || own === null || own.coordinatorSilent || !own.serves(b.partition, b.epoch))
+      return false
+    if (rt.paused || b.producerId === TICK_PRODUCER) return false
+    const first = b.firstSequence ?? b.sequence
+    const last = rt.producers.get(b.producerId)
+    if (first > b.sequence || (last !== undefined && first <= last)) return false
+    rt.producers.delete(b.producerId)
+    rt.producers.set(b.producerId, b.sequence)
+    if (rt.producers.size > (this.#opts.maxProducersPerPartition ?? 10_000))
+      rt.producers.delete(rt.producers.keys().next().value!)
+    // Nothing else of the partition pending: the round's end is its tail, no chained promise.
+    round.chain.push(rt.inFlight > 0 || rt.ticking)
+    rt.inFlight++
+    rt.pending.set(b.producerId, (rt.pending.get(b.producerId) ?? 0) + 1)
+    rt.lastEventAt = performance.now()
+    rt.batchesSinceTick++
+    this.#inFlightBytes += b.payload.byteLength
+    round.batches.push(b)
+    round.rts.push(rt)
+    round.items.push({ partition: b.partition, payload: b.payload })
+    return true
+  }
+
+  /** Hand the round's batches to the engine as one group; each is acked as #onBatch would. */
+  #applyRound(acks: AckOut, round: Round): void {
+    const n = round.batches.length
+    if (n === 0) return
+    const { batches, rts, chain, items } = round
+    round.batches = []
+    round.rts = []
+    round.items = []
+    round.chain = []
+    const done = this.#engine.batches(items).then((results) => {
+      for (let i = 0; i < n; i++) {
+        const b = batches[i]!
+        const rt = rts[i]!
+        const r = results[i]!
+        this.#inFlightBytes -= b.payload.byteLength
+        if (r instanceof ShoalError) {
+          this.#settle(rt, b, false)
+          acks.push(ackOf(b, false, r))
+        } else {
+          this.#settle(rt, b, true)
+          this.#afterBatch(b.partition, r, null, rt)
+          this.#acked += b.count
+          acks.push(ackOf(b, true))
+        }
+        rt.inFlight--
+      }
+      this.#room()
+    })
+    for (let i = 0; i < n; i++) {
+      const rt = rts[i]!
+      rt.tail = chain[i] === true ? rt.tail.then(() => done) : done
+    }
+  }
+
   #afterBatch(partition: number, res: BatchResult, offset: number | null, rt: PartitionRuntime): void {
     if (res.time !== undefined) rt.time = res.time
     if (res.deadLetters !== null) {
@@ -1093,6 +1172,26 @@ export class DataPlane implements PartitionHost {
       default:
         throw new ShoalError(ErrorCodes.BAD_MESSAGE, `a worker does not take state ${body.op}`)
     }
+  }
+}
+
+/** Batches of one message on their way to the engine together (DataPlane.#takeFast). */
+class Round {
+  batches: EventBatchBody[] = []
+  rts: PartitionRuntime[] = []
+  items: BatchItem[] = []
+  /** Per batch: its partition had something else pending, so its tail chains. */
+  chain: boolean[] = []
+}
+
+function ackOf(b: EventBatchBody, ok: boolean, error?: ShoalError): EventAckBody {
+  return {
+    op: 'ack',
+    partition: b.partition,
+    producerId: b.producerId,
+    sequence: b.sequence,
+    ok,
+    error: error === undefined ? undefined : error.toJSON(),
   }
 }
 
