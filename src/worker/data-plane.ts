@@ -1110,16 +1110,23 @@ export class DataPlane implements PartitionHost {
         const rt = rts[i]!
         const r = results[i]!
         this.#inFlightBytes -= b.payload.byteLength
+        rt.inFlight--
         if (r instanceof ShoalError) {
           this.#settle(rt, b, false)
           acks.push(ackOf(b, false, r))
-        } else {
-          this.#settle(rt, b, true)
-          this.#afterBatch(b.partition, r, null, rt)
-          this.#acked += b.count
-          acks.push(ackOf(b, true))
+          continue
         }
-        rt.inFlight--
+        this.#settle(rt, b, true)
+        try {
+          this.#afterBatch(b.partition, r, null, rt)
+        } catch (err) {
+          // Applied and settled: the sender's retry is acked as a duplicate. The rest of the
+          // round is still acked.
+          acks.push(ackOf(b, false, toAckError(err)))
+          continue
+        }
+        this.#acked += b.count
+        acks.push(ackOf(b, true))
       }
       this.#room()
     })
