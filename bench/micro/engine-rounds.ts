@@ -6,6 +6,9 @@
  * the per-event work of a typical round. docs/benchmarks.md, "Protocol version 2".
  *
  *   P=85 E=25 R=2000 node --import tsx bench/micro/engine-rounds.ts
+ *
+ * G=1: each round through Engine.batches (one promise for the round, as a memory-state worker
+ * hands a round of small batches on) instead of a batch() call per batch.
  */
 import { Packr } from 'msgpackr'
 import { Engine } from '../../src/processing/engine.ts'
@@ -13,6 +16,7 @@ import { Engine } from '../../src/processing/engine.ts'
 const P = Number(process.env.P ?? 85)
 const E = Number(process.env.E ?? 25)
 const ROUNDS = Number(process.env.R ?? 2000)
+const GROUPED = process.env.G === '1'
 const packr = new Packr({ useRecords: true })
 const engine = new Engine({ job: 'count', threads: 1 })
 const payloads: Uint8Array[] = []
@@ -23,6 +27,10 @@ for (let p = 0; p < P; p++) {
 }
 
 async function round(): Promise<void> {
+  if (GROUPED) {
+    await engine.batches(payloads.map((payload, partition) => ({ partition, payload })))
+    return
+  }
   const done: Promise<unknown>[] = []
   for (let p = 0; p < P; p++) done.push(engine.batch(p, payloads[p]!))
   await Promise.all(done)
@@ -36,7 +44,7 @@ const cpu = process.cpuUsage(cpu0)
 const ms = performance.now() - t0
 const batches = ROUNDS * P
 process.stdout.write(
-  `P=${P} E=${E}: ${((cpu.user + cpu.system) / batches).toFixed(2)} µs CPU per batch, ` +
+  `P=${P} E=${E}${GROUPED ? ' grouped' : ''}: ${((cpu.user + cpu.system) / batches).toFixed(2)} µs CPU per batch, ` +
     `${((ms * 1000) / ROUNDS).toFixed(0)} µs wall per round\n`,
 )
 await engine.close()
