@@ -1113,7 +1113,7 @@ export class DataPlane implements PartitionHost {
         rt.inFlight--
         if (r instanceof ShoalError) {
           this.#settle(rt, b, false)
-          acks.push(ackOf(b, false, r))
+          acks.push(ackOf(b, false, toAckError(r)))
           continue
         }
         this.#settle(rt, b, true)
