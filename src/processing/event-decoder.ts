@@ -2,11 +2,11 @@
  * Decodes an event batch's payload (a msgpack array of [key, event], msgpackr's record
  * extension on) in a processing thread, for the forms Shoal's encoders write: nil, booleans,
  * numbers up to 32 bits and doubles, strings, arrays, maps (as msgpackr reads them with records
- * on: a Map), `undefined`, and records. For anything else (another extension, bin, 64-bit integers, a two-byte record id, a
- * record key that is not a string or is `__proto__`, a string that is not valid UTF-8, a record id used
- * before its definition, bytes after the value, a truncated payload) it returns null, and the
- * caller decodes with msgpackr: a batch decodes to exactly what msgpackr makes of it, or to
- * msgpackr's error.
+ * on: a Map), `undefined`, and records. For anything else (another extension, bin, 64-bit
+ * integers, a two-byte record id, a record key that is not a string or is `__proto__`, a string
+ * that is not valid UTF-8, a record id used before its definition, bytes after the value, a
+ * truncated payload, nesting too deep for the stack) it returns null, and the caller decodes
+ * with msgpackr: a batch decodes to exactly what msgpackr makes of it, or to msgpackr's error.
  *
  * Why not msgpackr alone: a payload defines its own records, so msgpackr makes a new reader per
  * message and, once a record was read three times, compiles it with `new Function`: for the
@@ -48,9 +48,9 @@ export function decodeEvents(payload: Uint8Array): unknown {
     const v = read()
     if (pos !== end) return null
     return v
-  } catch (err) {
-    if (err === UNSUPPORTED) return null
-    throw err
+  } catch {
+    // UNSUPPORTED, or anything else (a stack overflow): msgpackr decides, and reports.
+    return null
   } finally {
     if (recordsDefined) {
       records.fill(undefined)

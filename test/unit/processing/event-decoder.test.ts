@@ -142,4 +142,10 @@ describe('decodeEvents', () => {
       }
     }
   })
+
+  it('leaves nesting too deep for its stack to msgpackr instead of throwing', () => {
+    const bytes = new Uint8Array(500_001).fill(0x91)
+    bytes[500_000] = 0xc0
+    expect(decodeEvents(bytes)).toBeNull()
+  })
 })
