@@ -36,7 +36,6 @@ import {
 import { partitionForKey } from '../protocol/partition.ts'
 import type { Engine } from '../processing/engine.ts'
 import type {
-  BatchItem,
   BatchResult,
   DeadLetter,
   JobInfo,
@@ -1077,7 +1076,6 @@ export class DataPlane implements PartitionHost {
     this.#inFlightBytes += b.payload.byteLength
     round.batches.push(b)
     round.rts.push(rt)
-    round.items.push({ partition: b.partition, payload: b.payload })
     return true
   }
 
@@ -1099,12 +1097,12 @@ export class DataPlane implements PartitionHost {
   #applyRound(acks: AckOut, round: Round): void {
     const n = round.batches.length
     if (n === 0) return
-    const { batches, rts, chain, items } = round
+    const { batches, rts, chain } = round
     round.batches = []
     round.rts = []
-    round.items = []
     round.chain = []
-    const done = this.#engine.batches(items).then((results) => {
+    // A batch body is an engine item as it is (partition, payload).
+    const done = this.#engine.batches(batches).then((results) => {
       for (let i = 0; i < n; i++) {
         const b = batches[i]!
         const rt = rts[i]!
@@ -1205,7 +1203,6 @@ class Round {
   constructor(readonly grouped: boolean) {}
   batches: EventBatchBody[] = []
   rts: PartitionRuntime[] = []
-  items: BatchItem[] = []
   /** Per batch: its partition had something else pending, so its tail chains. */
   chain: boolean[] = []
 }

@@ -19,8 +19,8 @@ import { openPartitionStore, type PartitionStore } from '../../../src/state/chec
 import { createStateBackend } from '../../../src/state/index.ts'
 import { DataPlane } from '../../../src/worker/data-plane.ts'
 import { ErrorCodes } from '../../../src/errors.ts'
-import { PROTOCOL_VERSION, type Envelope, type EventAckBody } from '../../../src/protocol/messages.ts'
-import type { Connection } from '../../../src/transport/transport.ts'
+import type { Envelope } from '../../../src/protocol/messages.ts'
+import { fakeConnection } from '../../helpers/fake-connection.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 import { packStates, statePackr } from '../../helpers/packed-states.ts'
 
@@ -213,6 +213,7 @@ describe('data plane: a batch the engine refuses', () => {
     await dp.restore(p, 1)
     const { held } = await holdThread(engine, 1) // the thread busy: batches wait in its queue
     const link = fakeConnection()
+    cleanup.push(link.close)
     void dp.serve(link.conn)
     const batch = (sequence: number): Envelope =>
       ({
@@ -262,47 +263,6 @@ describe('data plane: a batch the engine refuses', () => {
     expect(await stateOf(engine2, p)).toEqual({ k: { n: 3 } })
   })
 })
-
-/** A Connection that a test feeds with envelopes and that records the acks sent on it. */
-function fakeConnection(): {
-  conn: Connection
-  push: (env: Envelope) => void
-  acks: EventAckBody[]
-} {
-  const inbox: Envelope[] = []
-  const acks: EventAckBody[] = []
-  let wake: (() => void) | null = null
-  let closed = false
-  const conn = {
-    id: 'fake',
-    peer: { nodeId: 'client', role: 'client', version: PROTOCOL_VERSION },
-    send(m: { kind: string; body: { op?: string; acks?: EventAckBody[] } }): boolean {
-      if (m.kind === 'event' && m.body.op === 'ack') acks.push(m.body as EventAckBody)
-      if (m.kind === 'event' && m.body.op === 'acks') acks.push(...m.body.acks!)
-      return true
-    },
-    async *[Symbol.asyncIterator](): AsyncIterator<Envelope> {
-      for (;;) {
-        while (inbox.length > 0) yield inbox.shift()!
-        if (closed) return
-        await new Promise<void>((r) => (wake = r))
-      }
-    },
-  }
-  cleanup.push(() => {
-    closed = true
-    wake?.()
-  })
-  return {
-    conn: conn as unknown as Connection,
-    push: (env) => {
-      inbox.push(env)
-      wake?.()
-      wake = null
-    },
-    acks,
-  }
-}
 
 async function stateOf(engine: Engine, p: number): Promise<Record<string, unknown>> {
   const dump = packr.unpack((await engine.dump(p)).data) as [string, unknown][]

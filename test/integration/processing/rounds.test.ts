@@ -9,14 +9,9 @@ import { pino } from 'pino'
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { ErrorCodes } from '../../../src/errors.ts'
 import { Engine } from '../../../src/processing/engine.ts'
-import {
-  PROTOCOL_VERSION,
-  type Envelope,
-  type EventAckBody,
-  type EventBatchBody,
-} from '../../../src/protocol/messages.ts'
-import type { Connection } from '../../../src/transport/transport.ts'
+import { type Envelope, type EventAckBody, type EventBatchBody } from '../../../src/protocol/messages.ts'
 import { DataPlane } from '../../../src/worker/data-plane.ts'
+import { fakeConnection, type FakeConnection } from '../../helpers/fake-connection.ts'
 import { waitFor } from '../../helpers/wait-for.ts'
 
 const logger = pino({ level: process.env.DEBUG_LOG ?? 'silent' })
@@ -29,7 +24,7 @@ afterEach(async () => {
 async function setup(served: (p: number) => boolean): Promise<{
   engine: Engine
   dp: DataPlane
-  link: ReturnType<typeof fakeConnection>
+  link: FakeConnection
 }> {
   const engine = new Engine({ job: 'count', threads: 1 })
   cleanup.push(() => engine.close())
@@ -38,6 +33,7 @@ async function setup(served: (p: number) => boolean): Promise<{
   cleanup.push(() => dp.close())
   for (const p of [0, 1, 2, 3]) await dp.restore(p, 1)
   const link = fakeConnection()
+  cleanup.push(link.close)
   void dp.serve(link.conn)
   return { engine, dp, link }
 }
@@ -127,39 +123,3 @@ describe('a round of batches on a memory-state worker', () => {
     expect(await countOf(engine, 1)).toBe(1)
   })
 })
-
-/** A Connection that a test feeds with envelopes and that records the acks sent on it. */
-function fakeConnection(): { conn: Connection; push: (env: Envelope) => void; acks: EventAckBody[] } {
-  const inbox: Envelope[] = []
-  const acks: EventAckBody[] = []
-  let wake: (() => void) | null = null
-  let closed = false
-  const conn = {
-    id: 'fake',
-    peer: { nodeId: 'client', role: 'client', version: PROTOCOL_VERSION },
-    send(m: { kind: string; body: { op?: string; acks?: EventAckBody[] } }): boolean {
-      if (m.kind === 'event' && m.body.op === 'ack') acks.push(m.body as EventAckBody)
-      if (m.kind === 'event' && m.body.op === 'acks') acks.push(...m.body.acks!)
-      return true
-    },
-    async *[Symbol.asyncIterator](): AsyncIterator<Envelope> {
-      for (;;) {
-        while (inbox.length > 0) yield inbox.shift()!
-        if (closed) return
-        await new Promise<void>((r) => (wake = r))
-      }
-    },
-  }
-  cleanup.push(() => {
-    closed = true
-    wake?.()
-  })
-  return {
-    conn: conn as unknown as Connection,
-    acks,
-    push: (env) => {
-      inbox.push(env)
-      wake?.()
-    },
-  }
-}
